@@ -1,0 +1,456 @@
+/* cli/lipc.c: the `lipc` command.
+ *
+ *   lipc check FILE...            validate, print a one-screen summary per model
+ *   lipc dump FILE [--print-after=PASS|all] [--format=text|dot|json] [--set k=v]
+ *   lipc ops                      the ops of the model language and their attributes
+ *
+ * Exit status: 0 success, 1 a model was rejected (diagnostics on stderr),
+ * 2 the command line itself was wrong, 3 an environment error (I/O, memory).
+ * This is the only file of lipc that calls exit (through main's return).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "frontend/frontend.h"
+#include "ir/ir.h"
+#include "passes/passes.h"
+
+enum { EXIT_INVALID = 1, EXIT_USAGE = 2, EXIT_ENV = 3 };
+
+#define MAX_SETS 64
+
+static const char *usage_main =
+    "usage: lipc <command> [options]\n"
+    "\n"
+    "lipc compiles models written in YAML (docs/model-spec.md) for certifiably\n"
+    "robust training and certification.\n"
+    "\n"
+    "commands:\n"
+    "  check FILE...     validate models and print a summary of each\n"
+    "  dump FILE         print the IR after a pass (text, Graphviz dot or JSON)\n"
+    "  ops               list the ops of the model language and their attributes\n"
+    "\n"
+    "options:\n"
+    "  -h, --help        this help; `lipc <command> --help` for a command's\n"
+    "  --version         print lipc's version\n";
+
+static const char *usage_check =
+    "usage: lipc check [--set KEY=VALUE]... FILE...\n"
+    "\n"
+    "Validates each model: the YAML against the model language, shapes, residual\n"
+    "folding and the classification of every layer's Lipschitz bound. Prints a\n"
+    "summary per model. Exit status 0 when every file is valid, 1 otherwise.\n"
+    "\n"
+    "options:\n"
+    "  --set KEY=VALUE   override a parameter declared under `params:` (repeatable)\n"
+    "  -q, --quiet       print only errors\n";
+
+static const char *usage_dump =
+    "usage: lipc dump FILE [--print-after=PASS|all] [--format=text|dot|json]\n"
+    "                      [--set KEY=VALUE]...\n"
+    "\n"
+    "Prints the IR of a model after a pass of the pipeline (default: after the\n"
+    "last one). Passes, in order:\n"
+    "  frontend          the graph as built from the YAML (no pass has run)\n";
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+    fprintf(stderr, "lipc %s: error: ", cmd);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'lipc %s --help'.\n", cmd);
+    return EXIT_USAGE;
+}
+
+static int status_exit(lipc_status st)
+{
+    switch (st) {
+    case LIPC_OK: return 0;
+    case LIPC_ERR_INPUT: return EXIT_INVALID;
+    default: return EXIT_ENV;
+    }
+}
+
+/* Loads one model and runs the pipeline; diagnostics go to stderr. */
+static lipc_status compile(const char *path, const lipc_override *sets, int n_sets,
+                           const lipc_pipeline_options *po, lipc_graph **out)
+{
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_load_options lo = {.sets = sets, .n_sets = n_sets};
+    lipc_graph *g = NULL;
+    lipc_status st = lipc_frontend_load_file(path, &lo, &d, &g);
+    if (st == LIPC_OK) {
+        st = lipc_pipeline_run(g, po, &d);
+        if (st != LIPC_OK) {
+            lipc_graph_free(g);
+            g = NULL;
+        }
+    }
+    lipc_diags_print(&d, stderr);
+    if (st == LIPC_ERR_NOMEM)
+        fprintf(stderr, "lipc: error: out of memory while compiling %s\n", path);
+    lipc_diags_free(&d);
+    *out = g;
+    return st;
+}
+
+/* ---- check -------------------------------------------------------------------- */
+
+static void human_count(size_t n, char buf[32])
+{
+    if (n >= 10000000)
+        snprintf(buf, 32, "%.1fM", n / 1e6);
+    else if (n >= 10000)
+        snprintf(buf, 32, "%.1fk", n / 1e3);
+    else
+        snprintf(buf, 32, "%zu", n);
+}
+
+static size_t node_params(const lipc_graph *g, const lipc_node *n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n->n_param; i++)
+        total += g->params[n->param[i]].numel;
+    return total;
+}
+
+/* One line of the layer table, without the name: op, attributes, shape, bound. */
+static void layer_signature(const lipc_graph *g, const lipc_node *n, lipc_buf *b)
+{
+    char shape[48], count[32];
+    lipc_buf attrs;
+    lipc_buf_init(&attrs);
+    lipc_node_format_attrs(n, &attrs);
+    human_count(node_params(g, n), count);
+    const char *bound = n->lip.kind == LIPC_LIP_OPNORM || n->lip.kind == LIPC_LIP_LOOSE ||
+                                n->lip.kind == LIPC_LIP_HEAD || n->lip.kind == LIPC_LIP_CONST
+                            ? n->lip.method
+                            : lipc_lip_kind_names[n->lip.kind];
+    lipc_buf_printf(b, "%-8s %-34.34s %-10s %7s  %s%s", lipc_op_info(n->op)->name,
+                    lipc_buf_str(&attrs), lipc_shape_str(n->shape, shape),
+                    n->n_param ? count : "", n->lip.kind == LIPC_LIP_LOOSE ? "loose " : "",
+                    bound ? bound : "");
+    lipc_buf_free(&attrs);
+}
+
+static void print_summary(const lipc_graph *g)
+{
+    char shape[48], count[32];
+    lipc_lip_summary s;
+    lipc_lip_summarize(g, &s);
+    printf("%s: %s\n", g->file, g->name);
+    if (g->description)
+        printf("  %s\n", g->description);
+    printf("  input %s in [%g, %g] -> %d classes\n", lipc_shape_str(g->input_shape, shape),
+           g->input_range[0], g->input_range[1], g->classes);
+    human_count(g->n_param_elems, count);
+    printf("  %d nodes, %d parameter tensors, %s parameters (%.1f MiB as float32)\n",
+           lipc_graph_count_nodes(g), g->n_params, count, g->n_param_elems * 4.0 / 1048576.0);
+    printf("  residuals: %d folded, %d kept\n", s.n_folded, s.n_kept);
+    printf("  K_sub = product of %d bounds: %d operator norms (%d exact), %d x 1, %d constant, "
+           "%d loose (1 + K)\n", s.n_factors, s.n_opnorm, s.n_exact, s.n_one, s.n_const,
+           s.n_loose);
+    printf("  head: %s\n", s.head ? "pairwise bound K_sub * ||w_i - w_j||" : "none (no dense head)");
+    for (int i = 0; i < g->n_res; i++) {
+        const lipc_residual *r = g->res[i];
+        if (r->state == LIPC_RES_KEPT)
+            printf("  kept %s (%s:%d): %s\n", r->name, r->loc.file, r->loc.line, r->why);
+    }
+
+    /* The layers, with runs of identical layers (a repeat) collapsed. */
+    printf("  %-28s %-8s %-34s %-10s %7s  %s\n", "layer", "op", "attributes", "shape", "params",
+           "bound");
+    const lipc_node *n = g->first;
+    while (n) {
+        lipc_buf sig;
+        lipc_buf_init(&sig);
+        layer_signature(g, n, &sig);
+        const lipc_node *m = n->next;
+        int run = 1;
+        /* A run is a repeating period of up to 4 layers, as a repeat body gives. */
+        int period = 0;
+        for (int p = 1; p <= 4 && !period; p++) {
+            const lipc_node *a = n, *b = n;
+            for (int k = 0; k < p && b; k++)
+                b = b->next;
+            int same = 0;
+            while (b) {
+                lipc_buf x, y;
+                lipc_buf_init(&x);
+                lipc_buf_init(&y);
+                layer_signature(g, a, &x);
+                layer_signature(g, b, &y);
+                bool eq = strcmp(lipc_buf_str(&x), lipc_buf_str(&y)) == 0 && a->scope == NULL &&
+                          b->scope == NULL;
+                lipc_buf_free(&x);
+                lipc_buf_free(&y);
+                if (!eq)
+                    break;
+                same++;
+                a = a->next;
+                b = b->next;
+            }
+            if (same >= 2 * p) {
+                period = p;
+                run = same / p + 1;
+            }
+        }
+        if (period) {
+            const lipc_node *first = n;
+            for (int k = 0; k < period; k++, n = n->next) {
+                lipc_buf line;
+                lipc_buf_init(&line);
+                layer_signature(g, n, &line);
+                printf("  %-28.28s %s\n", n->name, lipc_buf_str(&line));
+                lipc_buf_free(&line);
+            }
+            printf("  %-28s ... the %d layer%s above, %d times in all (from %s)\n", "",
+                   period, period == 1 ? "" : "s", run, first->name);
+            for (int k = 0; k < period * (run - 1) && n; k++)
+                n = n->next;
+        } else {
+            printf("  %-28.28s %s\n", n->name, lipc_buf_str(&sig));
+            n = m;
+        }
+        lipc_buf_free(&sig);
+    }
+}
+
+static int parse_set(const char *cmd, char *arg, lipc_override *sets, int *n_sets)
+{
+    if (*n_sets == MAX_SETS)
+        return usage_error(cmd, "too many --set options (at most %d)", MAX_SETS);
+    if (!lipc_override_parse(arg, &sets[*n_sets]))
+        return usage_error(cmd, "--set takes KEY=VALUE, got '%s'", arg);
+    (*n_sets)++;
+    return 0;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    lipc_override sets[MAX_SETS];
+    int n_sets = 0, n_files = 0;
+    bool quiet = false;
+    const char *files[256];
+    for (int i = 0; i < argc; i++) {
+        char *a = argv[i];
+        int rc;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage_check, stdout);
+            return 0;
+        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            quiet = true;
+        } else if (!strcmp(a, "--set")) {
+            if (i + 1 == argc)
+                return usage_error("check", "--set needs KEY=VALUE");
+            if ((rc = parse_set("check", argv[++i], sets, &n_sets)))
+                return rc;
+        } else if (!strncmp(a, "--set=", 6)) {
+            if ((rc = parse_set("check", a + 6, sets, &n_sets)))
+                return rc;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("check", "unknown option '%s'", a);
+        } else if (n_files == 256) {
+            return usage_error("check", "too many files (at most 256)");
+        } else {
+            files[n_files++] = a;
+        }
+    }
+    if (n_files == 0)
+        return usage_error("check", "no model file given");
+    int worst = 0, n_valid = 0;
+    lipc_pipeline_options po = {.verify = true};
+    for (int i = 0; i < n_files; i++) {
+        lipc_graph *g;
+        lipc_status st = compile(files[i], sets, n_sets, &po, &g);
+        int rc = status_exit(st);
+        if (rc > worst)
+            worst = rc;
+        n_valid += st == LIPC_OK;
+        if (st == LIPC_OK && !quiet) {
+            print_summary(g);
+            if (i + 1 < n_files)
+                putchar('\n');
+        }
+        lipc_graph_free(g);
+    }
+    if (n_files > 1 && !quiet)
+        printf("\n%d of %d models valid\n", n_valid, n_files);
+    return worst;
+}
+
+/* ---- dump --------------------------------------------------------------------- */
+
+static int cmd_dump(int argc, char **argv)
+{
+    lipc_override sets[MAX_SETS];
+    int n_sets = 0;
+    const char *file = NULL;
+    const char *after = NULL;
+    lipc_format format = LIPC_FORMAT_TEXT;
+    for (int i = 0; i < argc; i++) {
+        char *a = argv[i];
+        int rc;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage_dump, stdout);
+            for (int p = 0; p < lipc_pipeline_len; p++)
+                printf("  %-17s %s\n", lipc_pipeline[p].name, lipc_pipeline[p].summary);
+            printf("  all               after every stage above\n\n"
+                   "options:\n"
+                   "  --print-after=PASS   the stage to print (default: %s)\n"
+                   "  --format=FORMAT      text (default), dot (Graphviz) or json\n"
+                   "  --set KEY=VALUE      override a parameter declared under `params:`\n",
+                   lipc_pipeline[lipc_pipeline_len - 1].name);
+            return 0;
+        } else if (!strncmp(a, "--print-after=", 14)) {
+            after = a + 14;
+        } else if (!strcmp(a, "--print-after") && i + 1 < argc) {
+            after = argv[++i];
+        } else if (!strncmp(a, "--format=", 9) || (!strcmp(a, "--format") && i + 1 < argc)) {
+            const char *f = a[8] == '=' ? a + 9 : argv[++i];
+            if (!strcmp(f, "text"))
+                format = LIPC_FORMAT_TEXT;
+            else if (!strcmp(f, "dot"))
+                format = LIPC_FORMAT_DOT;
+            else if (!strcmp(f, "json"))
+                format = LIPC_FORMAT_JSON;
+            else
+                return usage_error("dump", "unknown format '%s' (text, dot or json)", f);
+        } else if (!strcmp(a, "--set")) {
+            if (i + 1 == argc)
+                return usage_error("dump", "--set needs KEY=VALUE");
+            if ((rc = parse_set("dump", argv[++i], sets, &n_sets)))
+                return rc;
+        } else if (!strncmp(a, "--set=", 6)) {
+            if ((rc = parse_set("dump", a + 6, sets, &n_sets)))
+                return rc;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("dump", "unknown option '%s'", a);
+        } else if (file) {
+            return usage_error("dump", "dump takes one model file; '%s' is a second", a);
+        } else {
+            file = a;
+        }
+    }
+    if (!file)
+        return usage_error("dump", "no model file given");
+    if (!after)
+        after = lipc_pipeline[lipc_pipeline_len - 1].name;
+    if (strcmp(after, "all") && strcmp(after, "frontend") && !lipc_pass_find(after)) {
+        const char *names[16];
+        int k = 0;
+        names[k++] = "frontend";
+        for (int p = 0; p < lipc_pipeline_len && k < 14; p++)
+            names[k++] = lipc_pipeline[p].name;
+        names[k++] = "all";
+        names[k] = NULL;
+        const char *best = lipc_closest_word(after, names);
+        fprintf(stderr, "lipc dump: error: unknown pass '%s'", after);
+        if (best)
+            fprintf(stderr, "; did you mean '%s'?", best);
+        fprintf(stderr, "\npasses:");
+        for (int p = 0; names[p]; p++)
+            fprintf(stderr, " %s", names[p]);
+        fputc('\n', stderr);
+        return EXIT_USAGE;
+    }
+    lipc_buf out;
+    lipc_buf_init(&out);
+    lipc_pipeline_options po = {
+        .verify = true, .print_after = after, .format = format, .print_out = &out,
+        .stop_after = strcmp(after, "all") && strcmp(after, "frontend") ? after : NULL,
+    };
+    lipc_graph *g;
+    lipc_status st = compile(file, sets, n_sets, &po, &g);
+    if (out.failed) {
+        fprintf(stderr, "lipc: error: out of memory while printing\n");
+        st = LIPC_ERR_NOMEM;
+    } else if (st == LIPC_OK) {
+        fputs(lipc_buf_str(&out), stdout);
+    }
+    lipc_buf_free(&out);
+    lipc_graph_free(g);
+    return status_exit(st);
+}
+
+/* ---- ops ---------------------------------------------------------------------- */
+
+static const char *field_kind_text(const lipc_field *f)
+{
+    switch (f->kind) {
+    case LIPC_FIELD_INT: return "integer";
+    case LIPC_FIELD_INT2: return "N or [h, w]";
+    case LIPC_FIELD_PADDING: return "same | valid | N | [h, w]";
+    case LIPC_FIELD_FLOAT: return "number";
+    case LIPC_FIELD_FLOAT2: return "[low, high]";
+    case LIPC_FIELD_BOOL: return "true | false";
+    case LIPC_FIELD_ENUM: return "word";
+    case LIPC_FIELD_INTLIST: return "N or [a, b, ...]";
+    }
+    return "?";
+}
+
+static int cmd_ops(void)
+{
+    for (int op = 0; op < LIPC_OP_COUNT; op++) {
+        const lipc_op_desc *d = lipc_op_info((lipc_op)op);
+        if (!d->user)
+            continue;
+        printf("%-10s %s%s\n", d->name, d->summary, d->preprocess ? " (also in input.preprocess)" : "");
+        for (int i = 0; d->fields && d->fields[i].key; i++) {
+            const lipc_field *f = &d->fields[i];
+            printf("    %-12s %-26s %s%s", f->key, field_kind_text(f),
+                   f->required ? "required. " : "", f->help ? f->help : "");
+            if (f->kind == LIPC_FIELD_ENUM) {
+                printf(" (");
+                for (int k = 0; f->names[k]; k++)
+                    printf("%s%s", k ? " | " : "", f->names[k]);
+                printf(")");
+            }
+            putchar('\n');
+        }
+    }
+    printf("%-10s %s\n", "residual", "y = x + body(x): `- residual: [layers]` (folded when linear)");
+    printf("%-10s %s\n", "repeat", "`- repeat: N` with `layers: [...]` beside it");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage_main, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(usage_main, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("lipc %s (LLVM %s, CUDA backend %s)\n", LIPC_VERSION, LIPC_LLVM_VERSION,
+               LIPC_HAVE_CUDA ? "available" : "not built");
+        return 0;
+    }
+    if (!strcmp(cmd, "check"))
+        return cmd_check(argc - 2, argv + 2);
+    if (!strcmp(cmd, "dump"))
+        return cmd_dump(argc - 2, argv + 2);
+    if (!strcmp(cmd, "ops"))
+        return cmd_ops();
+    static const char *const commands[] = {"check", "dump", "ops", NULL};
+    const char *best = lipc_closest_word(cmd, commands);
+    fprintf(stderr, "lipc: error: unknown command '%s'", cmd);
+    if (best)
+        fprintf(stderr, "; did you mean '%s'?", best);
+    fputs("\nTry 'lipc --help'.\n", stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,58 @@
+/* passes/passes.h: the pass pipeline over the IR.
+ *
+ * A pass is {name, run(graph, diagnostics)}; the pipeline is one static array
+ * (passes/pipeline.c) run in order. After each pass the IR can be verified and
+ * printed, which is what `lipc dump --print-after=PASS` shows.
+ */
+#ifndef LIPC_PASSES_H
+#define LIPC_PASSES_H
+
+#include "ir/ir.h"
+
+typedef struct lipc_pass {
+    const char *name;
+    const char *summary;
+    /* Returns false when it reported errors (user errors: diagnostics). */
+    bool (*run)(lipc_graph *g, lipc_diags *d);
+} lipc_pass;
+
+extern const lipc_pass lipc_pipeline[];
+extern const int lipc_pipeline_len;
+
+typedef struct lipc_pipeline_options {
+    bool verify;                /* run the verifier after every pass */
+    const char *print_after;    /* a pass name, "frontend", "all", or NULL */
+    lipc_format format;         /* of what print_after prints */
+    lipc_buf *print_out;        /* where it goes (required with print_after) */
+    const char *stop_after;     /* run no pass after this one (NULL: all) */
+} lipc_pipeline_options;
+
+/* Runs the pipeline. LIPC_ERR_INPUT when a pass reported user errors or the
+ * verifier failed; LIPC_ERR_NOMEM when memory ran out. */
+lipc_status lipc_pipeline_run(lipc_graph *g, const lipc_pipeline_options *o,
+                              lipc_diags *d);
+/* The pass called name, or NULL. */
+const lipc_pass *lipc_pass_find(const char *name);
+
+bool lipc_pass_infer_shapes(lipc_graph *g, lipc_diags *d);
+bool lipc_pass_fold_residual(lipc_graph *g, lipc_diags *d);
+bool lipc_pass_lipschitz(lipc_graph *g, lipc_diags *d);
+
+/* What the lipschitz pass found, for summaries: how K_sub (the bound of the
+ * network before the head) is composed. */
+typedef struct lipc_lip_summary {
+    int n_factors;          /* bounds multiplied into K_sub */
+    int n_opnorm;           /* of which: operator norms of weights */
+    int n_exact;            /* of which: computed exactly */
+    int n_one;              /* of which: 1-Lipschitz ops */
+    int n_const;            /* of which: constants from attributes */
+    int n_loose;            /* of which: unfolded residuals, 1 + K(body) */
+    int n_folded;           /* residuals folded into one operator */
+    int n_kept;             /* residuals that could not fold */
+    bool head;              /* the last layer is a pairwise-bounded head */
+    double k_sub;           /* product of known values; NaN if any is unknown */
+} lipc_lip_summary;
+
+void lipc_lip_summarize(const lipc_graph *g, lipc_lip_summary *s);
+
+#endif
