@@ -67,6 +67,16 @@ static lipc_loc mark_loc(const fe *f, yaml_mark_t m)
     return (lipc_loc){f->file, (int)m.line + 1, (int)m.column + 1};
 }
 
+/* Two owners, two copies of the file name: diagnostics point at the copy in
+ * the diagnostics' source table (the graph is freed when loading fails, before
+ * anyone prints them), IR nodes and residuals at the graph's own copy (the
+ * graph is used after the diagnostics are gone, e.g. by `lipc dump`). */
+static lipc_loc ir_loc(const fe *f, lipc_loc loc)
+{
+    loc.file = f->g->file;
+    return loc;
+}
+
 static yaml_node_t *get(const fe *f, yaml_node_item_t i)
 {
     return yaml_document_get_node(f->doc, i);
@@ -566,7 +576,7 @@ static lipc_node *build_list(fe *f, const yaml_node_t *seq, lipc_node *x,
 static lipc_node *new_node(fe *f, lipc_op op, const char *name, lipc_loc loc,
                            lipc_node *x, build_ctx ctx)
 {
-    lipc_node *n = lipc_graph_add_node(f->g, op, name, loc);
+    lipc_node *n = lipc_graph_add_node(f->g, op, name, ir_loc(f, loc));
     if (!n) {
         f->oom = true;
         return NULL;
@@ -722,7 +732,7 @@ static lipc_node *build_residual(fe *f, const kv *item, const yaml_node_t *given
         lipc_diag_note(m, LIPC_NO_LOC, "a residual computes x + body(x)");
         return x;
     }
-    lipc_residual *r = lipc_graph_add_residual(f->g, name, loc);
+    lipc_residual *r = lipc_graph_add_residual(f->g, name, ir_loc(f, loc));
     if (!r) {
         f->oom = true;
         return x;
@@ -953,8 +963,6 @@ static bool add_var(fe *f, const char *name, double value, lipc_loc loc)
     return true;
 }
 
-static const char *override_file = "--set";
-
 /* params: name -> number or expression, evaluated in order, each seeing the
  * ones before it; `--set name=value` replaces a parameter's value. */
 static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
@@ -985,7 +993,7 @@ static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
             v = strtod(f->opt->sets[s].value, &end);
             ok = end != f->opt->sets[s].value && *end == '\0' && errno == 0 && isfinite(v);
             if (!ok)
-                lipc_diag_error(f->d, (lipc_loc){override_file, 0, 0},
+                lipc_diag_error(f->d, LIPC_NO_LOC,
                                 "--set %s=%s: the value must be a number", f->opt->sets[s].key,
                                 f->opt->sets[s].value);
             break;
@@ -1076,7 +1084,7 @@ static lipc_node *load_input(fe *f, const yaml_node_t *m, lipc_loc key_loc)
         f->g->input_shape.d[i] = rec.shape.v[i];
     f->g->input_range[0] = rec.range[0];
     f->g->input_range[1] = rec.range[1];
-    lipc_node *x = lipc_graph_add_node(f->g, LIPC_OP_INPUT, "input", key_loc);
+    lipc_node *x = lipc_graph_add_node(f->g, LIPC_OP_INPUT, "input", ir_loc(f, key_loc));
     if (!x) {
         f->oom = true;
         return NULL;
@@ -1150,7 +1158,7 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
         for (int i = 0; i < f->n_vars; i++)
             names[i] = f->vars[i].name;
         names[f->n_vars] = NULL;
-        lipc_diag_msg *m = lipc_diag_error(f->d, (lipc_loc){override_file, 0, 0},
+        lipc_diag_msg *m = lipc_diag_error(f->d, LIPC_NO_LOC,
                                            "--set %s=%s: the model has no parameter '%s'",
                                            f->opt->sets[s].key, f->opt->sets[s].value,
                                            f->opt->sets[s].key);
@@ -1298,7 +1306,6 @@ lipc_status lipc_frontend_load_string(const char *name, const char *text, size_t
         lipc_graph_free(g);
         return LIPC_ERR_NOMEM;
     }
-    f.file = g->file;
 
     yaml_parser_t parser;
     yaml_document_t doc;

@@ -210,6 +210,44 @@ const char *lipc_loc_str(lipc_loc loc, char *buf, size_t size)
     return buf;
 }
 
+/* ---- Lipschitz summary ------------------------------------------------------- */
+
+static bool in_kept_body(const lipc_node *n)
+{
+    for (const lipc_residual *s = n->scope; s; s = s->parent)
+        if (s->state == LIPC_RES_KEPT)
+            return true;
+    return false;
+}
+
+void lipc_lip_summarize(const lipc_graph *g, lipc_lip_summary *s)
+{
+    *s = (lipc_lip_summary){.k_sub = 1.0};
+    for (int i = 0; i < g->n_res; i++) {
+        s->n_folded += g->res[i]->state == LIPC_RES_FOLDED;
+        s->n_kept += g->res[i]->state == LIPC_RES_KEPT;
+    }
+    for (const lipc_node *n = g->first; n; n = n->next) {
+        if (in_kept_body(n))
+            continue;
+        switch (n->lip.kind) {
+        case LIPC_LIP_HEAD:
+            s->head = true;
+            continue;
+        case LIPC_LIP_ONE: s->n_one++; break;
+        case LIPC_LIP_CONST: s->n_const++; break;
+        case LIPC_LIP_OPNORM:
+            s->n_opnorm++;
+            s->n_exact += n->lip.exact;
+            break;
+        case LIPC_LIP_LOOSE: s->n_loose++; break;
+        default: continue;
+        }
+        s->n_factors++;
+        s->k_sub *= n->lip.value;
+    }
+}
+
 /* ---- the training section ------------------------------------------------ */
 
 const char *const lipc_loss_names[] = {"emma", "margin", "gloro", "trades", NULL};

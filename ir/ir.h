@@ -133,7 +133,6 @@ typedef enum lipc_lip_kind {
     LIPC_LIP_CONST,      /* a constant known from attributes (avgpool) */
     LIPC_LIP_OPNORM,     /* the operator norm of the layer's weights */
     LIPC_LIP_LOOSE,      /* unfolded residual: 1 + product of its body's bounds */
-    LIPC_LIP_IN_BODY,    /* inside a residual body: counted by its residual */
     LIPC_LIP_HEAD,       /* normalised head: K_sub * ||w_i - w_j|| per class pair */
 } lipc_lip_kind;
 extern const char *const lipc_lip_kind_names[];
@@ -309,6 +308,24 @@ lipc_node *lipc_graph_find(const lipc_graph *g, const char *name);
 bool lipc_graph_verify(const lipc_graph *g, const char *after_pass,
                        lipc_diags *d);
 
+/* What the lipschitz pass found, for summaries: how K_sub (the bound of the
+ * network before the head) is composed. Nodes inside the body of a kept
+ * residual are not factors: their residual's loose bound counts them. */
+typedef struct lipc_lip_summary {
+    int n_factors;          /* bounds multiplied into K_sub */
+    int n_opnorm;           /* of which: operator norms of weights */
+    int n_exact;            /* of which: computed exactly */
+    int n_one;              /* of which: 1-Lipschitz ops */
+    int n_const;            /* of which: constants from attributes */
+    int n_loose;            /* of which: unfolded residuals, 1 + K(body) */
+    int n_folded;           /* residuals folded into one operator */
+    int n_kept;             /* residuals that could not fold */
+    bool head;              /* the last layer is a pairwise-bounded head */
+    double k_sub;           /* product of known values; NaN if any is unknown */
+} lipc_lip_summary;
+
+void lipc_lip_summarize(const lipc_graph *g, lipc_lip_summary *s);
+
 /* ---- op descriptors ------------------------------------------------------- */
 
 typedef struct lipc_op_desc {
@@ -329,7 +346,8 @@ typedef struct lipc_op_desc {
     /* Reference forward in double, batch of n_batch:
      *   in[i]  [n_batch, numel(n->in[i]->shape)]
      *   out    [n_batch, numel(n->shape)]
-     *   params the graph's parameter block */
+     *   params the node's first parameter (its weight; the bias follows it),
+     *          NULL when the node has none */
     void (*ref_forward)(const lipc_node *n, int n_batch, const double *const *in,
                         double *out, const double *params);
 } lipc_op_desc;

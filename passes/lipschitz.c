@@ -20,14 +20,6 @@
 
 #include <math.h>
 
-static bool in_kept_body(const lipc_node *n)
-{
-    for (const lipc_residual *s = n->scope; s; s = s->parent)
-        if (s->state == LIPC_RES_KEPT)
-            return true;
-    return false;
-}
-
 /* 1 + product of the bounds of the nodes directly in r's body (nested kept
  * residuals contribute through their own ADD node). */
 static double loose_value(const lipc_graph *g, const lipc_residual *r)
@@ -61,32 +53,4 @@ bool lipc_pass_lipschitz(lipc_graph *g, lipc_diags *d)
     }
     g->lipschitz_known = true;
     return true;
-}
-
-void lipc_lip_summarize(const lipc_graph *g, lipc_lip_summary *s)
-{
-    *s = (lipc_lip_summary){.k_sub = 1.0};
-    for (int i = 0; i < g->n_res; i++) {
-        s->n_folded += g->res[i]->state == LIPC_RES_FOLDED;
-        s->n_kept += g->res[i]->state == LIPC_RES_KEPT;
-    }
-    for (const lipc_node *n = g->first; n; n = n->next) {
-        if (in_kept_body(n))
-            continue;
-        switch (n->lip.kind) {
-        case LIPC_LIP_HEAD:
-            s->head = true;
-            continue;
-        case LIPC_LIP_ONE: s->n_one++; break;
-        case LIPC_LIP_CONST: s->n_const++; break;
-        case LIPC_LIP_OPNORM:
-            s->n_opnorm++;
-            s->n_exact += n->lip.exact;
-            break;
-        case LIPC_LIP_LOOSE: s->n_loose++; break;
-        default: continue;
-        }
-        s->n_factors++;
-        s->k_sub *= n->lip.value;
-    }
 }

@@ -38,21 +38,4 @@ bool lipc_pass_infer_shapes(lipc_graph *g, lipc_diags *d);
 bool lipc_pass_fold_residual(lipc_graph *g, lipc_diags *d);
 bool lipc_pass_lipschitz(lipc_graph *g, lipc_diags *d);
 
-/* What the lipschitz pass found, for summaries: how K_sub (the bound of the
- * network before the head) is composed. */
-typedef struct lipc_lip_summary {
-    int n_factors;          /* bounds multiplied into K_sub */
-    int n_opnorm;           /* of which: operator norms of weights */
-    int n_exact;            /* of which: computed exactly */
-    int n_one;              /* of which: 1-Lipschitz ops */
-    int n_const;            /* of which: constants from attributes */
-    int n_loose;            /* of which: unfolded residuals, 1 + K(body) */
-    int n_folded;           /* residuals folded into one operator */
-    int n_kept;             /* residuals that could not fold */
-    bool head;              /* the last layer is a pairwise-bounded head */
-    double k_sub;           /* product of known values; NaN if any is unknown */
-} lipc_lip_summary;
-
-void lipc_lip_summarize(const lipc_graph *g, lipc_lip_summary *s);
-
 #endif

@@ -275,35 +275,30 @@ void lipc_diags_print(const lipc_diags *d, FILE *out)
 
 int lipc_edit_distance(const char *a, const char *b, int cap)
 {
+    /* Optimal string alignment: insertions, deletions, substitutions and
+     * swaps of two adjacent letters ("widht" -> "width") each cost 1. */
     size_t la = strlen(a), lb = strlen(b);
-    if (la > 64 || lb > 64)
+    if (la > 64 || lb > 64 || (la > lb ? la - lb : lb - la) > (size_t)cap)
         return cap + 1;
-    if ((la > lb ? la - lb : lb - la) > (size_t)cap)
-        return cap + 1;
-    int row[65];
+    int m[65][65];
+    for (size_t i = 0; i <= la; i++)
+        m[i][0] = (int)i;
     for (size_t j = 0; j <= lb; j++)
-        row[j] = (int)j;
+        m[0][j] = (int)j;
     for (size_t i = 1; i <= la; i++) {
-        int diag = row[0];
-        row[0] = (int)i;
-        int best = row[0];
         for (size_t j = 1; j <= lb; j++) {
-            int up = row[j];
-            int cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            int v = diag + cost;
-            if (up + 1 < v)
-                v = up + 1;
-            if (row[j - 1] + 1 < v)
-                v = row[j - 1] + 1;
-            row[j] = v;
-            diag = up;
-            if (v < best)
-                best = v;
+            int v = m[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (m[i - 1][j] + 1 < v)
+                v = m[i - 1][j] + 1;
+            if (m[i][j - 1] + 1 < v)
+                v = m[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                m[i - 2][j - 2] + 1 < v)
+                v = m[i - 2][j - 2] + 1;
+            m[i][j] = v;
         }
-        if (best > cap)
-            return cap + 1;
     }
-    return row[lb] > cap ? cap + 1 : row[lb];
+    return m[la][lb] > cap ? cap + 1 : m[la][lb];
 }
 
 const char *lipc_closest_word(const char *s, const char *const *words)

@@ -1,0 +1,228 @@
+/* backend/ref/interp.c: the reference interpreter, lipc's numeric oracle.
+ *
+ * It walks the graph in program order and calls each op's ref_forward (the
+ * per-op math lives in ir/ops/<op>.c, not here). Every node gets its own
+ * buffer of n_batch * numel(shape) doubles, freed right after the node that
+ * reads it last, so peak memory is the live set, not the whole graph.
+ *
+ * Parameter rule (ir/ops/README.md): an op's ref_forward gets a pointer to its
+ * FIRST parameter in the block; its bias, when it has one, follows the weight
+ * immediately. lipc_ref_node_params resolves the pointer and checks that rule.
+ *
+ * lipc_ref_init_params draws initial weights; it is the reference for what the
+ * init rules mean, and what the runtime's initialiser must reproduce.
+ */
+#include "backend/backend.h"
+
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+const double *lipc_ref_node_params(const lipc_graph *g, const lipc_node *n,
+                                   const double *params)
+{
+    if (n->n_param == 0)
+        return NULL;
+    LIPC_ASSERT(params != NULL);
+    for (int k = 1; k < n->n_param; k++) {
+        const lipc_param *prev = &g->params[n->param[k - 1]];
+        LIPC_ASSERT(g->params[n->param[k]].offset == prev->offset + prev->numel);
+    }
+    return params + g->params[n->param[0]].offset;
+}
+
+lipc_status lipc_ref_node_forward(const lipc_graph *g, const lipc_node *n,
+                                  const double *params, int n_batch,
+                                  const double *const *in, double *out)
+{
+    const lipc_op_desc *desc = lipc_op_info(n->op);
+    if (!desc->ref_forward)
+        return LIPC_ERR_UNSUPPORTED;
+    desc->ref_forward(n, n_batch, in, out, lipc_ref_node_params(g, n, params));
+    return LIPC_OK;
+}
+
+lipc_status lipc_ref_forward(const lipc_graph *g, const double *params, int n_batch,
+                             const double *x, double *logits, lipc_diags *d)
+{
+    LIPC_ASSERT(g->shapes_known && g->input && g->output && n_batch >= 0);
+    int n_ids = g->next_id;
+    lipc_status st = LIPC_OK;
+    const double **val = lipc_calloc((size_t)n_ids, sizeof *val); /* by node id */
+    double **owned = lipc_calloc((size_t)n_ids, sizeof *owned);  /* to free */
+    int *last_use = lipc_malloc((size_t)n_ids * sizeof *last_use);
+    if (!val || !owned || !last_use) {
+        st = LIPC_ERR_NOMEM;
+        goto done;
+    }
+
+    /* last_use[id]: position of the last node reading it; the output lives on. */
+    for (int i = 0; i < n_ids; i++)
+        last_use[i] = -1;
+    int pos = 0;
+    for (const lipc_node *n = g->first; n; n = n->next, pos++)
+        for (int k = 0; k < n->n_in; k++)
+            last_use[n->in[k]->id] = pos;
+    last_use[g->output->id] = INT_MAX;
+
+    pos = 0;
+    for (const lipc_node *n = g->first; n; n = n->next, pos++) {
+        if (n->op == LIPC_OP_INPUT) {
+            LIPC_ASSERT(n == g->input);
+            val[n->id] = x;
+            continue;
+        }
+        const lipc_op_desc *desc = lipc_op_info(n->op);
+        if (!desc->ref_forward) {
+            if (d)
+                lipc_diag_error(d, n->loc, "the reference backend has no kernel for "
+                                "op `%s`", desc->name);
+            st = LIPC_ERR_UNSUPPORTED;
+            goto done;
+        }
+        size_t count = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+        owned[n->id] = lipc_malloc((count ? count : 1) * sizeof(double));
+        if (!owned[n->id]) {
+            if (d)
+                lipc_diag_error(d, LIPC_NO_LOC, "out of memory: the reference "
+                                "interpreter needs %zu bytes for node %s",
+                                count * sizeof(double), n->name ? n->name : "?");
+            st = LIPC_ERR_NOMEM;
+            goto done;
+        }
+        const double *in[LIPC_MAX_INPUTS] = {NULL};
+        for (int k = 0; k < n->n_in; k++) {
+            in[k] = val[n->in[k]->id];
+            LIPC_ASSERT(in[k] != NULL); /* program order is topological */
+        }
+        desc->ref_forward(n, n_batch, in, owned[n->id],
+                          lipc_ref_node_params(g, n, params));
+        val[n->id] = owned[n->id];
+        /* Free what nobody reads any more (a node read twice is freed once). */
+        for (int k = 0; k < n->n_in; k++) {
+            int id = n->in[k]->id;
+            if (last_use[id] == pos && owned[id]) {
+                lipc_free(owned[id]);
+                owned[id] = NULL;
+                val[id] = NULL;
+            }
+        }
+        if (last_use[n->id] < 0) { /* dead value: computed, never read */
+            lipc_free(owned[n->id]);
+            owned[n->id] = NULL;
+            val[n->id] = NULL;
+        }
+    }
+    LIPC_ASSERT(val[g->output->id] != NULL);
+    memcpy(logits, val[g->output->id],
+           (size_t)n_batch * (size_t)lipc_shape_numel(g->output->shape) * sizeof *logits);
+
+done:
+    if (owned)
+        for (int i = 0; i < n_ids; i++)
+            lipc_free(owned[i]);
+    lipc_free(owned);
+    lipc_free(val);
+    lipc_free(last_use);
+    return st;
+}
+
+/* ---- parameter initialisation --------------------------------------------- */
+
+/* FNV-1a, then mixed with the seed: a stream per parameter name. */
+static uint64_t param_stream(uint64_t seed, const char *name)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *s = name ? name : ""; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return seed ^ (h * 0x9E3779B97F4A7C15ull);
+}
+
+/* Orthonormalises n_vec vectors of length len in place by modified Gram-Schmidt,
+ * done twice ("twice is enough": the second pass removes the rounding left by
+ * the first). Element j of vector k is v[k*vs + j*es], so the same code makes
+ * rows (vs = len, es = 1) or columns (vs = 1, es = n_vec) orthonormal.
+ * Requires n_vec <= len. A vector that collapses (probability 0 for Gaussian
+ * input, but cheap to guard) is redrawn. */
+static void orthonormalise(double *v, int n_vec, int len, size_t vs, size_t es,
+                           lipc_rng *r)
+{
+    for (int k = 0; k < n_vec; k++) {
+        double *vk = v + (size_t)k * vs;
+        for (int tries = 0;; tries++) {
+            double before = 0.0;
+            for (int j = 0; j < len; j++)
+                before += vk[j * es] * vk[j * es];
+            for (int pass = 0; pass < 2; pass++)
+                for (int m = 0; m < k; m++) {
+                    const double *vm = v + (size_t)m * vs;
+                    double dot = 0.0;
+                    for (int j = 0; j < len; j++)
+                        dot += vm[j * es] * vk[j * es];
+                    for (int j = 0; j < len; j++)
+                        vk[j * es] -= dot * vm[j * es];
+                }
+            double nrm = 0.0;
+            for (int j = 0; j < len; j++)
+                nrm += vk[j * es] * vk[j * es];
+            if (nrm > 1e-20 * before && nrm > 0.0) {
+                double inv = 1.0 / sqrt(nrm);
+                for (int j = 0; j < len; j++)
+                    vk[j * es] *= inv;
+                break;
+            }
+            LIPC_ASSERT(tries < 100);
+            for (int j = 0; j < len; j++)
+                vk[j * es] = lipc_rng_normal(r);
+        }
+    }
+}
+
+void lipc_ref_init_params(const lipc_graph *g, uint64_t seed, double *params)
+{
+    for (int i = 0; i < g->n_params; i++) {
+        const lipc_param *p = &g->params[i];
+        double *v = params + p->offset;
+        lipc_rng r;
+        lipc_rng_seed(&r, param_stream(seed, p->name));
+
+        /* rows = out; fan_in = everything a row sees (c_in kh kw or in);
+         * fan_out = what one input feeds (c_out kh kw or out). */
+        size_t rows = p->rank >= 2 ? (size_t)p->d[0] : 1;
+        size_t fan_in = p->numel / (rows ? rows : 1);
+        size_t fan_out = p->rank >= 2 ? p->numel / (size_t)p->d[1] : p->numel;
+        lipc_init init = p->init;
+        if (init == LIPC_INIT_DEFAULT)
+            init = p->role == LIPC_PARAM_BIAS ? LIPC_INIT_ZEROS : LIPC_INIT_KAIMING;
+
+        double std = 0.0;
+        switch (init) {
+        case LIPC_INIT_ZEROS:
+            memset(v, 0, p->numel * sizeof *v);
+            continue;
+        case LIPC_INIT_DEFAULT:
+        case LIPC_INIT_KAIMING:
+            std = sqrt(2.0 / (double)fan_in);
+            break;
+        case LIPC_INIT_XAVIER:
+            std = sqrt(2.0 / (double)(fan_in + fan_out));
+            break;
+        case LIPC_INIT_LIRESNET:
+            std = 1.0 / (double)fan_in;
+            break;
+        case LIPC_INIT_ORTHOGONAL:
+            std = 1.0;
+            break;
+        }
+        for (size_t j = 0; j < p->numel; j++)
+            v[j] = std * lipc_rng_normal(&r);
+        if (init == LIPC_INIT_ORTHOGONAL) {
+            if (rows <= fan_in)
+                orthonormalise(v, (int)rows, (int)fan_in, fan_in, 1, &r);
+            else
+                orthonormalise(v, (int)fan_in, (int)rows, 1, fan_in, &r);
+        }
+    }
+}

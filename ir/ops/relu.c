@@ -1,0 +1,53 @@
+/* ir/ops/relu.c: y = max(x, 0) elementwise. |max(a,0) - max(b,0)| <= |a - b|
+ * per element, so the map is 1-Lipschitz in l2. (LiResNet uses MinMax instead:
+ * ReLU loses gradient norm, but it stays available for small baselines.)
+ * The smallest op: copy this file to start a new one (ir/ops/README.md). */
+#include "ir/ir.h"
+#include "ir/ops/internal.h"
+
+static const lipc_field relu_fields[] = {
+    {0},
+};
+
+static bool relu_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
+{
+    (void)g;
+    (void)d;
+    if (!lipc_ops_inputs_known(n))
+        return false;
+    n->shape = n->in[0]->shape;
+    return true;
+}
+
+static void relu_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *out)
+{
+    (void)g;
+    (void)n;
+    *out = (lipc_lip){LIPC_LIP_ONE, "1-lipschitz", true, 1.0};
+}
+
+/* in [n_batch, numel], out [n_batch, numel]: out = max(in, 0) */
+static void relu_ref_forward(const lipc_node *n, int n_batch,
+                             const double *const *in, double *out,
+                             const double *params)
+{
+    (void)params;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        out[i] = in[0][i] > 0.0 ? in[0][i] : 0.0;
+}
+
+const lipc_op_desc lipc_op_desc_relu = {
+    .name = "relu",
+    .summary = "elementwise max(x, 0)",
+    .user = true,
+    .preprocess = false,
+    .linear = false,
+    .n_inputs = 1,
+    .fields = relu_fields,
+    .primary = NULL,
+    .defaults = NULL,
+    .infer = relu_infer,
+    .lipschitz = relu_lipschitz,
+    .ref_forward = relu_ref_forward,
+};

@@ -1,0 +1,56 @@
+/* ir/ops/shift.c: y = x + by, a constant added to every element (the
+ * preprocessing step `x - 0.5`). A translation: ||y(x) - y(x')|| = ||x - x'||,
+ * so it is an isometry and 1-Lipschitz. Affine, not linear (y(0) = by). */
+#include "ir/ir.h"
+#include "ir/ops/internal.h"
+
+#include <math.h>
+
+static const lipc_field shift_fields[] = {
+    {"by", LIPC_FIELD_FLOAT, offsetof(lipc_attrs, by), true, 0, NULL,
+     "constant added to every element: y = x + by"},
+    {0},
+};
+
+static bool shift_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
+{
+    (void)g;
+    (void)d;
+    if (!lipc_ops_inputs_known(n))
+        return false;
+    n->shape = n->in[0]->shape;
+    return true;
+}
+
+static void shift_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *out)
+{
+    (void)g;
+    (void)n;
+    *out = (lipc_lip){LIPC_LIP_ONE, "isometry", true, 1.0};
+}
+
+/* in [n_batch, numel], out [n_batch, numel]: out = in + by */
+static void shift_ref_forward(const lipc_node *n, int n_batch,
+                              const double *const *in, double *out,
+                              const double *params)
+{
+    (void)params;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        out[i] = in[0][i] + n->a.by;
+}
+
+const lipc_op_desc lipc_op_desc_shift = {
+    .name = "shift",
+    .summary = "add a constant to every element: y = x + by",
+    .user = true,
+    .preprocess = true,
+    .linear = false,
+    .n_inputs = 1,
+    .fields = shift_fields,
+    .primary = "by",
+    .defaults = NULL,
+    .infer = shift_infer,
+    .lipschitz = shift_lipschitz,
+    .ref_forward = shift_ref_forward,
+};
