@@ -37,6 +37,28 @@ lipc_status lipc_ref_node_forward(const lipc_graph *g, const lipc_node *n,
                                   const double *params, int n_batch,
                                   const double *const *in, double *out);
 
+/* Forward, then reverse-mode backward, on a batch (the reference for training):
+ *   params    the parameter block [g->n_param_elems]
+ *   x         [n_batch, numel(g->input_shape)]
+ *   dlogits   [n_batch, numel(g->output->shape)]: the gradient of the loss
+ *             w.r.t. the logits, or NULL to run the forward only
+ *   logits    [n_batch, numel(g->output->shape)] written (may be NULL)
+ *   dparams   [g->n_param_elems] zeroed, then set to dloss/dparams summed over
+ *             the batch (may be NULL: parameter gradients are not computed)
+ *   dx        [n_batch, numel(g->input_shape)] zeroed, then set to dloss/dx
+ *             (may be NULL: the input gradient is not computed)
+ * Every activation is kept until the end; gradients accumulate into one zeroed
+ * buffer per node (a value read twice, like a residual's skip, sums both
+ * contributions) and are propagated in reverse program order with each op's
+ * ref_backward. Nodes that lead to neither a parameter nor a requested dx get no
+ * gradient. A training step that needs the logits to form dlogits calls
+ * lipc_ref_forward first. Errors as lipc_ref_forward (LIPC_ERR_UNSUPPORTED also
+ * for an op without ref_backward on the gradient's path). */
+lipc_status lipc_ref_forward_backward(const lipc_graph *g, const double *params,
+                                      int n_batch, const double *x, const double *dlogits,
+                                      double *logits, double *dparams, double *dx,
+                                      lipc_diags *d);
+
 /* The pointer an op's ref_forward receives as `params`: the node's first
  * parameter inside the block (its weight; the bias follows it), or NULL when
  * the node has none. Checks that the node's parameters are contiguous. */
@@ -55,5 +77,113 @@ const double *lipc_ref_node_params(const lipc_graph *g, const lipc_node *n,
  * draws from its own stream, seeded by (seed, its name), so adding a layer
  * does not change the values of the others. */
 void lipc_ref_init_params(const lipc_graph *g, uint64_t seed, double *params);
+
+/* ---- losses (backend/ref/loss.c) ---- */
+
+/* The certified-training losses of METHOD.md section 5, in double: forward,
+ * backward and the batch's accuracy metrics, on the logits a forward pass made.
+ * Notation: f the logits of one example, y its label, r_i row i of the head's
+ * EFFECTIVE weight (already row-normalised when the head normalises: the caller
+ * turns dr into the raw weight's gradient through the normalisation), and the
+ * pair bounds K_ji = k_sub * ||r_j - r_i||_2. */
+
+/* kpair[j, i] = k_sub * ||r_j - r_i||_2 for every pair (zero diagonal): the
+ * one place the head's pair bounds are computed, for the losses and for
+ * certification (runtime/certify.c takes this matrix).
+ *   r      [m, d]   effective head rows
+ *   kpair  [m, m]   written */
+void lipc_ref_kpair(int m, int d, const double *r, double k_sub, double *kpair);
+
+typedef struct lipc_loss_spec {
+    lipc_loss kind;         /* EMMA, MARGIN, GLORO or TRADES (ir/ir.h) */
+    double eps;             /* the training radius (after the schedule), >= 0 */
+    double trades_lambda;   /* TRADES only */
+} lipc_loss_spec;
+
+typedef struct lipc_loss_result {
+    double loss;            /* mean loss over the batch */
+    double dk_sub;          /* d loss / d k_sub (0 when no gradient was asked) */
+    int n_correct;          /* unique argmax == label (a tie for the top is wrong) */
+    int n_certified;        /* correct AND certified at spec->eps, strict rule
+                             * (METHOD.md section 1; ties never certified) */
+} lipc_loss_result;
+
+/* The mean loss of a batch and its gradients.
+ *   logits   [n, m]
+ *   labels   [n]        each in [0, m)
+ *   r        [m, d]     effective head rows; k_sub > 0
+ *   dlogits  [n, m]     written: d loss / d logits; NULL: forward and metrics only
+ *   dr       [m, d]     ADDED into: d loss / d r; NULL: not computed (dk_sub
+ *                       still is when dlogits is given)
+ * m >= 2. Returns LIPC_ERR_NOMEM when its scratch cannot be allocated (out is
+ * then zeroed and dlogits, dr untouched). */
+lipc_status lipc_ref_loss(const lipc_loss_spec *spec, int n, int m, int d,
+                          const double *logits, const int32_t *labels, double k_sub,
+                          const double *r, double *dlogits, double *dr,
+                          lipc_loss_result *out);
+
+/* ---- entry points of the reference backend (backend/ref/exec.c) ---- */
+
+/* Hyper-parameters of one training step; the training loop's schedules
+ * compute lr and eps for each step. */
+typedef struct lipc_hyper {
+    int loss;               /* lipc_loss */
+    int optimizer;          /* lipc_optim */
+    double lr, eps, weight_decay;
+    double beta1, beta2, adam_eps;  /* AdamW */
+    double momentum;                /* SGD (Nesterov) */
+    double clip;                    /* global gradient-norm clipping; 0: off */
+    double trades_lambda;
+    int power_iters;                /* per step, warm-started */
+} lipc_hyper;
+
+/* What a training run carries from step to step (and checkpoints save):
+ * float, as every backend stores it. */
+typedef struct lipc_train_state {
+    float *params;          /* [g->n_param_elems] */
+    float *opt_m, *opt_v;   /* [g->n_param_elems] AdamW moments; SGD uses opt_m */
+    float *vec;             /* [prog->n_vec_elems] power-iteration vectors v, u */
+    long step;              /* optimiser steps taken */
+} lipc_train_state;
+
+typedef struct lipc_step_stats {
+    double loss;            /* mean over the batch */
+    double k_sub;           /* the bound used by the loss (power-iteration estimate) */
+    double grad_norm;       /* before clipping */
+    int n, correct, certified;  /* certified: correct and certified at hyper.eps */
+} lipc_step_stats;
+
+/* Per factor of K_sub after lipc_ref_lipschitz; one extra entry at the end
+ * holds K_sub itself in .value. */
+typedef struct lipc_bound_report {
+    double value;           /* sigma estimate (OPNORM), constant, or 1 + K(body) */
+    int iters;              /* power iterations run (OPNORM) */
+    double change;          /* relative change of sigma in the last 10 iterations */
+} lipc_bound_report;
+
+/* Logits of a batch: x [n, numel(input)], logits [n, classes]. p is a
+ * FORWARD (or TRAIN) program. */
+lipc_status lipc_ref_predict(const lipc_program *p, const float *params, int n, const float *x,
+                             double *logits);
+
+/* Power iteration to convergence on every operator-norm factor of a TRAIN or
+ * LIPSCHITZ program, warm-started from vec (updated): stops when sigma moves
+ * less than tol (relative) over 10 iterations, or after max_iters.
+ * report [p->n_bounds + 1]. */
+lipc_status lipc_ref_lipschitz(const lipc_program *p, const float *params, float *vec,
+                               int max_iters, double tol, lipc_bound_report *report);
+
+/* One training step of a TRAIN program on x [n, numel(input)], y [n]:
+ * updates st (parameters, moments, vectors, step). */
+lipc_status lipc_ref_train_step(const lipc_program *p, lipc_train_state *st, int n,
+                                const float *x, const int32_t *y, const lipc_hyper *h,
+                                lipc_step_stats *out);
+
+/* The same without clipping or update: the gradient of the loss w.r.t. the
+ * parameters, in double, into grads [g->n_param_elems] (gradient checks).
+ * st is not modified. */
+lipc_status lipc_ref_gradients(const lipc_program *p, lipc_train_state *st, int n,
+                               const float *x, const int32_t *y, const lipc_hyper *h,
+                               lipc_step_stats *out, double *grads);
 
 #endif

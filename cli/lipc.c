@@ -123,7 +123,8 @@ static size_t node_params(const lipc_graph *g, const lipc_node *n)
     return total;
 }
 
-/* One line of the layer table, without the name: op, attributes, shape, bound. */
+/* One line of the layer table, without the name: op, attributes, shape,
+ * parameter count, bound. */
 static void layer_signature(const lipc_graph *g, const lipc_node *n, lipc_buf *b)
 {
     char shape[48], count[32];
@@ -135,11 +136,68 @@ static void layer_signature(const lipc_graph *g, const lipc_node *n, lipc_buf *b
                                 n->lip.kind == LIPC_LIP_HEAD || n->lip.kind == LIPC_LIP_CONST
                             ? n->lip.method
                             : lipc_lip_kind_names[n->lip.kind];
-    lipc_buf_printf(b, "%-8s %-34.34s %-10s %7s  %s%s", lipc_op_info(n->op)->name,
-                    lipc_buf_str(&attrs), lipc_shape_str(n->shape, shape),
-                    n->n_param ? count : "", n->lip.kind == LIPC_LIP_LOOSE ? "loose " : "",
-                    bound ? bound : "");
+    char bound_text[64];
+    snprintf(bound_text, sizeof bound_text, "%s%s", n->lip.kind == LIPC_LIP_LOOSE ? "loose " : "",
+             bound ? bound : "");
+    lipc_buf_printf(b, "%-8s %-10s %7s  %-26s %s", lipc_op_info(n->op)->name,
+                    lipc_shape_str(n->shape, shape), n->n_param ? count : "", bound_text,
+                    lipc_buf_str(&attrs));
     lipc_buf_free(&attrs);
+}
+
+/* The repeat a node belongs to, from its name: "blocks.3.residual_0.conv2d_0"
+ * gives the prefix "blocks." (length 7) and index 3; -1 when none. */
+static int repeat_index(const char *name, size_t *prefix_len)
+{
+    for (const char *p = name; *p; p++) {
+        if (*p != '.' || !(p[1] >= '0' && p[1] <= '9'))
+            continue;
+        const char *q = p + 1;
+        int k = 0;
+        while (*q >= '0' && *q <= '9')
+            k = k * 10 + (*q++ - '0');
+        if (*q == '.' || *q == '\0') {
+            *prefix_len = (size_t)(p - name) + 1;
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* Nodes from n that belong to iteration k of the repeat named by prefix. */
+static int group_len(const lipc_node *n, const char *prefix, size_t len, int k)
+{
+    char head[160];
+    snprintf(head, sizeof head, "%.*s%d.", (int)len, prefix, k);
+    int count = 0;
+    for (; n && n->name && strncmp(n->name, head, strlen(head)) == 0; n = n->next)
+        count++;
+    return count;
+}
+
+static bool same_layers(const lipc_graph *g, const lipc_node *a, const lipc_node *b, int len)
+{
+    bool same = true;
+    for (int i = 0; i < len && same; i++, a = a->next, b = b->next) {
+        lipc_buf x, y;
+        lipc_buf_init(&x);
+        lipc_buf_init(&y);
+        layer_signature(g, a, &x);
+        layer_signature(g, b, &y);
+        same = strcmp(lipc_buf_str(&x), lipc_buf_str(&y)) == 0;
+        lipc_buf_free(&x);
+        lipc_buf_free(&y);
+    }
+    return same;
+}
+
+static void print_layer(const lipc_graph *g, const lipc_node *n, int name_w)
+{
+    lipc_buf line;
+    lipc_buf_init(&line);
+    layer_signature(g, n, &line);
+    printf("  %-*s %s\n", name_w, n->name, lipc_buf_str(&line));
+    lipc_buf_free(&line);
 }
 
 static void print_summary(const lipc_graph *g)
@@ -160,68 +218,61 @@ static void print_summary(const lipc_graph *g)
            "%d loose (1 + K)\n", s.n_factors, s.n_opnorm, s.n_exact, s.n_one, s.n_const,
            s.n_loose);
     printf("  head: %s\n", s.head ? "pairwise bound K_sub * ||w_i - w_j||" : "none (no dense head)");
+    /* Kept residuals, those written once in a repeat grouped together. */
     for (int i = 0; i < g->n_res; i++) {
         const lipc_residual *r = g->res[i];
-        if (r->state == LIPC_RES_KEPT)
-            printf("  kept %s (%s:%d): %s\n", r->name, r->loc.file, r->loc.line, r->why);
+        if (r->state != LIPC_RES_KEPT)
+            continue;
+        int same = 0;
+        while (i + same + 1 < g->n_res) {
+            const lipc_residual *q = g->res[i + same + 1];
+            if (q->state != LIPC_RES_KEPT || strcmp(q->why, r->why) != 0 ||
+                q->why_loc.line != r->why_loc.line || q->why_loc.col != r->why_loc.col)
+                break;
+            same++;
+        }
+        printf("  kept %s%s%.0d%s (%s:%d:%d): %s\n", r->name, same ? " and " : "", same,
+               same ? " more" : "", r->why_loc.file, r->why_loc.line, r->why_loc.col, r->why);
+        i += same;
     }
 
-    /* The layers, with runs of identical layers (a repeat) collapsed. */
-    printf("  %-28s %-8s %-34s %-10s %7s  %s\n", "layer", "op", "attributes", "shape", "params",
-           "bound");
+    int name_w = 5;
+    for (const lipc_node *n = g->first; n; n = n->next)
+        if (n->name && (int)strlen(n->name) > name_w)
+            name_w = (int)strlen(n->name);
+    if (name_w > 48)
+        name_w = 48;
+    printf("  %-*s %-8s %-10s %7s  %-26s %s\n", name_w, "layer", "op", "shape", "params",
+           "bound", "attributes");
+    /* A repeat shows its first iteration and a count when the iterations
+     * are identical; otherwise every layer is listed. */
     const lipc_node *n = g->first;
     while (n) {
-        lipc_buf sig;
-        lipc_buf_init(&sig);
-        layer_signature(g, n, &sig);
-        const lipc_node *m = n->next;
-        int run = 1;
-        /* A run is a repeating period of up to 4 layers, as a repeat body gives. */
-        int period = 0;
-        for (int p = 1; p <= 4 && !period; p++) {
-            const lipc_node *a = n, *b = n;
-            for (int k = 0; k < p && b; k++)
-                b = b->next;
-            int same = 0;
-            while (b) {
-                lipc_buf x, y;
-                lipc_buf_init(&x);
-                lipc_buf_init(&y);
-                layer_signature(g, a, &x);
-                layer_signature(g, b, &y);
-                bool eq = strcmp(lipc_buf_str(&x), lipc_buf_str(&y)) == 0 && a->scope == NULL &&
-                          b->scope == NULL;
-                lipc_buf_free(&x);
-                lipc_buf_free(&y);
-                if (!eq)
-                    break;
-                same++;
-                a = a->next;
-                b = b->next;
+        size_t plen;
+        int k = n->name ? repeat_index(n->name, &plen) : -1;
+        int len = k == 0 ? group_len(n, n->name, plen, 0) : 0;
+        if (len > 0) {
+            const lipc_node *next = n;
+            for (int i = 0; i < len; i++)
+                next = next->next;
+            int iters = 1;
+            while (next && group_len(next, n->name, plen, iters) == len &&
+                   same_layers(g, n, next, len)) {
+                for (int i = 0; i < len; i++)
+                    next = next->next;
+                iters++;
             }
-            if (same >= 2 * p) {
-                period = p;
-                run = same / p + 1;
+            if (iters > 1) {
+                for (int i = 0; i < len; i++, n = n->next)
+                    print_layer(g, n, name_w);
+                printf("  %-*s ... %d identical iterations of %.*s in all\n", name_w, "", iters,
+                       (int)plen - 1, next ? next->prev->name : g->last->name);
+                n = next;
+                continue;
             }
         }
-        if (period) {
-            const lipc_node *first = n;
-            for (int k = 0; k < period; k++, n = n->next) {
-                lipc_buf line;
-                lipc_buf_init(&line);
-                layer_signature(g, n, &line);
-                printf("  %-28.28s %s\n", n->name, lipc_buf_str(&line));
-                lipc_buf_free(&line);
-            }
-            printf("  %-28s ... the %d layer%s above, %d times in all (from %s)\n", "",
-                   period, period == 1 ? "" : "s", run, first->name);
-            for (int k = 0; k < period * (run - 1) && n; k++)
-                n = n->next;
-        } else {
-            printf("  %-28.28s %s\n", n->name, lipc_buf_str(&sig));
-            n = m;
-        }
-        lipc_buf_free(&sig);
+        print_layer(g, n, name_w);
+        n = n->next;
     }
 }
 

@@ -23,6 +23,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
@@ -47,6 +48,9 @@ typedef struct fe {
     fe_var vars[MAX_VARS];
     int n_vars;
     bool oom;
+    const yaml_node_t *keys_listed;  /* mapping whose allowed keys a note listed */
+    const char *text;                /* the file, for positions libyaml lacks */
+    size_t len;
 } fe;
 
 typedef struct kv {
@@ -107,11 +111,45 @@ static const char *kind_name(const yaml_node_t *n)
     }
 }
 
+/* Records an error unless the same text was already reported at the same
+ * place. Aliases make the YAML tree a DAG and `repeat` walks one list many
+ * times, so one mistake can be reached along many paths; the user wants to
+ * read it once. Returns NULL for a repeat (attaching notes to NULL is a no-op). */
+static lipc_diag_msg *fe_error(fe *f, lipc_loc loc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static lipc_diag_msg *fe_error(fe *f, lipc_loc loc, const char *fmt, ...)
+{
+    lipc_buf b;
+    lipc_buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    lipc_buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    if (b.failed) {
+        lipc_buf_free(&b);
+        f->oom = true;
+        return NULL;
+    }
+    const char *text = lipc_buf_str(&b);
+    for (const lipc_diag_msg *m = f->d->first; m; m = m->next) {
+        if (m->sev == LIPC_SEV_ERROR && m->loc.line == loc.line && m->loc.col == loc.col &&
+            m->loc.file && loc.file && strcmp(m->loc.file, loc.file) == 0 &&
+            strcmp(m->text, text) == 0) {
+            lipc_buf_free(&b);
+            return NULL;
+        }
+    }
+    lipc_diag_msg *m = lipc_diag_error(f->d, loc, "%s", text);
+    lipc_buf_free(&b);
+    return m;
+}
+
 static lipc_diag_msg *type_error(fe *f, const yaml_node_t *n, const char *what,
                                  const char *expected)
 {
-    return lipc_diag_error(f->d, node_loc(f, n), "%s must be %s, got %s", what,
-                           expected, kind_name(n));
+    return fe_error(f, node_loc(f, n), "%s must be %s, got %s", what, expected,
+                    kind_name(n));
 }
 
 /* Enters a YAML node: counts the visit and the depth. False (with one error)
@@ -121,20 +159,24 @@ static bool enter(fe *f, const yaml_node_t *n)
     f->depth++;
     f->visits++;
     if (f->depth > f->max_depth) {
-        if (!f->budget_reported)
-            lipc_diag_error(f->d, node_loc(f, n),
-                            "the model nests deeper than %d levels", f->max_depth);
+        if (!f->budget_reported) {
+            lipc_diag_msg *m = fe_error(f, node_loc(f, n),
+                                        "the model nests deeper than %d levels", f->max_depth);
+            lipc_diag_hint(m, "nest fewer blocks (residual, repeat) inside each other");
+        }
         f->budget_reported = true;
         return false;
     }
     if (f->visits > f->max_visits) {
         if (!f->budget_reported) {
-            lipc_diag_msg *m = lipc_diag_error(
-                f->d, node_loc(f, n),
-                "the model is too large: more than %ld YAML nodes after expanding aliases",
+            lipc_diag_msg *m = fe_error(
+                f, node_loc(f, n),
+                "the model is too large: more than %ld YAML nodes after expanding "
+                "aliases and `repeat`",
                 f->max_visits);
             lipc_diag_note(m, LIPC_NO_LOC,
-                           "aliases (*name) count once for every place they are used");
+                           "aliases (*name) count once for every place they are used, and a "
+                           "repeated list once for every time it is repeated");
         }
         f->budget_reported = true;
         return false;
@@ -164,7 +206,7 @@ static int mapping_items(fe *f, const yaml_node_t *m, const char *what, kv *out,
             continue;
         const char *key = scalar(k);
         if (!key) {
-            lipc_diag_error(f->d, node_loc(f, k), "keys of %s must be plain words, got %s",
+            fe_error(f, node_loc(f, k), "keys of %s must be plain words, got %s",
                             what, kind_name(k));
             continue;
         }
@@ -172,7 +214,7 @@ static int mapping_items(fe *f, const yaml_node_t *m, const char *what, kv *out,
         for (int i = 0; i < n; i++) {
             if (strcmp(out[i].key, key) == 0) {
                 lipc_diag_msg *e =
-                    lipc_diag_error(f->d, node_loc(f, k), "duplicate key '%s' in %s", key, what);
+                    fe_error(f, node_loc(f, k), "duplicate key '%s' in %s", key, what);
                 lipc_diag_note(e, node_loc(f, out[i].key_node), "first given here");
                 dup = true;
                 break;
@@ -181,7 +223,7 @@ static int mapping_items(fe *f, const yaml_node_t *m, const char *what, kv *out,
         if (dup)
             continue;
         if (n == max) {
-            lipc_diag_error(f->d, node_loc(f, k), "%s has more than %d keys", what, max);
+            fe_error(f, node_loc(f, k), "%s has more than %d keys", what, max);
             break;
         }
         out[n++] = (kv){key, k, v};
@@ -189,16 +231,35 @@ static int mapping_items(fe *f, const yaml_node_t *m, const char *what, kv *out,
     return n;
 }
 
-static void unknown_key(fe *f, const kv *item, const char *what,
-                        const char *const *allowed)
+/* The closest word to s: a plausible typo (lipc_closest_word), else a word
+ * that s abbreviates or extends by at least 3 letters (`conv` for `conv2d`). */
+static const char *suggest(const char *s, const char *const *words)
+{
+    const char *best = lipc_closest_word(s, words);
+    if (best)
+        return best;
+    size_t len = strlen(s);
+    for (int i = 0; words && words[i]; i++) {
+        size_t wl = strlen(words[i]);
+        size_t shorter = len < wl ? len : wl;
+        if (shorter >= 3 && strncmp(s, words[i], shorter) == 0)
+            return words[i];
+    }
+    return NULL;
+}
+
+/* An unknown key of mapping `m`: a "did you mean" when one is close, else the
+ * allowed keys (listed once per mapping, not under every stray key). */
+static lipc_diag_msg *unknown_key(fe *f, const yaml_node_t *m_node, const kv *item,
+                                  const char *what, const char *const *allowed)
 {
     lipc_diag_msg *m =
-        lipc_diag_error(f->d, node_loc(f, item->key_node), "unknown key '%s' in %s",
-                        item->key, what);
-    const char *best = lipc_closest_word(item->key, allowed);
+        fe_error(f, node_loc(f, item->key_node), "unknown key '%s' in %s", item->key, what);
+    const char *best = suggest(item->key, allowed);
     if (best) {
         lipc_diag_hint(m, "did you mean '%s'?", best);
-    } else {
+    } else if (m && f->keys_listed != m_node) {
+        f->keys_listed = m_node;
         lipc_buf b;
         lipc_buf_init(&b);
         for (int i = 0; allowed[i]; i++)
@@ -206,6 +267,7 @@ static void unknown_key(fe *f, const kv *item, const char *what,
         lipc_diag_note(m, LIPC_NO_LOC, "allowed keys: %s", lipc_buf_str(&b));
         lipc_buf_free(&b);
     }
+    return m;
 }
 
 static const kv *find_item(const kv *items, int n, const char *key)
@@ -242,7 +304,7 @@ static bool read_number(fe *f, const yaml_node_t *n, const char *what, double *o
         offset = 1;
         if (s[1] == '{') {
             if (len < 3 || s[len - 1] != '}') {
-                lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, n),
+                lipc_diag_msg *m = fe_error(f, node_loc(f, n),
                                                    "unterminated expression in %s: '%s'",
                                                    what, s);
                 lipc_diag_hint(m, "write ${expression} or just the expression, e.g. 2 * width");
@@ -272,22 +334,27 @@ static bool read_number(fe *f, const yaml_node_t *n, const char *what, double *o
         if (unknown) {
             char name[64];
             snprintf(name, sizeof name, "%.*s", ulen > 60 ? 60 : ulen, unknown);
-            lipc_diag_msg *m =
-                lipc_diag_error(f->d, loc, "unknown parameter '%s' in %s", name, what);
             const char *names[MAX_VARS + 1];
             for (int i = 0; i < f->n_vars; i++)
                 names[i] = f->vars[i].name;
             names[f->n_vars] = NULL;
             const char *best = lipc_closest_word(name, names);
-            if (best)
-                lipc_diag_hint(m, "did you mean '%s'?", best);
-            else if (offset == 0 && at == 0)
-                lipc_diag_note(m, LIPC_NO_LOC, "%s takes a number or an expression over "
-                                               "the model's params", what);
-            else
-                lipc_diag_hint(m, "declare it under `params:` at the top of the file");
+            bool lone_word = offset == 0 && at == 0 && (size_t)ulen == strlen(body);
+            lipc_diag_msg *m;
+            if (lone_word && !best) {
+                /* Most likely text where a number belongs, not a parameter. */
+                m = fe_error(f, loc, "%s must be a number, got '%s'", what, name);
+                lipc_diag_note(m, LIPC_NO_LOC, "a word here names a parameter, and the model "
+                                               "declares no parameter '%s'", name);
+            } else {
+                m = fe_error(f, loc, "unknown parameter '%s' in %s", name, what);
+                if (best)
+                    lipc_diag_hint(m, "did you mean '%s'?", best);
+                else
+                    lipc_diag_hint(m, "declare it under `params:` at the top of the file");
+            }
         } else {
-            lipc_diag_error(f->d, loc, "bad expression in %s: %s", what, err);
+            fe_error(f, loc, "bad expression in %s: %s", what, err);
         }
     }
     lipc_free(body);
@@ -295,18 +362,43 @@ static bool read_number(fe *f, const yaml_node_t *n, const char *what, double *o
     return ok;
 }
 
+#define MAX_INT_VALUE (1 << 30)
+
+/* How a value the user gave reads in a message: as written when it was a
+ * number (a double would print 99999999999999999999 as 1e+20), else the value
+ * of the expression and the expression. */
+static void describe_value(const yaml_node_t *n, double v, char *buf, size_t size)
+{
+    const char *s = scalar(n);
+    if (!s)
+        s = "";
+    const char *more = strlen(s) > 40 ? "..." : "";
+    char *end;
+    strtod(s, &end);
+    if (end != s && *end == '\0')
+        snprintf(buf, size, "%.40s%s", s, more);
+    else
+        snprintf(buf, size, "%.15g (from '%.40s%s')", v, s, more);
+}
+
 static bool read_int(fe *f, const yaml_node_t *n, const char *what, int min, int *out)
 {
     double v;
     if (!read_number(f, n, what, &v))
         return false;
+    char given[128];
+    describe_value(n, v, given, sizeof given);
     if (v != floor(v)) {
-        lipc_diag_error(f->d, node_loc(f, n), "%s must be a whole number, got %g", what, v);
+        fe_error(f, node_loc(f, n), "%s must be a whole number, got %s", what, given);
         return false;
     }
-    if (v < min || v > (double)(1 << 30)) {
-        lipc_diag_error(f->d, node_loc(f, n), "%s must be between %d and %d, got %.0f", what,
-                        min, 1 << 30, v);
+    if (v < min) {
+        fe_error(f, node_loc(f, n), "%s must be at least %d, got %s", what, min, given);
+        return false;
+    }
+    if (v > (double)MAX_INT_VALUE) {
+        fe_error(f, node_loc(f, n), "%s is too large: %s (at most %d)", what, given,
+                 MAX_INT_VALUE);
         return false;
     }
     *out = (int)v;
@@ -336,7 +428,7 @@ static bool parse_enum(fe *f, const yaml_node_t *v, const char *what,
     lipc_buf_init(&b);
     for (int i = 0; names[i]; i++)
         lipc_buf_printf(&b, "%s%s", i ? " | " : "", names[i]);
-    lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, v), "%s must be one of %s, got '%s'",
+    lipc_diag_msg *m = fe_error(f, node_loc(f, v), "%s must be one of %s, got '%s'",
                                        what, lipc_buf_str(&b), s);
     lipc_buf_free(&b);
     const char *best = lipc_closest_word(s, names);
@@ -363,7 +455,7 @@ static int read_int_list(fe *f, const yaml_node_t *v, const char *what, int min,
         if (!e)
             continue;
         if (n == max) {
-            lipc_diag_error(f->d, node_loc(f, e), "%s takes at most %d numbers", what, max);
+            fe_error(f, node_loc(f, e), "%s takes at most %d numbers", what, max);
             return -1;
         }
         if (!enter(f, e)) {
@@ -374,7 +466,7 @@ static int read_int_list(fe *f, const yaml_node_t *v, const char *what, int min,
         leave(f);
     }
     if (n == 0) {
-        lipc_diag_error(f->d, node_loc(f, v), "%s must not be an empty list", what);
+        fe_error(f, node_loc(f, v), "%s must not be an empty list", what);
         return -1;
     }
     return ok ? n : -1;
@@ -477,7 +569,7 @@ static bool parse_record(fe *f, const yaml_node_t *m, const lipc_field *fields,
         if (!fd) {
             const char *keys[64];
             field_keys(fields, keys, 64);
-            unknown_key(f, &items[i], owner, keys);
+            unknown_key(f, m, &items[i], owner, keys);
             ok = false;
             continue;
         }
@@ -496,10 +588,18 @@ static bool parse_record(fe *f, const yaml_node_t *m, const lipc_field *fields,
 
 /* ---- names ------------------------------------------------------------------ */
 
+/* The names given so far in one list of layers, to reject a name used twice.
+ * It grows as needed: build_list runs once per list per repeat iteration, and
+ * most lists are short. Past MAX_LIST_NAMES names the rest go unchecked, which
+ * keeps the quadratic search bounded on absurd lists. */
+typedef struct name_entry {
+    const char *name;
+    lipc_loc loc;
+} name_entry;
+
 typedef struct name_table {
-    const char *names[MAX_LIST_NAMES];
-    lipc_loc locs[MAX_LIST_NAMES];
-    int n;
+    name_entry *e;
+    int n, cap;
     int counter[LIPC_OP_COUNT + 2];   /* per op, then residual, repeat */
 } name_table;
 
@@ -527,9 +627,10 @@ static const char *layer_name(fe *f, name_table *t, const char *scope, int count
     if (given) {
         const char *s = scalar(given);
         if (!s || !valid_name(s)) {
-            lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, given),
-                                               "a layer name must be a word of letters, digits, "
-                                               "'_' and '-' (at most 64)");
+            lipc_diag_msg *m = fe_error(f, node_loc(f, given),
+                                        "a layer name must be a word of letters, digits, '_' "
+                                        "and '-' (at most 64 characters), got '%.64s%s'",
+                                        s ? s : "", s && strlen(s) > 64 ? "..." : "");
             if (s && strchr(s, '.'))
                 lipc_diag_hint(m, "dots are added by lipc to join the names of nested blocks");
             snprintf(local, sizeof local, "%s_%d", kind, index);
@@ -541,10 +642,10 @@ static const char *layer_name(fe *f, name_table *t, const char *scope, int count
         snprintf(local, sizeof local, "%s_%d", kind, index);
     }
     for (int i = 0; i < t->n; i++) {
-        if (strcmp(t->names[i], local) == 0) {
+        if (strcmp(t->e[i].name, local) == 0) {
             lipc_diag_msg *m =
-                lipc_diag_error(f->d, loc, "two layers in one list are named '%s'", local);
-            lipc_diag_note(m, t->locs[i], "the other one is here");
+                fe_error(f, loc, "two layers in one list are named '%s'", local);
+            lipc_diag_note(m, t->e[i].loc, "the other one is here");
             break;
         }
     }
@@ -554,11 +655,18 @@ static const char *layer_name(fe *f, name_table *t, const char *scope, int count
         f->oom = true;
         return "?";
     }
-    if (t->n < MAX_LIST_NAMES) {
-        t->names[t->n] = full + (scope ? strlen(scope) + 1 : 0);
-        t->locs[t->n] = loc;
-        t->n++;
+    if (t->n == t->cap && t->cap < MAX_LIST_NAMES) {
+        int cap = t->cap ? 2 * t->cap : 8;
+        name_entry *e = lipc_realloc(t->e, (size_t)cap * sizeof *e);
+        if (!e) {
+            f->oom = true;
+            return full;
+        }
+        t->e = e;
+        t->cap = cap;
     }
+    if (t->n < t->cap)
+        t->e[t->n++] = (name_entry){full + (scope ? strlen(scope) + 1 : 0), loc};
     return full;
 }
 
@@ -596,10 +704,11 @@ static bool check_node_budget(fe *f, lipc_loc loc)
     if (node_count(f) < f->max_nodes)
         return true;
     if (!f->budget_reported) {
-        lipc_diag_msg *m = lipc_diag_error(
-            f->d, loc, "the model is too large: more than %ld layers after expanding repeat",
-            f->max_nodes);
-        lipc_diag_hint(m, "check the counts given to `repeat`");
+        lipc_diag_msg *m = fe_error(
+            f, loc, "the model is too large: more than %ld layers after expanding `repeat` "
+            "and aliases", f->max_nodes);
+        lipc_diag_hint(m, "check the counts given to `repeat` and the blocks reused through "
+                          "aliases (*name)");
     }
     f->budget_reported = true;
     return false;
@@ -613,11 +722,18 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
     const lipc_op_desc *desc = lipc_op_info(op);
     lipc_loc loc = op_item ? node_loc(f, op_item->key_node) : node_loc(f, item);
     if (ctx.preprocess && !desc->preprocess) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, loc,
+        lipc_diag_msg *m = fe_error(f, loc,
                                            "'%s' is not a preprocessing op", desc->name);
+        lipc_buf ok_ops;
+        lipc_buf_init(&ok_ops);
+        for (int o = 0; o < LIPC_OP_COUNT; o++)
+            if (lipc_op_info((lipc_op)o)->user && lipc_op_info((lipc_op)o)->preprocess)
+                lipc_buf_printf(&ok_ops, "%s%s", ok_ops.len ? ", " : "",
+                                lipc_op_info((lipc_op)o)->name);
         lipc_diag_note(m, LIPC_NO_LOC,
-                       "input.preprocess takes only ops that keep the Lipschitz bound: "
-                       "shift, pad");
+                       "input.preprocess takes only ops that keep the Lipschitz bound: %s",
+                       lipc_buf_str(&ok_ops));
+        lipc_buf_free(&ok_ops);
         lipc_diag_hint(m, "move it to `layers:`");
         return x;
     }
@@ -641,8 +757,8 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
         int k = mapping_items(f, v, owner, items, 64);
         for (int i = 0; i < k; i++) {
             if (strcmp(items[i].key, "name") == 0) {
-                lipc_diag_msg *m = lipc_diag_error(
-                    f->d, node_loc(f, items[i].key_node),
+                lipc_diag_msg *m = fe_error(
+                    f, node_loc(f, items[i].key_node),
                     "'name' goes beside the op key, not among its attributes");
                 lipc_diag_hint(m, "write `- %s: {...}` and `name: %s` on the next line, "
                                   "indented like the op",
@@ -655,10 +771,10 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
                 const char *keys[64];
                 field_keys(desc->fields, keys, 64);
                 if (!keys[0]) {
-                    lipc_diag_error(f->d, node_loc(f, items[i].key_node),
+                    fe_error(f, node_loc(f, items[i].key_node),
                                     "'%s' takes no attributes", desc->name);
                 } else {
-                    unknown_key(f, &items[i], owner, keys);
+                    unknown_key(f, v, &items[i], owner, keys);
                 }
                 ok = false;
                 continue;
@@ -683,7 +799,7 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
         } else {
             lipc_diag_msg *m;
             if (!desc->fields || !desc->fields[0].key)
-                m = lipc_diag_error(f->d, node_loc(f, v), "'%s' takes no attributes", desc->name);
+                m = fe_error(f, node_loc(f, v), "'%s' takes no attributes", desc->name);
             else
                 m = type_error(f, v, owner, "a mapping of attributes");
             if (desc->fields && desc->fields[0].key)
@@ -691,21 +807,35 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
             ok = false;
         }
     }
-    /* Required attributes, all named in one message. */
+    /* Required attributes, all named in one message, each with its meaning, and
+     * an example that names exactly the missing ones. */
     if (ok && desc->fields) {
-        lipc_buf missing;
+        lipc_buf missing, example;
         lipc_buf_init(&missing);
-        int n_missing = 0;
-        for (int i = 0; desc->fields[i].key; i++)
-            if (desc->fields[i].required && !seen[i])
-                lipc_buf_printf(&missing, "%s'%s'", n_missing++ ? ", " : "",
-                                desc->fields[i].key);
+        lipc_buf_init(&example);
+        int n_missing = 0, last = -1;
+        for (int i = 0; desc->fields[i].key; i++) {
+            if (!desc->fields[i].required || seen[i])
+                continue;
+            lipc_buf_printf(&missing, "%s'%s'", n_missing ? " and " : "", desc->fields[i].key);
+            lipc_buf_printf(&example, "%s%s: ...", n_missing ? ", " : "", desc->fields[i].key);
+            n_missing++;
+            last = i;
+        }
         if (n_missing) {
-            lipc_diag_msg *m = lipc_diag_error(f->d, loc, "'%s' needs %s", desc->name,
-                                               lipc_buf_str(&missing));
-            lipc_diag_hint(m, "e.g. `- %s: {%s: ...}`", desc->name, desc->fields[0].key);
+            lipc_diag_msg *m = fe_error(f, loc, "%s needs %s", desc->name,
+                                        lipc_buf_str(&missing));
+            for (int i = 0; desc->fields[i].key && n_missing > 1; i++)
+                if (desc->fields[i].required && !seen[i] && desc->fields[i].help)
+                    lipc_diag_note(m, LIPC_NO_LOC, "'%s': %s", desc->fields[i].key,
+                                   desc->fields[i].help);
+            if (n_missing == 1 && desc->fields[last].help)
+                lipc_diag_note(m, LIPC_NO_LOC, "'%s': %s", desc->fields[last].key,
+                               desc->fields[last].help);
+            lipc_diag_hint(m, "e.g. `- %s: {%s}`", desc->name, lipc_buf_str(&example));
         }
         lipc_buf_free(&missing);
+        lipc_buf_free(&example);
     }
     return n;
 }
@@ -716,7 +846,8 @@ static lipc_node *build_residual(fe *f, const kv *item, const yaml_node_t *given
 {
     lipc_loc loc = node_loc(f, item->key_node);
     if (ctx.preprocess) {
-        lipc_diag_error(f->d, loc, "a residual is not a preprocessing op");
+        lipc_diag_msg *m = fe_error(f, loc, "a residual is not a preprocessing op");
+        lipc_diag_hint(m, "move it to `layers:`");
         return x;
     }
     const char *name = layer_name(f, names, ctx.scope, COUNTER_RESIDUAL, "residual",
@@ -728,8 +859,10 @@ static lipc_node *build_residual(fe *f, const kv *item, const yaml_node_t *given
         return x;
     }
     if (body->data.sequence.items.top == body->data.sequence.items.start) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, loc, "the body of residual '%s' is empty", name);
+        lipc_diag_msg *m = fe_error(f, loc, "the body of residual '%s' is empty", name);
         lipc_diag_note(m, LIPC_NO_LOC, "a residual computes x + body(x)");
+        lipc_diag_hint(m, "give it layers, e.g. `- residual: [{conv2d: {out: 64, kernel: 3}}]`, "
+                          "or remove it");
         return x;
     }
     lipc_residual *r = lipc_graph_add_residual(f->g, name, ir_loc(f, loc));
@@ -768,7 +901,7 @@ static lipc_node *build_repeat(fe *f, const kv *item, const kv *items, int n_ite
         return x;
     const kv *layers = find_item(items, n_items, "layers");
     if (!layers) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, loc, "repeat needs 'layers'");
+        lipc_diag_msg *m = fe_error(f, loc, "repeat needs 'layers'");
         lipc_diag_hint(m, "write `layers:` beside `repeat:` with the layers to repeat");
         return x;
     }
@@ -776,7 +909,37 @@ static lipc_node *build_repeat(fe *f, const kv *item, const kv *items, int n_ite
         type_error(f, layers->value, "'layers' of repeat", "a list of layers");
         return x;
     }
+    if (layers->value->data.sequence.items.top == layers->value->data.sequence.items.start) {
+        lipc_diag_msg *m = fe_error(f, node_loc(f, layers->value), "the layers of repeat '%s' "
+                                    "are an empty list", name);
+        lipc_diag_hint(m, "give the layers to repeat, or remove the repeat");
+        return x;
+    }
+    if (count == 0) {
+        /* Nothing to build, but a mistake in the body must not hide behind a
+         * zero count (`--set depth=0`): build the body once to check it, then
+         * take its nodes and residual records out again. */
+        lipc_node *last = f->g->last;
+        int n_res = f->g->n_res;
+        const char *scope = lipc_arena_printf(&f->g->arena, "%s.0", name);
+        if (!scope) {
+            f->oom = true;
+            return x;
+        }
+        build_list(f, layers->value, x, (build_ctx){scope, ctx.res, ctx.preprocess},
+                   "the layers of a repeat");
+        while (f->g->last && f->g->last != last)
+            lipc_graph_unlink(f->g, f->g->last);
+        f->g->n_res = n_res;
+        return x;
+    }
     for (int i = 0; i < count && !over_budget(f); i++) {
+        /* Each pass over the body counts as a visit, so that a huge count over
+         * a body that adds nothing (an inner `repeat: 0`) still hits a limit. */
+        bool within = enter(f, layers->value);
+        leave(f);
+        if (!within)
+            break;
         const char *scope = lipc_arena_printf(&f->g->arena, "%s.%d", name, i);
         if (!scope) {
             f->oom = true;
@@ -792,6 +955,48 @@ static lipc_node *build_repeat(fe *f, const kv *item, const kv *items, int n_ite
     return x;
 }
 
+/* The words that may start a layer: the user-writable ops, residual, repeat. */
+static void layer_words(const char **words, int max)
+{
+    const char *const *ops = lipc_op_user_names();
+    int w = 0;
+    for (int j = 0; ops[j] && w < max - 3; j++)
+        words[w++] = ops[j];
+    words[w++] = "residual";
+    words[w++] = "repeat";
+    words[w] = NULL;
+}
+
+/* `s` was written where an op goes and is none: say so, with the closest op or
+ * the list of ops. An internal op (add) gets its own explanation. */
+static void unknown_op(fe *f, lipc_loc loc, const char *s)
+{
+    lipc_op op = lipc_op_lookup(s);
+    if (op != LIPC_OP_COUNT) {
+        lipc_diag_msg *m = fe_error(f, loc, "'%s' is internal to lipc and cannot be written "
+                                            "in a model", s);
+        if (op == LIPC_OP_ADD)
+            lipc_diag_hint(m, "to add a block's input to its output, write a residual: "
+                              "`- residual:` with the block's layers below it");
+        return;
+    }
+    lipc_diag_msg *m = fe_error(f, loc, "unknown op '%s'", s);
+    const char *words[LIPC_OP_COUNT + 3];
+    layer_words(words, LIPC_OP_COUNT + 3);
+    const char *best = suggest(s, words);
+    if (best) {
+        lipc_diag_hint(m, "did you mean '%s'?", best);
+        return;
+    }
+    lipc_buf b;
+    lipc_buf_init(&b);
+    for (int i = 0; words[i]; i++)
+        lipc_buf_printf(&b, "%s%s", i ? ", " : "", words[i]);
+    lipc_diag_note(m, LIPC_NO_LOC, "a layer is one of: %s (`lipc ops` describes them)",
+                   lipc_buf_str(&b));
+    lipc_buf_free(&b);
+}
+
 /* One item of a layer list. */
 static lipc_node *build_item(fe *f, const yaml_node_t *item, name_table *names,
                              lipc_node *x, build_ctx ctx)
@@ -802,90 +1007,95 @@ static lipc_node *build_item(fe *f, const yaml_node_t *item, name_table *names,
         if (op != LIPC_OP_COUNT && lipc_op_info(op)->user)
             return build_op(f, op, NULL, item, NULL, names, x, ctx);
         if (!strcmp(s, "residual") || !strcmp(s, "repeat")) {
-            lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, item), "'%s' needs a body", s);
+            lipc_diag_msg *m = fe_error(f, node_loc(f, item), "'%s' needs a body", s);
             lipc_diag_hint(m, !strcmp(s, "residual")
                                   ? "write `- residual:` followed by a list of layers"
                                   : "write `- repeat: N` and `layers:` beside it");
             return x;
         }
-        lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, item), "unknown op '%s'", s);
-        if (op != LIPC_OP_COUNT) {
-            lipc_diag_note(m, LIPC_NO_LOC, "'%s' is internal to lipc", s);
-            if (op == LIPC_OP_ADD)
-                lipc_diag_hint(m, "write a residual block: `- residual: [...]`");
-            return x;
-        }
-        const char *best = lipc_closest_word(s, lipc_op_user_names());
-        if (best)
-            lipc_diag_hint(m, "did you mean '%s'?", best);
-        else
-            lipc_diag_note(m, LIPC_NO_LOC, "`lipc ops` lists the ops");
+        unknown_op(f, node_loc(f, item), s);
         return x;
     }
     if (item->type != YAML_MAPPING_NODE) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, item),
-                                           "expected a layer, got %s", kind_name(item));
-        lipc_diag_hint(m, "a layer is an op name (`- minmax`) or an op with attributes "
-                          "(`- conv2d: {out: 64, kernel: 3}`)");
+        lipc_diag_msg *m = fe_error(f, node_loc(f, item),
+                                    "expected a layer, got %s", kind_name(item));
+        if (item->type == YAML_SEQUENCE_NODE)
+            lipc_diag_hint(m, "lists of layers do not nest: write the layers directly, or "
+                              "group them with `- repeat: 1` and `layers:`");
+        else
+            lipc_diag_hint(m, "a layer is an op name (`- minmax`) or an op with attributes "
+                              "(`- conv2d: {out: 64, kernel: 3}`)");
         return x;
     }
     kv items[16];
+    int errors_before = f->d->n_errors;
     int n = mapping_items(f, item, "a layer", items, 16);
     if (n < 0)
         return x;
+    /* A key that is not a word was reported; "names no op" would only repeat it. */
+    bool bad = f->d->n_errors > errors_before;
     const kv *kind = NULL;
     const yaml_node_t *given_name = NULL;
     lipc_op op = LIPC_OP_COUNT;
-    bool bad = false;
+    /* First the op, so the other keys can be judged against it. */
+    for (int i = 0; i < n; i++) {
+        lipc_op o = lipc_op_lookup(items[i].key);
+        if (!kind && ((o != LIPC_OP_COUNT && lipc_op_info(o)->user) ||
+                      !strcmp(items[i].key, "residual") || !strcmp(items[i].key, "repeat"))) {
+            kind = &items[i];
+            op = o;
+        }
+    }
     for (int i = 0; i < n; i++) {
         const char *k = items[i].key;
         lipc_op o = lipc_op_lookup(k);
         bool is_kind = (o != LIPC_OP_COUNT && lipc_op_info(o)->user) ||
                        !strcmp(k, "residual") || !strcmp(k, "repeat");
         if (is_kind) {
-            if (kind) {
-                lipc_diag_msg *m = lipc_diag_error(
-                    f->d, node_loc(f, items[i].key_node),
+            if (kind != &items[i]) {
+                lipc_diag_msg *m = fe_error(
+                    f, node_loc(f, items[i].key_node),
                     "one layer names two ops, '%s' and '%s'", kind->key, k);
                 lipc_diag_hint(m, "start each layer with its own '-'");
                 bad = true;
-                continue;
             }
-            kind = &items[i];
-            op = o;
         } else if (!strcmp(k, "name")) {
             given_name = items[i].value;
         } else if (!strcmp(k, "layers")) {
             /* checked below: only repeat takes it */
+        } else if (!kind) {
+            unknown_op(f, node_loc(f, items[i].key_node), k);
+            bad = true;
+        } else if (op != LIPC_OP_COUNT && lipc_field_find(lipc_op_info(op)->fields, k)) {
+            /* `- conv2d:` then `out: 8` indented like the op: a sibling key. */
+            lipc_diag_msg *m = fe_error(f, node_loc(f, items[i].key_node),
+                                        "'%s' is an attribute of %s, but it is written beside "
+                                        "the op, not under it", k, kind->key);
+            lipc_diag_hint(m, "indent the attributes under `%s:`, or write `- %s: {%s: ...}`",
+                           kind->key, kind->key, k);
+            bad = true;
         } else {
-            /* Unknown: suggest among op names and the layer keys. */
-            const char *const *ops = lipc_op_user_names();
-            const char *words[64];
-            int w = 0;
-            for (int j = 0; ops[j] && w < 56; j++)
-                words[w++] = ops[j];
-            words[w++] = "residual";
-            words[w++] = "repeat";
-            words[w++] = "name";
-            words[w++] = "layers";
-            words[w] = NULL;
-            lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, items[i].key_node),
-                                               "unknown op '%s'", k);
-            const char *best = lipc_closest_word(k, words);
+            static const char *const layer_keys[] = {"name", "layers", NULL};
+            lipc_diag_msg *m = fe_error(f, node_loc(f, items[i].key_node),
+                                        "unknown key '%s' beside the op '%s'", k, kind->key);
+            const char *best = suggest(k, layer_keys);
             if (best)
                 lipc_diag_hint(m, "did you mean '%s'?", best);
+            else
+                lipc_diag_note(m, LIPC_NO_LOC, "beside its op a layer takes only `name:` "
+                                               "(and `layers:` for repeat)");
             bad = true;
         }
     }
     if (!kind) {
         if (!bad)
-            lipc_diag_error(f->d, node_loc(f, item),
+            fe_error(f, node_loc(f, item),
                             "this layer names no op (give one of the ops, residual or repeat)");
         return x;
     }
     const kv *layers = find_item(items, n, "layers");
     if (layers && strcmp(kind->key, "repeat") != 0) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, layers->key_node),
+        lipc_diag_msg *m = fe_error(f, node_loc(f, layers->key_node),
                                            "'layers' belongs to repeat, not to '%s'", kind->key);
         if (!strcmp(kind->key, "residual"))
             lipc_diag_hint(m, "a residual's layers are the list given to `residual:` itself");
@@ -912,21 +1122,17 @@ static lipc_node *build_list(fe *f, const yaml_node_t *seq, lipc_node *x,
         type_error(f, seq, what, "a list of layers");
         return x;
     }
-    name_table *names = lipc_calloc(1, sizeof *names);
-    if (!names) {
-        f->oom = true;
-        return x;
-    }
+    name_table names = {0};
     for (yaml_node_item_t *it = seq->data.sequence.items.start;
          it < seq->data.sequence.items.top && !over_budget(f); it++) {
         yaml_node_t *item = get(f, *it);
         if (!item)
             continue;
         if (enter(f, item))
-            x = build_item(f, item, names, x, ctx);
+            x = build_item(f, item, &names, x, ctx);
         leave(f);
     }
-    lipc_free(names);
+    lipc_free(names.e);
     return x;
 }
 
@@ -946,12 +1152,12 @@ static bool add_var(fe *f, const char *name, double value, lipc_loc loc)
 {
     for (int i = 0; i < f->n_vars; i++) {
         if (strcmp(f->vars[i].name, name) == 0) {
-            lipc_diag_error(f->d, loc, "parameter '%s' is defined twice", name);
+            fe_error(f, loc, "parameter '%s' is defined twice", name);
             return false;
         }
     }
     if (f->n_vars == MAX_VARS) {
-        lipc_diag_error(f->d, loc, "too many parameters (at most %d)", MAX_VARS);
+        fe_error(f, loc, "too many parameters (at most %d)", MAX_VARS);
         return false;
     }
     const char *copy = lipc_arena_strdup(&f->g->arena, name);
@@ -972,13 +1178,13 @@ static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
     for (int i = 0; i < n; i++) {
         lipc_loc loc = node_loc(f, items[i].key_node);
         if (!is_identifier(items[i].key)) {
-            lipc_diag_error(f->d, loc,
+            fe_error(f, loc,
                             "parameter names are identifiers (letters, digits, '_'), got '%s'",
                             items[i].key);
             continue;
         }
         if (!strcmp(items[i].key, "classes")) {
-            lipc_diag_msg *e = lipc_diag_error(f->d, loc, "'classes' is predefined");
+            lipc_diag_msg *e = fe_error(f, loc, "'classes' is predefined");
             lipc_diag_hint(e, "set the number of classes with the top-level `classes:` key");
             continue;
         }
@@ -993,7 +1199,7 @@ static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
             v = strtod(f->opt->sets[s].value, &end);
             ok = end != f->opt->sets[s].value && *end == '\0' && errno == 0 && isfinite(v);
             if (!ok)
-                lipc_diag_error(f->d, LIPC_NO_LOC,
+                fe_error(f, LIPC_NO_LOC,
                                 "--set %s=%s: the value must be a number", f->opt->sets[s].key,
                                 f->opt->sets[s].value);
             break;
@@ -1046,7 +1252,7 @@ static lipc_node *load_input(fe *f, const yaml_node_t *m, lipc_loc key_loc)
         const lipc_field *fd = lipc_field_find(input_fields, items[i].key);
         if (!fd) {
             static const char *const keys[] = {"shape", "range", "preprocess", NULL};
-            unknown_key(f, &items[i], "input", keys);
+            unknown_key(f, m, &items[i], "input", keys);
             ok = false;
             continue;
         }
@@ -1062,20 +1268,20 @@ static lipc_node *load_input(fe *f, const yaml_node_t *m, lipc_loc key_loc)
     }
     if (!seen[0]) {
         if (ok) {
-            lipc_diag_msg *e = lipc_diag_error(f->d, key_loc, "input needs 'shape'");
+            lipc_diag_msg *e = fe_error(f, key_loc, "input needs 'shape'");
             lipc_diag_hint(e, "e.g. `shape: [1, 28, 28]` for (channels, height, width)");
         }
         return NULL;
     }
     if (rec.shape.n != 1 && rec.shape.n != 3) {
-        lipc_diag_msg *e = lipc_diag_error(f->d, node_loc(f, find_item(items, n, "shape")->value),
+        lipc_diag_msg *e = fe_error(f, node_loc(f, find_item(items, n, "shape")->value),
                                            "input shape must be [c, h, w] or [f], got %d numbers",
                                            rec.shape.n);
         lipc_diag_hint(e, "images are written [channels, height, width], e.g. [3, 32, 32]");
         return NULL;
     }
     if (!(rec.range[0] < rec.range[1])) {
-        lipc_diag_error(f->d, node_loc(f, find_item(items, n, "range")->value),
+        fe_error(f, node_loc(f, find_item(items, n, "range")->value),
                         "input range must be [low, high] with low < high");
         ok = false;
     }
@@ -1116,18 +1322,36 @@ static const char *scalar_string(fe *f, const yaml_node_t *v, const char *what)
 static void load_model(fe *f, const yaml_node_t *root, const char *path)
 {
     kv items[32];
-    int n = mapping_items(f, root, "a model file", items, 32);
+    int errors_before = f->d->n_errors;
+    int n = mapping_items(f, root, "the model file", items, 32);
     if (n < 0) {
-        lipc_diag_note(f->d->last, LIPC_NO_LOC,
-                       "a model file is a mapping with keys input, classes, layers, ...");
+        if (f->d->n_errors > errors_before)
+            lipc_diag_note(f->d->last, LIPC_NO_LOC,
+                           "a model file is a mapping with keys input, classes, layers, ...");
         return;
     }
     for (int i = 0; i < n; i++) {
         bool known = false;
         for (int k = 0; lipc_model_keys[k]; k++)
             known |= !strcmp(items[i].key, lipc_model_keys[k]);
-        if (!known)
-            unknown_key(f, &items[i], "the model", lipc_model_keys);
+        if (known)
+            continue;
+        /* A key of a section written at the top level is a slip of indentation. */
+        const char *section = NULL;
+        if (lipc_field_find(lipc_train_fields, items[i].key))
+            section = "train";
+        else if (lipc_field_find(input_fields, items[i].key) ||
+                 !strcmp(items[i].key, "preprocess"))
+            section = "input";
+        if (section) {
+            lipc_diag_msg *m = fe_error(f, node_loc(f, items[i].key_node),
+                                        "unknown key '%s' at the top level of the model file",
+                                        items[i].key);
+            lipc_diag_hint(m, "'%s' is a key of `%s:`; indent it under that section",
+                           items[i].key, section);
+        } else {
+            unknown_key(f, root, &items[i], "the model file", lipc_model_keys);
+        }
     }
     bool *set_used = lipc_calloc((size_t)f->opt->n_sets + 1, sizeof *set_used);
     if (!set_used) {
@@ -1158,7 +1382,7 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
         for (int i = 0; i < f->n_vars; i++)
             names[i] = f->vars[i].name;
         names[f->n_vars] = NULL;
-        lipc_diag_msg *m = lipc_diag_error(f->d, LIPC_NO_LOC,
+        lipc_diag_msg *m = fe_error(f, LIPC_NO_LOC,
                                            "--set %s=%s: the model has no parameter '%s'",
                                            f->opt->sets[s].key, f->opt->sets[s].value,
                                            f->opt->sets[s].key);
@@ -1172,7 +1396,7 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
 
     it = find_item(items, n, "classes");
     if (!it) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, root),
+        lipc_diag_msg *m = fe_error(f, node_loc(f, root),
                                            "the model needs 'classes' (the number of classes)");
         lipc_diag_hint(m, "e.g. `classes: 10`");
     } else if (read_int(f, it->value, "classes", 2, &f->g->classes)) {
@@ -1182,7 +1406,7 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
     lipc_node *x = NULL;
     it = find_item(items, n, "input");
     if (!it) {
-        lipc_diag_msg *m = lipc_diag_error(f->d, node_loc(f, root), "the model needs 'input'");
+        lipc_diag_msg *m = fe_error(f, node_loc(f, root), "the model needs 'input'");
         lipc_diag_hint(m, "e.g. `input: {shape: [1, 28, 28], range: [0, 1]}`");
     } else {
         if (enter(f, it->value))
@@ -1192,13 +1416,15 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
 
     it = find_item(items, n, "layers");
     if (!it) {
-        lipc_diag_error(f->d, node_loc(f, root), "the model needs 'layers'");
+        lipc_diag_msg *m = fe_error(f, node_loc(f, root), "the model needs 'layers'");
+        lipc_diag_hint(m, "write `layers:` and below it the layers, one per line starting "
+                          "with '-'");
     } else if (x && !over_budget(f)) {
         build_ctx ctx = {NULL, NULL, false};
         if (enter(f, it->value)) {
             if (it->value->type == YAML_SEQUENCE_NODE &&
                 it->value->data.sequence.items.top == it->value->data.sequence.items.start)
-                lipc_diag_error(f->d, node_loc(f, it->value), "'layers' is empty");
+                fe_error(f, node_loc(f, it->value), "'layers' is empty");
             else
                 x = build_list(f, it->value, x, ctx, "layers");
         }
@@ -1227,27 +1453,98 @@ bool lipc_override_parse(char *text, lipc_override *o)
     return true;
 }
 
+/* The line and column (1-based, in bytes) of byte `offset` of text. */
+static lipc_loc offset_loc(const char *file, const char *text, size_t len, size_t offset)
+{
+    lipc_loc loc = {file, 1, 1};
+    for (size_t i = 0; i < offset && i < len; i++) {
+        if (text[i] == '\n') {
+            loc.line++;
+            loc.col = 1;
+        } else {
+            loc.col++;
+        }
+    }
+    return loc;
+}
+
+/* Does line `line` (1-based) of the text hold a tab in its indentation, or at
+ * byte `col`? libyaml's messages about tabs rarely say "tab". */
+static bool tab_at(const fe *f, int line, int col)
+{
+    const char *p = f->text, *end = f->text + f->len;
+    for (int l = 1; l < line && p < end; l++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return false;
+        p = nl + 1;
+    }
+    for (const char *q = p; q < end && (*q == ' ' || *q == '\t'); q++)
+        if (*q == '\t')
+            return true;
+    return col >= 1 && p + col - 1 < end && p[col - 1] == '\t';
+}
+
+/* libyaml's context words ("while parsing a flow mapping") in the language of
+ * the model files, with the hint that usually fixes the mistake. */
+static void yaml_context(fe *f, lipc_diag_msg *m, const yaml_parser_t *p)
+{
+    static const struct {
+        const char *context, *note, *hint;
+    } table[] = {
+        {"while parsing a flow mapping", "in the mapping '{' that starts here",
+         "close it with '}' and separate its items with ','"},
+        {"while parsing a flow sequence", "in the list '[' that starts here",
+         "close it with ']' and separate its items with ','"},
+        {"while parsing a block mapping", "in the mapping that starts here",
+         "check the indentation: the keys of one mapping, and the '-' items of one list, "
+         "must start in the same column"},
+        {"while parsing a block collection", "in the list that starts here",
+         "check the indentation: the '-' items of one list must start in the same column"},
+        {"while scanning a quoted scalar", "in the quoted text that starts here",
+         "close the quote on the same line, or escape it (\\\" or '')"},
+        {"while scanning a simple key", "in the key that starts here",
+         "a key and its ':' must be on one line; put a space after the ':'"},
+    };
+    if (!p->context)
+        return;
+    lipc_loc at = mark_loc(f, p->context_mark);
+    lipc_loc problem = mark_loc(f, p->problem_mark);
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        if (strcmp(p->context, table[i].context) == 0) {
+            lipc_diag_note(m, at, "%s", table[i].note);
+            lipc_diag_hint(m, "%s", table[i].hint);
+            return;
+        }
+    }
+    /* A context at the very place of the problem adds nothing. */
+    if (at.line != problem.line || at.col != problem.col)
+        lipc_diag_note(m, at, "%s", p->context);
+}
+
 static void report_yaml_error(fe *f, const yaml_parser_t *p)
 {
     const char *problem = p->problem ? p->problem : "malformed YAML";
-    lipc_loc loc = mark_loc(f, p->problem_mark);
     if (p->error == YAML_MEMORY_ERROR) {
         f->oom = true;
         return;
     }
     if (p->error == YAML_READER_ERROR) {
-        /* The reader reports a byte offset, not a line. */
-        lipc_diag_msg *m = lipc_diag_error(f->d, (lipc_loc){f->file, 1, 1},
-                                           "this is not a text file: %s at byte %zu", problem,
-                                           p->problem_offset);
+        /* The reader reports a byte offset, not a line: count lines ourselves. */
+        lipc_loc loc = offset_loc(f->file, f->text, f->len, p->problem_offset);
+        lipc_diag_msg *m = fe_error(f, loc, "the file is not UTF-8 text: %s", problem);
         lipc_diag_note(m, LIPC_NO_LOC, "model files are YAML text in UTF-8");
         return;
     }
-    lipc_diag_msg *m = lipc_diag_error(f->d, loc, "YAML syntax error: %s", problem);
-    if (p->context)
-        lipc_diag_note(m, mark_loc(f, p->context_mark), "%s", p->context);
-    if (p->problem && strstr(p->problem, "tab"))
-        lipc_diag_hint(m, "indent with spaces, not tabs");
+    lipc_loc loc = mark_loc(f, p->problem_mark);
+    if (strstr(problem, "tab") || tab_at(f, loc.line, loc.col)) {
+        lipc_diag_msg *m = fe_error(f, loc, "YAML syntax error: a tab character in the "
+                                            "indentation");
+        lipc_diag_hint(m, "indent with spaces; YAML does not allow tabs there");
+        return;
+    }
+    lipc_diag_msg *m = fe_error(f, loc, "YAML syntax error: %s", problem);
+    yaml_context(f, m, p);
 }
 
 lipc_status lipc_frontend_load_string(const char *name, const char *text, size_t len,
@@ -1265,6 +1562,8 @@ lipc_status lipc_frontend_load_string(const char *name, const char *text, size_t
         .d = d,
         .file = file,
         .opt = o,
+        .text = text,
+        .len = len,
         .max_depth = o->max_depth > 0 ? o->max_depth : 64,
         .max_visits = o->max_visits > 0 ? o->max_visits : 2000000,
         .max_nodes = o->max_nodes > 0 ? o->max_nodes : 100000,
@@ -1279,20 +1578,11 @@ lipc_status lipc_frontend_load_string(const char *name, const char *text, size_t
         lipc_diag_hint(m, "see docs/model-spec.md, or start from a file in models/");
         return LIPC_ERR_INPUT;
     }
-    if (memchr(text, '\0', len)) {
-        const char *z = memchr(text, '\0', len);
-        int line = 1, col = 1;
-        for (const char *p = text; p < z; p++) {
-            if (*p == '\n') {
-                line++;
-                col = 1;
-            } else {
-                col++;
-            }
-        }
+    const char *nul = memchr(text, '\0', len);
+    if (nul) {
+        lipc_loc at = offset_loc(file, text, len, (size_t)(nul - text));
         lipc_diag_msg *m =
-            lipc_diag_error(d, (lipc_loc){file, line, col}, "this is not a text file: it contains "
-                                                            "a NUL byte");
+            lipc_diag_error(d, at, "this is not a text file: it contains a NUL byte");
         lipc_diag_note(m, LIPC_NO_LOC, "model files are YAML text in UTF-8");
         return LIPC_ERR_INPUT;
     }

@@ -326,6 +326,91 @@ typedef struct lipc_lip_summary {
 
 void lipc_lip_summarize(const lipc_graph *g, lipc_lip_summary *s);
 
+/* ---- programs: the training graph, as backends run it -------------------------
+ *
+ * The train-graph pass lowers a checked forward graph into a PROGRAM: a
+ * straight-line list of steps over the graph's nodes, which every backend
+ * runs (the reference interpreter) or emits code for (LLVM, CUDA). One
+ * training step is
+ *
+ *   FORWARD each node                     activations, in program order
+ *   POWER_ITER each operator-norm bound   sigma_b from warm-started vectors
+ *   BOUND                                 K_sub and dK_sub/dsigma_b
+ *   LOSS                                  loss, dlogits, dK_sub, head gradient
+ *   BACKWARD each node, reverse order     autodiff: activation and weight grads
+ *   SIGMA_GRAD each bound                 dW_b += dL/dK_sub dK_sub/dsigma_b dsigma_b/dW_b
+ *   CLIP, UPDATE                          gradient clipping, optimiser
+ *
+ * Inference programs hold only the FORWARD steps; a Lipschitz program only
+ * POWER_ITER and BOUND. Activations and gradients are per example; the
+ * memory plan (plan-memory) gives each an offset in one arena.
+ */
+
+typedef enum lipc_step_op {
+    LIPC_STEP_FORWARD,      /* node: act(node) = op(act(inputs)) */
+    LIPC_STEP_POWER_ITER,   /* bound: v <- A^T A v / ||A^T A v|| (iters), sigma = ||A v|| */
+    LIPC_STEP_BOUND,        /* K_sub and dK_sub/dsigma_b from the bound tree */
+    LIPC_STEP_LOSS,         /* logits -> loss, grad(output), dL/dK_sub, head weight grad */
+    LIPC_STEP_BACKWARD,     /* node: grad(in_i) += ..., param grads += ... */
+    LIPC_STEP_SIGMA_GRAD,   /* bound: its layer's weight grad += the K_sub path */
+    LIPC_STEP_CLIP,         /* scale all parameter grads to global norm <= clip */
+    LIPC_STEP_UPDATE,       /* the optimiser updates every parameter */
+} lipc_step_op;
+extern const char *const lipc_step_names[];
+
+typedef struct lipc_step {
+    lipc_step_op op;
+    lipc_node *node;        /* FORWARD, BACKWARD */
+    int bound;              /* POWER_ITER, SIGMA_GRAD: index into prog->bounds */
+    bool need_din[LIPC_MAX_INPUTS]; /* BACKWARD: which input gradients to form */
+    bool zero_din[LIPC_MAX_INPUTS]; /* BACKWARD: this step writes that gradient
+                                       first; zero its buffer before the step */
+} lipc_step;
+
+/* One factor of K_sub. The factors form a tree: the main path multiplies its
+ * factors; a LOOSE factor (a residual that did not fold) is 1 + the product
+ * of its own children. OPNORM factors carry power-iteration state: the
+ * persistent vector v (shape of the layer's input) and u (its output). */
+typedef struct lipc_bound {
+    lipc_node *node;        /* the layer (OPNORM, CONST) or the ADD (LOOSE) */
+    lipc_lip_kind kind;     /* OPNORM, CONST or LOOSE */
+    int parent;             /* enclosing LOOSE factor, -1 on the main path */
+    double value;           /* CONST: the constant */
+    size_t v_offset, v_len; /* OPNORM: the vector v in the state block */
+    size_t u_offset, u_len; /* OPNORM: u = A v / ||A v|| in the state block */
+} lipc_bound;
+
+typedef enum lipc_entry {
+    LIPC_ENTRY_FORWARD,     /* inference: logits from inputs */
+    LIPC_ENTRY_TRAIN,       /* one training step */
+    LIPC_ENTRY_LIPSCHITZ,   /* power iteration and K_sub only */
+} lipc_entry;
+
+typedef struct lipc_program {
+    lipc_graph *g;          /* the forward graph it was built from (not owned) */
+    lipc_entry entry;
+    lipc_step *steps;
+    int n_steps, cap_steps;
+    lipc_bound *bounds;
+    int n_bounds, cap_bounds;
+    size_t n_vec_elems;     /* size of the power-iteration state block (v and u) */
+    lipc_node *head;        /* the pairwise-bounded dense head, or NULL */
+    lipc_train_spec train;  /* loss, optimiser and schedules (a copy) */
+    /* plan-memory: element offsets per example in one arena, by node id;
+     * grad_offset is (size_t)-1 for nodes with no gradient */
+    size_t *act_offset, *grad_offset;
+    size_t arena_per_example;
+} lipc_program;
+
+lipc_program *lipc_program_new(lipc_graph *g, lipc_entry entry);
+void lipc_program_free(lipc_program *p);
+/* Appends a step; false when out of memory. */
+bool lipc_program_add_step(lipc_program *p, lipc_step s);
+/* Appends a bound factor; returns its index or -1 when out of memory. */
+int lipc_program_add_bound(lipc_program *p, lipc_bound b);
+/* One line per step and bound, for `lipc dump --emit=program` and tests. */
+void lipc_program_print(const lipc_program *p, lipc_buf *out);
+
 /* ---- op descriptors ------------------------------------------------------- */
 
 typedef struct lipc_op_desc {
@@ -350,6 +435,33 @@ typedef struct lipc_op_desc {
      *          NULL when the node has none */
     void (*ref_forward)(const lipc_node *n, int n_batch, const double *const *in,
                         double *out, const double *params);
+    /* Reference backward in double, for training. With the forward's
+     *   in[i]    [n_batch, numel(in i)]   and   out [n_batch, numel(n->shape)],
+     *   dout     [n_batch, numel(n->shape)]  gradient of the loss w.r.t. out,
+     * it ADDS
+     *   din[i]   [n_batch, numel(in i)]  the gradient w.r.t. input i (NULL: not needed)
+     *   dparams  the gradient w.r.t. the node's parameters, same layout as params
+     *            (weight then bias), summed over the batch (NULL: not needed)
+     * Accumulating lets the autodiff pass sum the gradients of a value used twice
+     * (a residual's input) without extra buffers; the caller zeroes first. */
+    void (*ref_backward)(const lipc_node *n, int n_batch, const double *const *in,
+                         const double *out, const double *dout, double *const *din,
+                         const double *params, double *dparams);
+    /* Ops whose bound is an operator norm (conv2d; dense that is not
+     * row-normalised): the linear map alone, without the bias, with the folded
+     * identity when a.fold_identity, on a batch of n_batch vectors:
+     *   transpose false:  dst[n_batch, numel(n->shape)] = A src[n_batch, numel(in 0)]
+     *   transpose true:   dst[n_batch, numel(in 0)]     = A^T src[n_batch, numel(n->shape)]
+     * (the exact adjoint: <A x, y> = <x, A^T y>). Power iteration runs on it.
+     * NULL for other ops. */
+    void (*ref_linear)(const lipc_node *n, int n_batch, const double *src, double *dst,
+                       const double *params, bool transpose);
+    /* With ref_linear: ADDS scale * d<A x, dy>/dW, summed over the batch, to
+     * dweight (the weight's gradient, not the bias'; dense: only when it is not
+     * row-normalised, as the head never is a power-iteration factor). With x = v and dy = u =
+     * A v / ||A v|| this is d sigma / dW at convergence (METHOD.md section 4). */
+    void (*ref_weight_grad)(const lipc_node *n, int n_batch, const double *x,
+                            const double *dy, double scale, double *dweight);
 } lipc_op_desc;
 
 extern const lipc_op_desc *const lipc_op_descs[LIPC_OP_COUNT];
@@ -360,6 +472,17 @@ lipc_op lipc_op_lookup(const char *name);
 /* The spellings of every user-writable op, NULL-terminated (for "did you mean"). */
 const char *const *lipc_op_user_names(void);
 const lipc_field *lipc_field_find(const lipc_field *fields, const char *key);
+
+/* Row normalisation of the GloRo head ("last-layer normalisation"), defined in
+ * ir/ops/dense.c; the losses use it for the head's effective rows.
+ * w, r, d_eff, dw [rows, cols]:
+ *   lipc_rownorm_forward:  r_o = w_o / ||w_o||; a zero row stays zero
+ *   lipc_rownorm_backward: ADDS dw_o += (d_o - r_o (r_o . d_o)) / ||w_o||, with
+ *                          d = d_eff the gradient w.r.t. r; a zero row passes
+ *                          the gradient through (dw_o += d_o), never NaN */
+void lipc_rownorm_forward(int rows, int cols, const double *w, double *r);
+void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_eff,
+                           double *dw);
 
 /* ---- printers -------------------------------------------------------------- */
 

@@ -38,4 +38,15 @@ bool lipc_pass_infer_shapes(lipc_graph *g, lipc_diags *d);
 bool lipc_pass_fold_residual(lipc_graph *g, lipc_diags *d);
 bool lipc_pass_lipschitz(lipc_graph *g, lipc_diags *d);
 
+/* train-graph: lowers a graph that went through the pipeline to the program
+ * of an entry point (see "programs" in ir/ir.h), memory planned. NULL with a
+ * diagnostic when the model cannot be trained (no dense head), or with
+ * g->oom set when memory ran out. */
+lipc_program *lipc_build_program(lipc_graph *g, lipc_entry entry, lipc_diags *d);
+
+/* plan-memory: liveness of every activation and gradient over the steps, then
+ * first-fit offsets in one arena (p->act_offset, p->grad_offset,
+ * p->arena_per_example). False when out of memory. */
+bool lipc_plan_memory(lipc_program *p);
+
 #endif

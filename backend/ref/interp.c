@@ -9,6 +9,13 @@
  * FIRST parameter in the block; its bias, when it has one, follows the weight
  * immediately. lipc_ref_node_params resolves the pointer and checks that rule.
  *
+ * lipc_ref_forward_backward is the reference for training: it keeps every
+ * activation, then walks the program backwards calling each op's ref_backward,
+ * which ADDS into one zeroed gradient buffer per node. Accumulating is what
+ * makes fan-out right: a value read by two nodes (a residual's skip) receives
+ * both contributions, and since every reader comes later in program order its
+ * gradient is complete by the time the walk reaches it.
+ *
  * lipc_ref_init_params draws initial weights; it is the reference for what the
  * init rules mean, and what the runtime's initialiser must reproduce.
  */
@@ -124,6 +131,144 @@ done:
     lipc_free(owned);
     lipc_free(val);
     lipc_free(last_use);
+    return st;
+}
+
+/* ---- forward and backward --------------------------------------------------- */
+
+static lipc_status no_kernel(lipc_diags *d, const lipc_node *n, const char *what)
+{
+    if (d)
+        lipc_diag_error(d, n->loc, "the reference backend has no %s for op `%s`", what,
+                        lipc_op_info(n->op)->name);
+    return LIPC_ERR_UNSUPPORTED;
+}
+
+/* A zeroed buffer of n_batch * numel(n->shape) doubles, or NULL with an error. */
+static double *node_buffer(const lipc_node *n, int n_batch, lipc_diags *d)
+{
+    size_t count = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    double *p = lipc_calloc(count ? count : 1, sizeof *p);
+    if (!p && d)
+        lipc_diag_error(d, LIPC_NO_LOC, "out of memory: the reference interpreter "
+                        "needs %zu bytes for node %s", count * sizeof *p,
+                        n->name ? n->name : "?");
+    return p;
+}
+
+lipc_status lipc_ref_forward_backward(const lipc_graph *g, const double *params,
+                                      int n_batch, const double *x, const double *dlogits,
+                                      double *logits, double *dparams, double *dx,
+                                      lipc_diags *d)
+{
+    LIPC_ASSERT(g->shapes_known && g->input && g->output && n_batch >= 0);
+    int n_ids = g->next_id, in_id = g->input->id;
+    size_t in_count = (size_t)n_batch * (size_t)lipc_shape_numel(g->input->shape);
+    size_t out_count = (size_t)n_batch * (size_t)lipc_shape_numel(g->output->shape);
+    if (dparams)
+        memset(dparams, 0, g->n_param_elems * sizeof *dparams);
+    if (dx)
+        memset(dx, 0, in_count * sizeof *dx);
+
+    lipc_status st = LIPC_OK;
+    /* By node id. act/grad of the input are the caller's x/dx, never freed. */
+    const double **val = lipc_calloc((size_t)n_ids, sizeof *val);
+    double **act = lipc_calloc((size_t)n_ids, sizeof *act);
+    double **grad = lipc_calloc((size_t)n_ids, sizeof *grad);
+    bool *needs = lipc_calloc((size_t)n_ids, sizeof *needs);
+    if (!val || !act || !grad || !needs) {
+        st = LIPC_ERR_NOMEM;
+        goto done;
+    }
+
+    /* Forward, keeping every activation. */
+    for (const lipc_node *n = g->first; n; n = n->next) {
+        if (n->op == LIPC_OP_INPUT) {
+            LIPC_ASSERT(n == g->input);
+            val[n->id] = x;
+            continue;
+        }
+        const lipc_op_desc *desc = lipc_op_info(n->op);
+        if (!desc->ref_forward) {
+            st = no_kernel(d, n, "kernel");
+            goto done;
+        }
+        if (!(act[n->id] = node_buffer(n, n_batch, d))) {
+            st = LIPC_ERR_NOMEM;
+            goto done;
+        }
+        const double *in[LIPC_MAX_INPUTS] = {NULL};
+        for (int k = 0; k < n->n_in; k++) {
+            in[k] = val[n->in[k]->id];
+            LIPC_ASSERT(in[k] != NULL); /* program order is topological */
+        }
+        desc->ref_forward(n, n_batch, in, act[n->id], lipc_ref_node_params(g, n, params));
+        val[n->id] = act[n->id];
+    }
+    LIPC_ASSERT(val[g->output->id] != NULL);
+    if (logits)
+        memcpy(logits, val[g->output->id], out_count * sizeof *logits);
+    if (!dlogits)
+        goto done;
+
+    /* Which nodes need a gradient: those through which a requested one flows,
+     * i.e. that own parameters (when dparams is wanted), are the input (when dx
+     * is wanted), or read such a node. Program order settles it in one sweep. */
+    for (const lipc_node *n = g->first; n; n = n->next) {
+        bool need = n->op == LIPC_OP_INPUT ? dx != NULL : dparams && n->n_param > 0;
+        for (int k = 0; k < n->n_in; k++)
+            need = need || needs[n->in[k]->id];
+        needs[n->id] = need;
+        if (!need)
+            continue;
+        if (n->op == LIPC_OP_INPUT)
+            grad[n->id] = dx;
+        else if (!(grad[n->id] = node_buffer(n, n_batch, d))) {
+            st = LIPC_ERR_NOMEM;
+            goto done;
+        }
+    }
+    if (!needs[g->output->id])
+        goto done; /* nothing requested depends on the logits */
+    for (size_t i = 0; i < out_count; i++)
+        grad[g->output->id][i] += dlogits[i];
+
+    /* Backward in reverse program order: every reader of n comes after n, so
+     * grad[n] is complete when the walk reaches n. */
+    for (const lipc_node *n = g->last; n; n = n->prev) {
+        if (!needs[n->id] || n->op == LIPC_OP_INPUT)
+            continue;
+        const lipc_op_desc *desc = lipc_op_info(n->op);
+        if (!desc->ref_backward) {
+            st = no_kernel(d, n, "backward kernel");
+            goto done;
+        }
+        const double *in[LIPC_MAX_INPUTS] = {NULL};
+        double *din[LIPC_MAX_INPUTS] = {NULL};
+        for (int k = 0; k < n->n_in; k++) {
+            in[k] = val[n->in[k]->id];
+            din[k] = needs[n->in[k]->id] ? grad[n->in[k]->id] : NULL;
+        }
+        /* The gradient block mirrors the parameter block: same offsets. */
+        double *dp = dparams && n->n_param > 0 ? dparams + g->params[n->param[0]].offset
+                                               : NULL;
+        desc->ref_backward(n, n_batch, in, act[n->id], grad[n->id], din,
+                           lipc_ref_node_params(g, n, params), dp);
+        lipc_free(grad[n->id]); /* consumed: nothing reads it again */
+        grad[n->id] = NULL;
+    }
+
+done:
+    for (int i = 0; i < n_ids; i++) {
+        if (act)
+            lipc_free(act[i]);
+        if (grad && i != in_id)
+            lipc_free(grad[i]);
+    }
+    lipc_free(val);
+    lipc_free(act);
+    lipc_free(grad);
+    lipc_free(needs);
     return st;
 }
 

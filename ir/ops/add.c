@@ -53,6 +53,25 @@ static void add_ref_forward(const lipc_node *n, int n_batch,
         out[i] = in[0][i] + in[1][i];
 }
 
+/* Backward: y = in[0] + in[1], so both inputs receive dout unchanged:
+ *   din[0] += dout,  din[1] += dout        (each [n_batch, numel])
+ * When the skip is also read by the body, the interpreter gives both paths the
+ * same buffer and the two contributions add up (fan-out). */
+static void add_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                             const double *out, const double *dout, double *const *din,
+                             const double *params, double *dparams)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    (void)dparams;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (int k = 0; k < 2; k++)
+        if (din[k])
+            for (size_t i = 0; i < total; i++)
+                din[k][i] += dout[i];
+}
+
 const lipc_op_desc lipc_op_desc_add = {
     .name = "add",
     .summary = "residual join: skip + body output",
@@ -66,4 +85,5 @@ const lipc_op_desc lipc_op_desc_add = {
     .infer = add_infer,
     .lipschitz = add_lipschitz,
     .ref_forward = add_ref_forward,
+    .ref_backward = add_ref_backward,
 };

@@ -112,6 +112,38 @@ static void avgpool_ref_forward(const lipc_node *n, int n_batch,
         }
 }
 
+/* Backward: each output averages its window, so its gradient is spread evenly
+ * over that window (overlapping windows add up; dropped trailing rows get 0):
+ *   din[b, i, p*sh + ky, q*sw + kx] += dout[b, i, p, q] / (kh kw)
+ * din [n_batch, c, h, w], dout [n_batch, c, oh, ow]. */
+static void avgpool_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                                 const double *out, const double *dout,
+                                 double *const *din, const double *params, double *dparams)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    (void)dparams;
+    if (!din[0])
+        return;
+    int c = n->shape.d[0], h = n->in[0]->shape.d[1], w = n->in[0]->shape.d[2];
+    int oh = n->shape.d[1], ow = n->shape.d[2];
+    int kh = n->a.kernel[0], kw = n->a.kernel[1], sh = n->a.stride[0], sw = n->a.stride[1];
+    double inv = 1.0 / ((double)kh * kw);
+    for (int b = 0; b < n_batch; b++)
+        for (int i = 0; i < c; i++) {
+            double *dx = din[0] + ((size_t)b * c + i) * h * w;
+            const double *dy = dout + ((size_t)b * c + i) * oh * ow;
+            for (int p = 0; p < oh; p++)
+                for (int q = 0; q < ow; q++) {
+                    double g = dy[(size_t)p * ow + q] * inv;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++)
+                            dx[(size_t)(p * sh + ky) * w + q * sw + kx] += g;
+                }
+        }
+}
+
 const lipc_op_desc lipc_op_desc_avgpool = {
     .name = "avgpool",
     .summary = "average pooling, no padding",
@@ -125,4 +157,5 @@ const lipc_op_desc lipc_op_desc_avgpool = {
     .infer = avgpool_infer,
     .lipschitz = avgpool_lipschitz,
     .ref_forward = avgpool_ref_forward,
+    .ref_backward = avgpool_ref_backward,
 };

@@ -147,6 +147,151 @@ static void conv2d_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *
     }
 }
 
+/* ---- reference kernels ----------------------------------------------------
+ *
+ * Every kernel below walks the same index map: output pixel (y, x) of channel o
+ * reads, through tap (ky, kx) of input channel i, the input pixel
+ *   iy = y*sh + ky - top,  ix = x*sw + kx - left      (skipped when outside).
+ * The forward sums over (i, ky, kx); the transpose (backward to the input)
+ * scatters each output gradient back along the same map; the weight gradient
+ * sums the products over (b, y, x). Sharing the map keeps A and A^T exact
+ * adjoints, with the same stride and padding. */
+
+/* Sizes of a conv2d node, read once per kernel call. */
+typedef struct conv_dims {
+    int c_in, h, w;        /* input */
+    int c_out, oh, ow;     /* output */
+    int kh, kw, sh, sw;
+    int top, left;         /* resolved zero padding (bottom/right follow from oh, ow) */
+    bool fold;             /* identity on the centre tap */
+} conv_dims;
+
+static conv_dims conv_dims_of(const lipc_node *n)
+{
+    const lipc_attrs *a = &n->a;
+    conv_dims c = {
+        .c_in = n->in[0]->shape.d[0], .h = n->in[0]->shape.d[1], .w = n->in[0]->shape.d[2],
+        .c_out = n->shape.d[0], .oh = n->shape.d[1], .ow = n->shape.d[2],
+        .kh = a->kernel[0], .kw = a->kernel[1], .sh = a->stride[0], .sw = a->stride[1],
+        .top = a->pad[0], .left = a->pad[2], .fold = a->fold_identity,
+    };
+    if (c.fold) {
+        /* The identity tap reads in[b, o, y + kh/2 - top, x + kw/2 - left]; it is
+         * the residual x exactly when that is in[b, o, y, x] at the same size. */
+        LIPC_ASSERT(c.sh == 1 && c.sw == 1 && c.kh % 2 == 1 && c.kw % 2 == 1);
+        LIPC_ASSERT(c.c_in == c.c_out && c.oh == c.h && c.ow == c.w);
+        LIPC_ASSERT(c.top == c.kh / 2 && c.left == c.kw / 2);
+    }
+    return c;
+}
+
+static size_t conv_widx(const conv_dims *c, int o, int i, int ky, int kx)
+{
+    return (((size_t)o * c->c_in + i) * c->kh + ky) * c->kw + kx;
+}
+
+/* x [n_batch, c_in, h, w] -> y [n_batch, c_out, oh, ow], overwritten:
+ *   y[b, o, y, x] = bias[o] + sum_{i, ky, kx} W[o, i, ky, kx] x[b, i, iy, ix]
+ *                   (+ x[b, o, y, x] when folded)
+ * bias NULL: the linear part alone. */
+static void conv_apply(const conv_dims *c, int n_batch, const double *xs,
+                       const double *wt, const double *bias, double *ys)
+{
+    for (int b = 0; b < n_batch; b++) {
+        const double *x_b = xs + (size_t)b * c->c_in * c->h * c->w;
+        double *y_b = ys + (size_t)b * c->c_out * c->oh * c->ow;
+        for (int o = 0; o < c->c_out; o++)
+            for (int y = 0; y < c->oh; y++)
+                for (int x = 0; x < c->ow; x++) {
+                    double acc = bias ? bias[o] : 0.0;
+                    for (int i = 0; i < c->c_in; i++)
+                        for (int ky = 0; ky < c->kh; ky++) {
+                            int iy = y * c->sh + ky - c->top;
+                            if (iy < 0 || iy >= c->h)
+                                continue;
+                            for (int kx = 0; kx < c->kw; kx++) {
+                                int ix = x * c->sw + kx - c->left;
+                                if (ix < 0 || ix >= c->w)
+                                    continue;
+                                acc += wt[conv_widx(c, o, i, ky, kx)] *
+                                       x_b[((size_t)i * c->h + iy) * c->w + ix];
+                            }
+                        }
+                    if (c->fold)
+                        acc += x_b[((size_t)o * c->h + y) * c->w + x];
+                    y_b[((size_t)o * c->oh + y) * c->ow + x] = acc;
+                }
+    }
+}
+
+/* The transposed convolution, ADDED into dx:
+ *   dx [n_batch, c_in, h, w] += A^T dy,  dy [n_batch, c_out, oh, ow]
+ * Differentiating y[b,o,y,x] = sum W[o,i,ky,kx] x[b,i,iy,ix] w.r.t. x[b,i,iy,ix]:
+ *   dx[b, i, iy, ix] += sum_{o, ky, kx} W[o, i, ky, kx] dy[b, o, y, x]
+ * over the (y, x, ky, kx) with iy = y*sh + ky - top, ix = x*sw + kx - left,
+ * i.e. each output gradient is scattered back along the forward's index map
+ * (same stride, same padding; taps that read padding scatter nothing). The
+ * folded identity y += x adds dx[b, o, y, x] += dy[b, o, y, x]. */
+static void conv_transpose_add(const conv_dims *c, int n_batch, const double *wt,
+                               const double *dys, double *dxs)
+{
+    for (int b = 0; b < n_batch; b++) {
+        const double *dy_b = dys + (size_t)b * c->c_out * c->oh * c->ow;
+        double *dx_b = dxs + (size_t)b * c->c_in * c->h * c->w;
+        for (int o = 0; o < c->c_out; o++)
+            for (int y = 0; y < c->oh; y++)
+                for (int x = 0; x < c->ow; x++) {
+                    double g = dy_b[((size_t)o * c->oh + y) * c->ow + x];
+                    for (int i = 0; i < c->c_in; i++)
+                        for (int ky = 0; ky < c->kh; ky++) {
+                            int iy = y * c->sh + ky - c->top;
+                            if (iy < 0 || iy >= c->h)
+                                continue;
+                            for (int kx = 0; kx < c->kw; kx++) {
+                                int ix = x * c->sw + kx - c->left;
+                                if (ix < 0 || ix >= c->w)
+                                    continue;
+                                dx_b[((size_t)i * c->h + iy) * c->w + ix] +=
+                                    wt[conv_widx(c, o, i, ky, kx)] * g;
+                            }
+                        }
+                    if (c->fold)
+                        dx_b[((size_t)o * c->h + y) * c->w + x] += g;
+                }
+    }
+}
+
+/* The weight gradient, ADDED into dw [c_out, c_in, kh, kw]:
+ *   dw[o, i, ky, kx] += scale * sum_{b, y, x} dy[b, o, y, x] x[b, i, iy, ix]
+ * (y is linear in W with coefficient x[b, i, iy, ix]). The folded identity is
+ * a constant, so it contributes nothing here. */
+static void conv_weight_grad_add(const conv_dims *c, int n_batch, const double *xs,
+                                 const double *dys, double scale, double *dw)
+{
+    for (int b = 0; b < n_batch; b++) {
+        const double *x_b = xs + (size_t)b * c->c_in * c->h * c->w;
+        const double *dy_b = dys + (size_t)b * c->c_out * c->oh * c->ow;
+        for (int o = 0; o < c->c_out; o++)
+            for (int y = 0; y < c->oh; y++)
+                for (int x = 0; x < c->ow; x++) {
+                    double g = scale * dy_b[((size_t)o * c->oh + y) * c->ow + x];
+                    for (int i = 0; i < c->c_in; i++)
+                        for (int ky = 0; ky < c->kh; ky++) {
+                            int iy = y * c->sh + ky - c->top;
+                            if (iy < 0 || iy >= c->h)
+                                continue;
+                            for (int kx = 0; kx < c->kw; kx++) {
+                                int ix = x * c->sw + kx - c->left;
+                                if (ix < 0 || ix >= c->w)
+                                    continue;
+                                dw[conv_widx(c, o, i, ky, kx)] +=
+                                    g * x_b[((size_t)i * c->h + iy) * c->w + ix];
+                            }
+                        }
+                }
+    }
+}
+
 /* in  [n_batch, c_in, h, w]
  * out [n_batch, c_out, oh, ow]
  * params: the node's weight [c_out, c_in, kh, kw], then bias [c_out] if a.bias
@@ -158,45 +303,68 @@ static void conv2d_ref_forward(const lipc_node *n, int n_batch,
                                const double *const *in, double *out,
                                const double *params)
 {
-    const lipc_attrs *a = &n->a;
-    int c_in = n->in[0]->shape.d[0], h = n->in[0]->shape.d[1], w = n->in[0]->shape.d[2];
-    int c_out = n->shape.d[0], oh = n->shape.d[1], ow = n->shape.d[2];
-    int kh = a->kernel[0], kw = a->kernel[1], sh = a->stride[0], sw = a->stride[1];
-    int top = a->pad[0], left = a->pad[2];
-    const double *wt = params;
-    const double *bias = a->bias ? params + (size_t)c_out * c_in * kh * kw : NULL;
-    if (a->fold_identity) {
-        /* The identity tap reads in[b, o, y + kh/2 - top, x + kw/2 - left]; it is
-         * the residual x exactly when that is in[b, o, y, x] at the same size. */
-        LIPC_ASSERT(sh == 1 && sw == 1 && kh % 2 == 1 && kw % 2 == 1);
-        LIPC_ASSERT(c_in == c_out && oh == h && ow == w);
-        LIPC_ASSERT(top == kh / 2 && left == kw / 2);
+    conv_dims c = conv_dims_of(n);
+    const double *bias = n->a.bias ? params + (size_t)c.c_out * c.c_in * c.kh * c.kw : NULL;
+    conv_apply(&c, n_batch, in[0], params, bias, out);
+}
+
+/* Backward (shapes as in the forward; dparams laid out like params):
+ *   din[b, i, iy, ix] += sum_{o, ky, kx} W[o, i, ky, kx] dout[b, o, y, x]
+ *                        (+ dout[b, i, iy, ix] when folded)     transposed conv
+ *   dW[o, i, ky, kx]  += sum_{b, y, x} dout[b, o, y, x] in[b, i, iy, ix]
+ *   dbias[o]          += sum_{b, y, x} dout[b, o, y, x]
+ * with iy = y*sh + ky - top, ix = x*sw + kx - left. The identity of a folded
+ * conv is a constant: it reaches din, never dW. */
+static void conv2d_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                                const double *out, const double *dout, double *const *din,
+                                const double *params, double *dparams)
+{
+    (void)out;
+    conv_dims c = conv_dims_of(n);
+    if (din[0])
+        conv_transpose_add(&c, n_batch, params, dout, din[0]);
+    if (!dparams)
+        return;
+    conv_weight_grad_add(&c, n_batch, in[0], dout, 1.0, dparams);
+    if (n->a.bias) {
+        double *db = dparams + (size_t)c.c_out * c.c_in * c.kh * c.kw;
+        size_t ohw = (size_t)c.oh * c.ow;
+        for (int b = 0; b < n_batch; b++)
+            for (int o = 0; o < c.c_out; o++)
+                for (size_t p = 0; p < ohw; p++)
+                    db[o] += dout[((size_t)b * c.c_out + o) * ohw + p];
     }
-    for (int b = 0; b < n_batch; b++) {
-        const double *x_b = in[0] + (size_t)b * c_in * h * w;
-        double *y_b = out + (size_t)b * c_out * oh * ow;
-        for (int o = 0; o < c_out; o++)
-            for (int y = 0; y < oh; y++)
-                for (int x = 0; x < ow; x++) {
-                    double acc = bias ? bias[o] : 0.0;
-                    for (int i = 0; i < c_in; i++)
-                        for (int ky = 0; ky < kh; ky++) {
-                            int iy = y * sh + ky - top;
-                            if (iy < 0 || iy >= h)
-                                continue;
-                            for (int kx = 0; kx < kw; kx++) {
-                                int ix = x * sw + kx - left;
-                                if (ix < 0 || ix >= w)
-                                    continue;
-                                acc += wt[(((size_t)o * c_in + i) * kh + ky) * kw + kx] *
-                                       x_b[((size_t)i * h + iy) * w + ix];
-                            }
-                        }
-                    if (a->fold_identity)
-                        acc += x_b[((size_t)o * h + y) * w + x];
-                    y_b[((size_t)o * oh + y) * ow + x] = acc;
-                }
+}
+
+/* The linear map without the bias (with the identity when folded), for power
+ * iteration (METHOD.md section 4):
+ *   transpose false: dst [n_batch, c_out, oh, ow] = A src [n_batch, c_in, h, w]
+ *   transpose true:  dst [n_batch, c_in, h, w]    = A^T src [n_batch, c_out, oh, ow]
+ * A^T is the transposed convolution of the backward, so <A x, y> = <x, A^T y>
+ * holds to rounding for every stride and padding. */
+static void conv2d_ref_linear(const lipc_node *n, int n_batch, const double *src,
+                              double *dst, const double *params, bool transpose)
+{
+    conv_dims c = conv_dims_of(n);
+    if (!transpose) {
+        conv_apply(&c, n_batch, src, params, NULL, dst);
+        return;
     }
+    size_t count = (size_t)n_batch * c.c_in * c.h * c.w;
+    for (size_t k = 0; k < count; k++)
+        dst[k] = 0.0;
+    conv_transpose_add(&c, n_batch, params, src, dst);
+}
+
+/* dweight [c_out, c_in, kh, kw] += scale * d<A x, dy>/dW
+ *   = scale * sum_{b, y, x} dy[b, o, y, x] x[b, i, iy, ix]
+ * x [n_batch, c_in, h, w], dy [n_batch, c_out, oh, ow]. With x = v, dy = u =
+ * A v / ||A v||: the gradient of the power-iteration estimate sigma = <u, A v>. */
+static void conv2d_ref_weight_grad(const lipc_node *n, int n_batch, const double *x,
+                                   const double *dy, double scale, double *dweight)
+{
+    conv_dims c = conv_dims_of(n);
+    conv_weight_grad_add(&c, n_batch, x, dy, scale, dweight);
 }
 
 const lipc_op_desc lipc_op_desc_conv2d = {
@@ -212,4 +380,7 @@ const lipc_op_desc lipc_op_desc_conv2d = {
     .infer = conv2d_infer,
     .lipschitz = conv2d_lipschitz,
     .ref_forward = conv2d_ref_forward,
+    .ref_backward = conv2d_ref_backward,
+    .ref_linear = conv2d_ref_linear,
+    .ref_weight_grad = conv2d_ref_weight_grad,
 };

@@ -7,7 +7,16 @@
  * a.fold_identity means y = (W + I) x + b = x + (W x + b) (METHOD.md section 3);
  * with both flags the identity is added after normalising.
  *
- * Lipschitz: sigma_max(W) (exact by SVD), or HEAD for a normalised head. */
+ * Lipschitz: sigma_max(W) (exact by SVD), or HEAD for a normalised head.
+ *
+ * Gradients through the normalisation (lipc_rownorm_backward, also used by the
+ * loss code for the head rows): with r = w / ||w||,
+ *   dr/dw = (I - r r^T) / ||w||,   so   dw = (dr - r (r . dr)) / ||w||.
+ * A zero row has no derivative (w / ||w|| jumps there; the forward uses r = 0).
+ * Its gradient is passed through as if ||w|| = 1 and r = 0: dw = dr. That is
+ * finite, and a step along -dr takes the row out of zero in the steepest
+ * direction (the one-sided derivative of r at 0 along a unit u is u), so a head
+ * initialised to zeros still trains. */
 #include "ir/ir.h"
 #include "ir/ops/internal.h"
 
@@ -66,6 +75,144 @@ static void dense_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *o
         *out = (lipc_lip){LIPC_LIP_OPNORM, "dense-svd", true, NAN};
 }
 
+/* ---- row normalisation (the GloRo head) ------------------------------------ */
+
+/* 1 / ||row||, or `zero` when the row is exactly zero (forward: 0, the row's
+ * output stays 0; backward: 1, the pass-through rule above). */
+static double row_inv_norm(const double *row, int cols, double zero)
+{
+    double ss = 0.0;
+    for (int i = 0; i < cols; i++)
+        ss += row[i] * row[i];
+    return ss > 0.0 ? 1.0 / sqrt(ss) : zero;
+}
+
+/* w, r [rows, cols]: r_o = w_o / ||w_o||, a zero row stays zero. */
+void lipc_rownorm_forward(int rows, int cols, const double *w, double *r)
+{
+    for (int o = 0; o < rows; o++) {
+        const double *wo = w + (size_t)o * cols;
+        double s = row_inv_norm(wo, cols, 0.0);
+        for (int i = 0; i < cols; i++)
+            r[(size_t)o * cols + i] = s * wo[i];
+    }
+}
+
+/* w, d_eff, dw [rows, cols]: ADDS the gradient w.r.t. w given d_eff, the
+ * gradient w.r.t. r = rownorm(w):
+ *   dw_o += (d_o - r_o (r_o . d_o)) / ||w_o||      (dw_o += d_o for a zero row) */
+void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_eff,
+                           double *dw)
+{
+    for (int o = 0; o < rows; o++) {
+        const double *wo = w + (size_t)o * cols, *d = d_eff + (size_t)o * cols;
+        double s = row_inv_norm(wo, cols, 1.0);
+        double rd = 0.0; /* r_o . d_o, with r_o = s w_o (the zero row: 0) */
+        for (int i = 0; i < cols; i++)
+            rd += s * wo[i] * d[i];
+        for (int i = 0; i < cols; i++)
+            dw[(size_t)o * cols + i] += s * (d[i] - s * wo[i] * rd);
+    }
+}
+
+/* ---- reference kernels ------------------------------------------------------
+ *
+ * The layer's linear map is A = S W (+ I when folded), S = diag(s_o) with
+ * s_o = 1 / ||W_o|| under `normalize` (0 for a zero row), else 1. */
+
+static double dense_row_scale(const lipc_node *n, const double *row, int in_f)
+{
+    return n->a.normalize ? row_inv_norm(row, in_f, 0.0) : 1.0;
+}
+
+/* x [n_batch, in_f] -> y [n_batch, out_f], overwritten:
+ *   y[b, o] = bias[o] + s_o sum_i W[o, i] x[b, i]  (+ x[b, o] when folded)
+ * bias NULL: the linear part alone. */
+static void dense_apply(const lipc_node *n, int n_batch, const double *xs,
+                        const double *wt, const double *bias, double *ys)
+{
+    int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
+    if (n->a.fold_identity)
+        LIPC_ASSERT(in_f == out_f);
+    for (int o = 0; o < out_f; o++) {
+        const double *row = wt + (size_t)o * in_f;
+        double s = dense_row_scale(n, row, in_f);
+        for (int b = 0; b < n_batch; b++) {
+            const double *x = xs + (size_t)b * in_f;
+            double acc = 0.0;
+            for (int i = 0; i < in_f; i++)
+                acc += row[i] * x[i];
+            acc *= s;
+            if (n->a.fold_identity)
+                acc += x[o];
+            if (bias)
+                acc += bias[o];
+            ys[(size_t)b * out_f + o] = acc;
+        }
+    }
+}
+
+/* dx [n_batch, in_f] += A^T dy, dy [n_batch, out_f]:
+ *   dx[b, i] += sum_o s_o W[o, i] dy[b, o]   (+ dy[b, i] when folded) */
+static void dense_transpose_add(const lipc_node *n, int n_batch, const double *wt,
+                                const double *dys, double *dxs)
+{
+    int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
+    for (int o = 0; o < out_f; o++) {
+        const double *row = wt + (size_t)o * in_f;
+        double s = dense_row_scale(n, row, in_f);
+        for (int b = 0; b < n_batch; b++) {
+            double g = s * dys[(size_t)b * out_f + o];
+            double *dx = dxs + (size_t)b * in_f;
+            for (int i = 0; i < in_f; i++)
+                dx[i] += row[i] * g;
+            if (n->a.fold_identity)
+                dx[o] += dys[(size_t)b * out_f + o];
+        }
+    }
+}
+
+/* dw [out_f, in_f] += scale * d<A x, dy>/dW, summed over the batch;
+ * x [n_batch, in_f], dy [n_batch, out_f], wt the weight (read only when
+ * normalize).
+ *   Plain:      dW[o, i] += scale sum_b dy[b, o] x[b, i]         (dA = dy x^T)
+ *   normalize:  dA_o = dr_o = sum_b dy[b, o] x_b goes through the row
+ *               normalisation: dw_o += scale s_o (dr_o - r_o (r_o . dr_o)).
+ *               This is lipc_rownorm_backward fused with dA, so that no
+ *               [out_f, in_f] buffer is needed: r_o . dr_o = sum_b dy[b, o]
+ *               (r_o . x_b). A zero row passes dr_o through (s_o = 1, r_o = 0).
+ * The folded identity is a constant: nothing reaches dW from it. */
+static void dense_weight_grad_add(const lipc_node *n, int n_batch, const double *xs,
+                                  const double *dys, const double *wt, double scale,
+                                  double *dw)
+{
+    int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
+    for (int o = 0; o < out_f; o++) {
+        /* s_o and r_o . dr_o; a zero row has s_o = 1 and r_o = 0, so it
+         * passes dr_o through with no special case. */
+        double s = 1.0, rdr = 0.0;
+        const double *row = n->a.normalize ? wt + (size_t)o * in_f : NULL;
+        if (row) {
+            s = row_inv_norm(row, in_f, 1.0);
+            for (int b = 0; b < n_batch; b++) {
+                const double *x = xs + (size_t)b * in_f;
+                double rx = 0.0;
+                for (int i = 0; i < in_f; i++)
+                    rx += s * row[i] * x[i];
+                rdr += dys[(size_t)b * out_f + o] * rx;
+            }
+        }
+        double *dwo = dw + (size_t)o * in_f;
+        for (int i = 0; i < in_f; i++) {
+            double dr = 0.0;
+            for (int b = 0; b < n_batch; b++)
+                dr += dys[(size_t)b * out_f + o] * xs[(size_t)b * in_f + i];
+            double r = row ? s * row[i] : 0.0;
+            dwo[i] += scale * s * (dr - r * rdr);
+        }
+    }
+}
+
 /* in [n_batch, in_f], out [n_batch, out_f]
  * params: the node's weight [out_f, in_f], then bias [out_f] if a.bias
  *
@@ -76,32 +223,64 @@ static void dense_ref_forward(const lipc_node *n, int n_batch,
                               const double *params)
 {
     int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
-    const double *wt = params;
     const double *bias = n->a.bias ? params + (size_t)out_f * in_f : NULL;
-    if (n->a.fold_identity)
-        LIPC_ASSERT(in_f == out_f);
-    for (int o = 0; o < out_f; o++) {
-        const double *row = wt + (size_t)o * in_f;
-        double scale = 1.0;
-        if (n->a.normalize) {
-            double ss = 0.0;
-            for (int i = 0; i < in_f; i++)
-                ss += row[i] * row[i];
-            scale = ss > 0.0 ? 1.0 / sqrt(ss) : 0.0;
-        }
-        for (int b = 0; b < n_batch; b++) {
-            const double *x = in[0] + (size_t)b * in_f;
-            double acc = 0.0;
-            for (int i = 0; i < in_f; i++)
-                acc += row[i] * x[i];
-            acc *= scale;
-            if (n->a.fold_identity)
-                acc += x[o];
-            if (bias)
-                acc += bias[o];
-            out[(size_t)b * out_f + o] = acc;
-        }
+    dense_apply(n, n_batch, in[0], params, bias, out);
+}
+
+/* Backward (shapes as in the forward; dparams laid out like params). With
+ * A = S W (+ I), y = A x + b:
+ *   din[b, i] += sum_o s_o W[o, i] dout[b, o]  (+ dout[b, i] when folded)
+ *   dW        += dense_weight_grad_add: dy x^T summed over the batch, taken
+ *                through the row normalisation when a.normalize
+ *   dbias[o]  += sum_b dout[b, o] */
+static void dense_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                               const double *out, const double *dout, double *const *din,
+                               const double *params, double *dparams)
+{
+    (void)out;
+    int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
+    if (din[0])
+        dense_transpose_add(n, n_batch, params, dout, din[0]);
+    if (!dparams)
+        return;
+    dense_weight_grad_add(n, n_batch, in[0], dout, params, 1.0, dparams);
+    if (n->a.bias) {
+        double *db = dparams + (size_t)out_f * in_f;
+        for (int b = 0; b < n_batch; b++)
+            for (int o = 0; o < out_f; o++)
+                db[o] += dout[(size_t)b * out_f + o];
     }
+}
+
+/* The linear map A = S W (+ I when folded), without the bias:
+ *   transpose false: dst [n_batch, out_f] = A src [n_batch, in_f]
+ *   transpose true:  dst [n_batch, in_f]  = A^T src [n_batch, out_f]
+ * Under `normalize` it is the map the layer computes (normalised rows); the
+ * lipschitz pass bounds such a head pairwise (HEAD), not by this operator's
+ * norm, so only tests call it then. */
+static void dense_ref_linear(const lipc_node *n, int n_batch, const double *src,
+                             double *dst, const double *params, bool transpose)
+{
+    if (!transpose) {
+        dense_apply(n, n_batch, src, params, NULL, dst);
+        return;
+    }
+    size_t count = (size_t)n_batch * (size_t)n->in[0]->shape.d[0];
+    for (size_t k = 0; k < count; k++)
+        dst[k] = 0.0;
+    dense_transpose_add(n, n_batch, params, src, dst);
+}
+
+/* dweight [out_f, in_f] += scale * sum_b dy[b] x[b]^T = scale * d<A x, dy>/dW,
+ * x [n_batch, in_f], dy [n_batch, out_f]. Only for a layer that is not
+ * row-normalised: through the normalisation the gradient depends on W, which
+ * this entry point does not receive (ref_backward handles that case; a head is
+ * never power-iterated). */
+static void dense_ref_weight_grad(const lipc_node *n, int n_batch, const double *x,
+                                  const double *dy, double scale, double *dweight)
+{
+    LIPC_ASSERT(!n->a.normalize);
+    dense_weight_grad_add(n, n_batch, x, dy, NULL, scale, dweight);
 }
 
 const lipc_op_desc lipc_op_desc_dense = {
@@ -117,4 +296,7 @@ const lipc_op_desc lipc_op_desc_dense = {
     .infer = dense_infer,
     .lipschitz = dense_lipschitz,
     .ref_forward = dense_ref_forward,
+    .ref_backward = dense_ref_backward,
+    .ref_linear = dense_ref_linear,
+    .ref_weight_grad = dense_ref_weight_grad,
 };

@@ -38,6 +38,23 @@ static void flatten_ref_forward(const lipc_node *n, int n_batch,
     memcpy(out, in[0], total * sizeof *out);
 }
 
+/* Backward: the identity on the numbers (only the shape changes):
+ *   din [n_batch, c*h*w] += dout [n_batch, c*h*w] */
+static void flatten_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                                 const double *out, const double *dout,
+                                 double *const *din, const double *params, double *dparams)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    (void)dparams;
+    if (!din[0])
+        return;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        din[0][i] += dout[i];
+}
+
 const lipc_op_desc lipc_op_desc_flatten = {
     .name = "flatten",
     .summary = "feature map (c, h, w) to a flat vector (c*h*w)",
@@ -51,4 +68,5 @@ const lipc_op_desc lipc_op_desc_flatten = {
     .infer = flatten_infer,
     .lipschitz = flatten_lipschitz,
     .ref_forward = flatten_ref_forward,
+    .ref_backward = flatten_ref_backward,
 };

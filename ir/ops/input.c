@@ -1,7 +1,9 @@
 /* ir/ops/input.c: the graph's input, x in the model's input shape (c, h, w) or
  * (f), batch outermost. It has no attributes and no math: the interpreter and
  * every backend bind its buffer to the caller's x, so ref_forward is NULL. Not
- * user-writable: the frontend creates it from the `input:` section. */
+ * user-writable: the frontend creates it from the `input:` section. Its
+ * backward is NULL too: the input gradient is whatever the consumers add into
+ * its buffer, which the interpreter returns as dx. */
 #include "ir/ir.h"
 #include "ir/ops/internal.h"
 
@@ -55,4 +57,5 @@ const lipc_op_desc lipc_op_desc_input = {
     .infer = input_infer,
     .lipschitz = input_lipschitz,
     .ref_forward = NULL,
+    .ref_backward = NULL,   /* the data: the interpreter hands its gradient back */
 };

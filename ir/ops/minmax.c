@@ -76,6 +76,42 @@ static void minmax_ref_forward(const lipc_node *n, int n_batch,
     }
 }
 
+/* Backward: on each pair the forward is a permutation, chosen by which input
+ * is larger, so the gradient is routed back through the same permutation:
+ *   a >= b:  din[ia] += dout[ia] (max came from a),  din[ib] += dout[ib]
+ *   a <  b:  din[ia] += dout[ib] (min came from a),  din[ib] += dout[ia]
+ * At a tie (a == b) the max-output's gradient goes to the first element and
+ * the min-output's to the second: the limit from a > b, a valid subgradient
+ * that keeps the Jacobian a permutation (gradient norms are preserved).
+ * Shapes as in the forward. */
+static void minmax_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                                const double *out, const double *dout, double *const *din,
+                                const double *params, double *dparams)
+{
+    (void)out;
+    (void)params;
+    (void)dparams;
+    if (!din[0])
+        return;
+    int c = n->shape.d[0];
+    size_t hw = n->shape.rank == 3 ? (size_t)n->shape.d[1] * n->shape.d[2] : 1;
+    for (int b = 0; b < n_batch; b++) {
+        const double *x = in[0] + (size_t)b * c * hw;
+        const double *dy = dout + (size_t)b * c * hw;
+        double *dx = din[0] + (size_t)b * c * hw;
+        for (int k = 0; k < c / 2; k++) {
+            int ia = n->a.pairing == LIPC_PAIR_HALVES ? k : 2 * k;
+            int ib = n->a.pairing == LIPC_PAIR_HALVES ? k + c / 2 : 2 * k + 1;
+            for (size_t p = 0; p < hw; p++) {
+                size_t pa = ia * hw + p, pb = ib * hw + p;
+                bool a_is_max = x[pa] >= x[pb];
+                dx[pa] += a_is_max ? dy[pa] : dy[pb];
+                dx[pb] += a_is_max ? dy[pb] : dy[pa];
+            }
+        }
+    }
+}
+
 const lipc_op_desc lipc_op_desc_minmax = {
     .name = "minmax",
     .summary = "MinMax activation: sort channel pairs (1-Lipschitz, gradient-norm preserving)",
@@ -89,4 +125,5 @@ const lipc_op_desc lipc_op_desc_minmax = {
     .infer = minmax_infer,
     .lipschitz = minmax_lipschitz,
     .ref_forward = minmax_ref_forward,
+    .ref_backward = minmax_ref_backward,
 };

@@ -122,6 +122,31 @@ static void pad_ref_forward(const lipc_node *n, int n_batch,
                 }
 }
 
+/* Backward: the adjoint of the zero embedding E is the crop E^T, so
+ *   din[b, i, y, x] += dout[b, i, y + top, x + left]
+ * din [n_batch, c, h, w], dout [n_batch, c, oh, ow]; the border's gradient
+ * falls on constants (the zeros) and is dropped. */
+static void pad_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                             const double *out, const double *dout, double *const *din,
+                             const double *params, double *dparams)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    (void)dparams;
+    if (!din[0])
+        return;
+    int c = n->in[0]->shape.d[0], h = n->in[0]->shape.d[1], w = n->in[0]->shape.d[2];
+    int oh = n->shape.d[1], ow = n->shape.d[2];
+    int top = n->a.pad[0], left = n->a.pad[2];
+    for (int b = 0; b < n_batch; b++)
+        for (int i = 0; i < c; i++)
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++)
+                    din[0][(((size_t)b * c + i) * h + y) * w + x] +=
+                        dout[(((size_t)b * c + i) * oh + y + top) * ow + x + left];
+}
+
 const lipc_op_desc lipc_op_desc_pad = {
     .name = "pad",
     .summary = "zero padding of a feature map (an isometry)",
@@ -135,4 +160,5 @@ const lipc_op_desc lipc_op_desc_pad = {
     .infer = pad_infer,
     .lipschitz = pad_lipschitz,
     .ref_forward = pad_ref_forward,
+    .ref_backward = pad_ref_backward,
 };

@@ -37,6 +37,24 @@ static void relu_ref_forward(const lipc_node *n, int n_batch,
         out[i] = in[0][i] > 0.0 ? in[0][i] : 0.0;
 }
 
+/* Backward: dy/dx = 1 where x > 0, else 0 (at x = 0 we take 0, a valid
+ * subgradient):
+ *   din [n_batch, numel] += dout where in > 0 */
+static void relu_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                              const double *out, const double *dout, double *const *din,
+                              const double *params, double *dparams)
+{
+    (void)out;
+    (void)params;
+    (void)dparams;
+    if (!din[0])
+        return;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        if (in[0][i] > 0.0)
+            din[0][i] += dout[i];
+}
+
 const lipc_op_desc lipc_op_desc_relu = {
     .name = "relu",
     .summary = "elementwise max(x, 0)",
@@ -50,4 +68,5 @@ const lipc_op_desc lipc_op_desc_relu = {
     .infer = relu_infer,
     .lipschitz = relu_lipschitz,
     .ref_forward = relu_ref_forward,
+    .ref_backward = relu_ref_backward,
 };

@@ -40,6 +40,23 @@ static void shift_ref_forward(const lipc_node *n, int n_batch,
         out[i] = in[0][i] + n->a.by;
 }
 
+/* Backward: dy/dx = I (the constant has no gradient):
+ *   din [n_batch, numel] += dout [n_batch, numel] */
+static void shift_ref_backward(const lipc_node *n, int n_batch, const double *const *in,
+                               const double *out, const double *dout, double *const *din,
+                               const double *params, double *dparams)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    (void)dparams;
+    if (!din[0])
+        return;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        din[0][i] += dout[i];
+}
+
 const lipc_op_desc lipc_op_desc_shift = {
     .name = "shift",
     .summary = "add a constant to every element: y = x + by",
@@ -53,4 +70,5 @@ const lipc_op_desc lipc_op_desc_shift = {
     .infer = shift_infer,
     .lipschitz = shift_lipschitz,
     .ref_forward = shift_ref_forward,
+    .ref_backward = shift_ref_backward,
 };
