@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ir/ir.h"
+#include "runtime/runtime.h"
 #include "support/support.h"
 
 /* ---- reference backend (backend/ref/interp.c) ----------------------------- */
@@ -65,17 +66,9 @@ lipc_status lipc_ref_forward_backward(const lipc_graph *g, const double *params,
 const double *lipc_ref_node_params(const lipc_graph *g, const lipc_node *n,
                                    const double *params);
 
-/* Fills the parameter block [g->n_param_elems] from each parameter's init rule:
- *   kaiming    N(0, 2 / fan_in)              (also `default` for weights)
- *   xavier     N(0, 2 / (fan_in + fan_out))
- *   orthogonal the weight reshaped [out, fan_in] with orthonormal rows (or
- *              orthonormal columns when out > fan_in)
- *   liresnet   N(0, 1) / fan_in   (= N(0,1)/(9 c) for 3x3; the depth^-1/2
- *              scale is the training graph's business)
- *   zeros      (also `default` for biases)
- * fan_in = c_in kh kw or in, fan_out = c_out kh kw or out. Each parameter
- * draws from its own stream, seeded by (seed, its name), so adding a layer
- * does not change the values of the others. */
+/* Fills the parameter block [g->n_param_elems] from each parameter's init
+ * rule, in double, exactly as the runtime's initialiser (runtime/init.c
+ * states the rules): one random stream per parameter name. */
 void lipc_ref_init_params(const lipc_graph *g, uint64_t seed, double *params);
 
 /* ---- losses (backend/ref/loss.c) ---- */
@@ -124,43 +117,6 @@ lipc_status lipc_ref_loss(const lipc_loss_spec *spec, int n, int m, int d,
 
 /* ---- entry points of the reference backend (backend/ref/exec.c) ---- */
 
-/* Hyper-parameters of one training step; the training loop's schedules
- * compute lr and eps for each step. */
-typedef struct lipc_hyper {
-    int loss;               /* lipc_loss */
-    int optimizer;          /* lipc_optim */
-    double lr, eps, weight_decay;
-    double beta1, beta2, adam_eps;  /* AdamW */
-    double momentum;                /* SGD (Nesterov) */
-    double clip;                    /* global gradient-norm clipping; 0: off */
-    double trades_lambda;
-    int power_iters;                /* per step, warm-started */
-} lipc_hyper;
-
-/* What a training run carries from step to step (and checkpoints save):
- * float, as every backend stores it. */
-typedef struct lipc_train_state {
-    float *params;          /* [g->n_param_elems] */
-    float *opt_m, *opt_v;   /* [g->n_param_elems] AdamW moments; SGD uses opt_m */
-    float *vec;             /* [prog->n_vec_elems] power-iteration vectors v, u */
-    long step;              /* optimiser steps taken */
-} lipc_train_state;
-
-typedef struct lipc_step_stats {
-    double loss;            /* mean over the batch */
-    double k_sub;           /* the bound used by the loss (power-iteration estimate) */
-    double grad_norm;       /* before clipping */
-    int n, correct, certified;  /* certified: correct and certified at hyper.eps */
-} lipc_step_stats;
-
-/* Per factor of K_sub after lipc_ref_lipschitz; one extra entry at the end
- * holds K_sub itself in .value. */
-typedef struct lipc_bound_report {
-    double value;           /* sigma estimate (OPNORM), constant, or 1 + K(body) */
-    int iters;              /* power iterations run (OPNORM) */
-    double change;          /* relative change of sigma in the last 10 iterations */
-} lipc_bound_report;
-
 /* Logits of a batch: x [n, numel(input)], logits [n, classes]. p is a
  * FORWARD (or TRAIN) program. */
 lipc_status lipc_ref_predict(const lipc_program *p, const float *params, int n, const float *x,
@@ -185,5 +141,28 @@ lipc_status lipc_ref_train_step(const lipc_program *p, lipc_train_state *st, int
 lipc_status lipc_ref_gradients(const lipc_program *p, lipc_train_state *st, int n,
                                const float *x, const int32_t *y, const lipc_hyper *h,
                                lipc_step_stats *out, double *grads);
+
+/* ---- compiled models (backend/describe.c) ---- */
+
+/* What a target produced from a checked graph: the runtime's description of
+ * the model and its entry points. Owns the programs; borrows the graph,
+ * which must outlive it. */
+typedef struct lipc_compiled {
+    lipc_graph *g;
+    lipc_program *train, *forward;
+    lipc_model_desc desc;
+    lipc_param_desc *params;
+    lipc_factor_desc *factors;
+    lipc_model_ops ops;
+} lipc_compiled;
+
+/* The runtime's description of one parameter of g. */
+void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_desc *out);
+
+/* Compiles g (after the pass pipeline) for a target: "ref" (this backend);
+ * "cpu" and "cuda" report that they are not available in this build. User
+ * errors (a model that cannot train) go to d as LIPC_ERR_INPUT. */
+lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out);
+void lipc_compiled_free(lipc_compiled *c);
 
 #endif

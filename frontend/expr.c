@@ -172,7 +172,7 @@ static bool parse_expr(parser *ps, double *v)
         if (c != '+' && c != '-')
             break;
         ps->p++;
-        double r;
+        double r = 0.0; /* parse_term may fail before it writes r */
         ok = parse_term(ps, &r);
         *v = c == '+' ? *v + r : *v - r;
     }

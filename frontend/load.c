@@ -48,8 +48,8 @@ typedef struct fe {
     fe_var vars[MAX_VARS];
     int n_vars;
     bool oom;
-    const yaml_node_t *keys_listed;  /* mapping whose allowed keys a note listed */
-    const char *text;                /* the file, for positions libyaml lacks */
+    const yaml_node_t *keys_listed; /* mapping whose allowed keys a note listed */
+    const char *text;               /* the file, for positions libyaml lacks */
     size_t len;
 } fe;
 
@@ -148,8 +148,7 @@ static lipc_diag_msg *fe_error(fe *f, lipc_loc loc, const char *fmt, ...)
 static lipc_diag_msg *type_error(fe *f, const yaml_node_t *n, const char *what,
                                  const char *expected)
 {
-    return fe_error(f, node_loc(f, n), "%s must be %s, got %s", what, expected,
-                    kind_name(n));
+    return fe_error(f, node_loc(f, n), "%s must be %s, got %s", what, expected, kind_name(n));
 }
 
 /* Enters a YAML node: counts the visit and the depth. False (with one error)
@@ -160,8 +159,8 @@ static bool enter(fe *f, const yaml_node_t *n)
     f->visits++;
     if (f->depth > f->max_depth) {
         if (!f->budget_reported) {
-            lipc_diag_msg *m = fe_error(f, node_loc(f, n),
-                                        "the model nests deeper than %d levels", f->max_depth);
+            lipc_diag_msg *m =
+                fe_error(f, node_loc(f, n), "the model nests deeper than %d levels", f->max_depth);
             lipc_diag_hint(m, "nest fewer blocks (residual, repeat) inside each other");
         }
         f->budget_reported = true;
@@ -169,11 +168,11 @@ static bool enter(fe *f, const yaml_node_t *n)
     }
     if (f->visits > f->max_visits) {
         if (!f->budget_reported) {
-            lipc_diag_msg *m = fe_error(
-                f, node_loc(f, n),
-                "the model is too large: more than %ld YAML nodes after expanding "
-                "aliases and `repeat`",
-                f->max_visits);
+            lipc_diag_msg *m =
+                fe_error(f, node_loc(f, n),
+                         "the model is too large: more than %ld YAML nodes after expanding "
+                         "aliases and `repeat`",
+                         f->max_visits);
             lipc_diag_note(m, LIPC_NO_LOC,
                            "aliases (*name) count once for every place they are used, and a "
                            "repeated list once for every time it is repeated");
@@ -206,8 +205,8 @@ static int mapping_items(fe *f, const yaml_node_t *m, const char *what, kv *out,
             continue;
         const char *key = scalar(k);
         if (!key) {
-            fe_error(f, node_loc(f, k), "keys of %s must be plain words, got %s",
-                            what, kind_name(k));
+            fe_error(f, node_loc(f, k), "keys of %s must be plain words, got %s", what,
+                     kind_name(k));
             continue;
         }
         bool dup = false;
@@ -304,9 +303,8 @@ static bool read_number(fe *f, const yaml_node_t *n, const char *what, double *o
         offset = 1;
         if (s[1] == '{') {
             if (len < 3 || s[len - 1] != '}') {
-                lipc_diag_msg *m = fe_error(f, node_loc(f, n),
-                                                   "unterminated expression in %s: '%s'",
-                                                   what, s);
+                lipc_diag_msg *m =
+                    fe_error(f, node_loc(f, n), "unterminated expression in %s: '%s'", what, s);
                 lipc_diag_hint(m, "write ${expression} or just the expression, e.g. 2 * width");
                 return false;
             }
@@ -344,8 +342,10 @@ static bool read_number(fe *f, const yaml_node_t *n, const char *what, double *o
             if (lone_word && !best) {
                 /* Most likely text where a number belongs, not a parameter. */
                 m = fe_error(f, loc, "%s must be a number, got '%s'", what, name);
-                lipc_diag_note(m, LIPC_NO_LOC, "a word here names a parameter, and the model "
-                                               "declares no parameter '%s'", name);
+                lipc_diag_note(m, LIPC_NO_LOC,
+                               "a word here names a parameter, and the model "
+                               "declares no parameter '%s'",
+                               name);
             } else {
                 m = fe_error(f, loc, "unknown parameter '%s' in %s", name, what);
                 if (best)
@@ -397,8 +397,7 @@ static bool read_int(fe *f, const yaml_node_t *n, const char *what, int min, int
         return false;
     }
     if (v > (double)MAX_INT_VALUE) {
-        fe_error(f, node_loc(f, n), "%s is too large: %s (at most %d)", what, given,
-                 MAX_INT_VALUE);
+        fe_error(f, node_loc(f, n), "%s is too large: %s (at most %d)", what, given, MAX_INT_VALUE);
         return false;
     }
     *out = (int)v;
@@ -428,8 +427,8 @@ static bool parse_enum(fe *f, const yaml_node_t *v, const char *what,
     lipc_buf_init(&b);
     for (int i = 0; names[i]; i++)
         lipc_buf_printf(&b, "%s%s", i ? " | " : "", names[i]);
-    lipc_diag_msg *m = fe_error(f, node_loc(f, v), "%s must be one of %s, got '%s'",
-                                       what, lipc_buf_str(&b), s);
+    lipc_diag_msg *m =
+        fe_error(f, node_loc(f, v), "%s must be one of %s, got '%s'", what, lipc_buf_str(&b), s);
     lipc_buf_free(&b);
     const char *best = lipc_closest_word(s, names);
     if (best)
@@ -643,8 +642,7 @@ static const char *layer_name(fe *f, name_table *t, const char *scope, int count
     }
     for (int i = 0; i < t->n; i++) {
         if (strcmp(t->e[i].name, local) == 0) {
-            lipc_diag_msg *m =
-                fe_error(f, loc, "two layers in one list are named '%s'", local);
+            lipc_diag_msg *m = fe_error(f, loc, "two layers in one list are named '%s'", local);
             lipc_diag_note(m, t->e[i].loc, "the other one is here");
             break;
         }
@@ -704,9 +702,11 @@ static bool check_node_budget(fe *f, lipc_loc loc)
     if (node_count(f) < f->max_nodes)
         return true;
     if (!f->budget_reported) {
-        lipc_diag_msg *m = fe_error(
-            f, loc, "the model is too large: more than %ld layers after expanding `repeat` "
-            "and aliases", f->max_nodes);
+        lipc_diag_msg *m =
+            fe_error(f, loc,
+                     "the model is too large: more than %ld layers after expanding `repeat` "
+                     "and aliases",
+                     f->max_nodes);
         lipc_diag_hint(m, "check the counts given to `repeat` and the blocks reused through "
                           "aliases (*name)");
     }
@@ -722,8 +722,7 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
     const lipc_op_desc *desc = lipc_op_info(op);
     lipc_loc loc = op_item ? node_loc(f, op_item->key_node) : node_loc(f, item);
     if (ctx.preprocess && !desc->preprocess) {
-        lipc_diag_msg *m = fe_error(f, loc,
-                                           "'%s' is not a preprocessing op", desc->name);
+        lipc_diag_msg *m = fe_error(f, loc, "'%s' is not a preprocessing op", desc->name);
         lipc_buf ok_ops;
         lipc_buf_init(&ok_ops);
         for (int o = 0; o < LIPC_OP_COUNT; o++)
@@ -757,9 +756,9 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
         int k = mapping_items(f, v, owner, items, 64);
         for (int i = 0; i < k; i++) {
             if (strcmp(items[i].key, "name") == 0) {
-                lipc_diag_msg *m = fe_error(
-                    f, node_loc(f, items[i].key_node),
-                    "'name' goes beside the op key, not among its attributes");
+                lipc_diag_msg *m =
+                    fe_error(f, node_loc(f, items[i].key_node),
+                             "'name' goes beside the op key, not among its attributes");
                 lipc_diag_hint(m, "write `- %s: {...}` and `name: %s` on the next line, "
                                   "indented like the op",
                                desc->name, scalar(items[i].value) ? scalar(items[i].value) : "...");
@@ -771,8 +770,8 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
                 const char *keys[64];
                 field_keys(desc->fields, keys, 64);
                 if (!keys[0]) {
-                    fe_error(f, node_loc(f, items[i].key_node),
-                                    "'%s' takes no attributes", desc->name);
+                    fe_error(f, node_loc(f, items[i].key_node), "'%s' takes no attributes",
+                             desc->name);
                 } else {
                     unknown_key(f, v, &items[i], owner, keys);
                 }
@@ -823,8 +822,7 @@ static lipc_node *build_op(fe *f, lipc_op op, const kv *op_item, const yaml_node
             last = i;
         }
         if (n_missing) {
-            lipc_diag_msg *m = fe_error(f, loc, "%s needs %s", desc->name,
-                                        lipc_buf_str(&missing));
+            lipc_diag_msg *m = fe_error(f, loc, "%s needs %s", desc->name, lipc_buf_str(&missing));
             for (int i = 0; desc->fields[i].key && n_missing > 1; i++)
                 if (desc->fields[i].required && !seen[i] && desc->fields[i].help)
                     lipc_diag_note(m, LIPC_NO_LOC, "'%s': %s", desc->fields[i].key,
@@ -910,8 +908,10 @@ static lipc_node *build_repeat(fe *f, const kv *item, const kv *items, int n_ite
         return x;
     }
     if (layers->value->data.sequence.items.top == layers->value->data.sequence.items.start) {
-        lipc_diag_msg *m = fe_error(f, node_loc(f, layers->value), "the layers of repeat '%s' "
-                                    "are an empty list", name);
+        lipc_diag_msg *m = fe_error(f, node_loc(f, layers->value),
+                                    "the layers of repeat '%s' "
+                                    "are an empty list",
+                                    name);
         lipc_diag_hint(m, "give the layers to repeat, or remove the repeat");
         return x;
     }
@@ -973,8 +973,10 @@ static void unknown_op(fe *f, lipc_loc loc, const char *s)
 {
     lipc_op op = lipc_op_lookup(s);
     if (op != LIPC_OP_COUNT) {
-        lipc_diag_msg *m = fe_error(f, loc, "'%s' is internal to lipc and cannot be written "
-                                            "in a model", s);
+        lipc_diag_msg *m = fe_error(f, loc,
+                                    "'%s' is internal to lipc and cannot be written "
+                                    "in a model",
+                                    s);
         if (op == LIPC_OP_ADD)
             lipc_diag_hint(m, "to add a block's input to its output, write a residual: "
                               "`- residual:` with the block's layers below it");
@@ -1017,8 +1019,8 @@ static lipc_node *build_item(fe *f, const yaml_node_t *item, name_table *names,
         return x;
     }
     if (item->type != YAML_MAPPING_NODE) {
-        lipc_diag_msg *m = fe_error(f, node_loc(f, item),
-                                    "expected a layer, got %s", kind_name(item));
+        lipc_diag_msg *m =
+            fe_error(f, node_loc(f, item), "expected a layer, got %s", kind_name(item));
         if (item->type == YAML_SEQUENCE_NODE)
             lipc_diag_hint(m, "lists of layers do not nest: write the layers directly, or "
                               "group them with `- repeat: 1` and `layers:`");
@@ -1053,9 +1055,8 @@ static lipc_node *build_item(fe *f, const yaml_node_t *item, name_table *names,
                        !strcmp(k, "residual") || !strcmp(k, "repeat");
         if (is_kind) {
             if (kind != &items[i]) {
-                lipc_diag_msg *m = fe_error(
-                    f, node_loc(f, items[i].key_node),
-                    "one layer names two ops, '%s' and '%s'", kind->key, k);
+                lipc_diag_msg *m = fe_error(f, node_loc(f, items[i].key_node),
+                                            "one layer names two ops, '%s' and '%s'", kind->key, k);
                 lipc_diag_hint(m, "start each layer with its own '-'");
                 bad = true;
             }
@@ -1070,7 +1071,8 @@ static lipc_node *build_item(fe *f, const yaml_node_t *item, name_table *names,
             /* `- conv2d:` then `out: 8` indented like the op: a sibling key. */
             lipc_diag_msg *m = fe_error(f, node_loc(f, items[i].key_node),
                                         "'%s' is an attribute of %s, but it is written beside "
-                                        "the op, not under it", k, kind->key);
+                                        "the op, not under it",
+                                        k, kind->key);
             lipc_diag_hint(m, "indent the attributes under `%s:`, or write `- %s: {%s: ...}`",
                            kind->key, kind->key, k);
             bad = true;
@@ -1082,21 +1084,22 @@ static lipc_node *build_item(fe *f, const yaml_node_t *item, name_table *names,
             if (best)
                 lipc_diag_hint(m, "did you mean '%s'?", best);
             else
-                lipc_diag_note(m, LIPC_NO_LOC, "beside its op a layer takes only `name:` "
-                                               "(and `layers:` for repeat)");
+                lipc_diag_note(m, LIPC_NO_LOC,
+                               "beside its op a layer takes only `name:` "
+                               "(and `layers:` for repeat)");
             bad = true;
         }
     }
     if (!kind) {
         if (!bad)
             fe_error(f, node_loc(f, item),
-                            "this layer names no op (give one of the ops, residual or repeat)");
+                     "this layer names no op (give one of the ops, residual or repeat)");
         return x;
     }
     const kv *layers = find_item(items, n, "layers");
     if (layers && strcmp(kind->key, "repeat") != 0) {
         lipc_diag_msg *m = fe_error(f, node_loc(f, layers->key_node),
-                                           "'layers' belongs to repeat, not to '%s'", kind->key);
+                                    "'layers' belongs to repeat, not to '%s'", kind->key);
         if (!strcmp(kind->key, "residual"))
             lipc_diag_hint(m, "a residual's layers are the list given to `residual:` itself");
         bad = true;
@@ -1178,9 +1181,8 @@ static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
     for (int i = 0; i < n; i++) {
         lipc_loc loc = node_loc(f, items[i].key_node);
         if (!is_identifier(items[i].key)) {
-            fe_error(f, loc,
-                            "parameter names are identifiers (letters, digits, '_'), got '%s'",
-                            items[i].key);
+            fe_error(f, loc, "parameter names are identifiers (letters, digits, '_'), got '%s'",
+                     items[i].key);
             continue;
         }
         if (!strcmp(items[i].key, "classes")) {
@@ -1199,9 +1201,8 @@ static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
             v = strtod(f->opt->sets[s].value, &end);
             ok = end != f->opt->sets[s].value && *end == '\0' && errno == 0 && isfinite(v);
             if (!ok)
-                fe_error(f, LIPC_NO_LOC,
-                                "--set %s=%s: the value must be a number", f->opt->sets[s].key,
-                                f->opt->sets[s].value);
+                fe_error(f, LIPC_NO_LOC, "--set %s=%s: the value must be a number",
+                         f->opt->sets[s].key, f->opt->sets[s].value);
             break;
         }
         bool from_set = false;
@@ -1274,15 +1275,15 @@ static lipc_node *load_input(fe *f, const yaml_node_t *m, lipc_loc key_loc)
         return NULL;
     }
     if (rec.shape.n != 1 && rec.shape.n != 3) {
-        lipc_diag_msg *e = fe_error(f, node_loc(f, find_item(items, n, "shape")->value),
-                                           "input shape must be [c, h, w] or [f], got %d numbers",
-                                           rec.shape.n);
+        lipc_diag_msg *e =
+            fe_error(f, node_loc(f, find_item(items, n, "shape")->value),
+                     "input shape must be [c, h, w] or [f], got %d numbers", rec.shape.n);
         lipc_diag_hint(e, "images are written [channels, height, width], e.g. [3, 32, 32]");
         return NULL;
     }
     if (!(rec.range[0] < rec.range[1])) {
         fe_error(f, node_loc(f, find_item(items, n, "range")->value),
-                        "input range must be [low, high] with low < high");
+                 "input range must be [low, high] with low < high");
         ok = false;
     }
     f->g->input_shape.rank = rec.shape.n;
@@ -1340,15 +1341,14 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
         const char *section = NULL;
         if (lipc_field_find(lipc_train_fields, items[i].key))
             section = "train";
-        else if (lipc_field_find(input_fields, items[i].key) ||
-                 !strcmp(items[i].key, "preprocess"))
+        else if (lipc_field_find(input_fields, items[i].key) || !strcmp(items[i].key, "preprocess"))
             section = "input";
         if (section) {
-            lipc_diag_msg *m = fe_error(f, node_loc(f, items[i].key_node),
-                                        "unknown key '%s' at the top level of the model file",
-                                        items[i].key);
-            lipc_diag_hint(m, "'%s' is a key of `%s:`; indent it under that section",
-                           items[i].key, section);
+            lipc_diag_msg *m =
+                fe_error(f, node_loc(f, items[i].key_node),
+                         "unknown key '%s' at the top level of the model file", items[i].key);
+            lipc_diag_hint(m, "'%s' is a key of `%s:`; indent it under that section", items[i].key,
+                           section);
         } else {
             unknown_key(f, root, &items[i], "the model file", lipc_model_keys);
         }
@@ -1382,10 +1382,9 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
         for (int i = 0; i < f->n_vars; i++)
             names[i] = f->vars[i].name;
         names[f->n_vars] = NULL;
-        lipc_diag_msg *m = fe_error(f, LIPC_NO_LOC,
-                                           "--set %s=%s: the model has no parameter '%s'",
-                                           f->opt->sets[s].key, f->opt->sets[s].value,
-                                           f->opt->sets[s].key);
+        lipc_diag_msg *m =
+            fe_error(f, LIPC_NO_LOC, "--set %s=%s: the model has no parameter '%s'",
+                     f->opt->sets[s].key, f->opt->sets[s].value, f->opt->sets[s].key);
         const char *best = lipc_closest_word(f->opt->sets[s].key, names);
         if (best)
             lipc_diag_hint(m, "did you mean '%s'?", best);
@@ -1396,8 +1395,8 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
 
     it = find_item(items, n, "classes");
     if (!it) {
-        lipc_diag_msg *m = fe_error(f, node_loc(f, root),
-                                           "the model needs 'classes' (the number of classes)");
+        lipc_diag_msg *m =
+            fe_error(f, node_loc(f, root), "the model needs 'classes' (the number of classes)");
         lipc_diag_hint(m, "e.g. `classes: 10`");
     } else if (read_int(f, it->value, "classes", 2, &f->g->classes)) {
         add_var(f, "classes", f->g->classes, node_loc(f, it->key_node));
@@ -1538,8 +1537,9 @@ static void report_yaml_error(fe *f, const yaml_parser_t *p)
     }
     lipc_loc loc = mark_loc(f, p->problem_mark);
     if (strstr(problem, "tab") || tab_at(f, loc.line, loc.col)) {
-        lipc_diag_msg *m = fe_error(f, loc, "YAML syntax error: a tab character in the "
-                                            "indentation");
+        lipc_diag_msg *m = fe_error(f, loc,
+                                    "YAML syntax error: a tab character in the "
+                                    "indentation");
         lipc_diag_hint(m, "indent with spaces; YAML does not allow tabs there");
         return;
     }

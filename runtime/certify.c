@@ -16,7 +16,7 @@
  * certified, counted, and flagged in the summary so the caller fails loudly
  * instead of reporting a VRA over garbage.
  */
-#include "runtime/certify.h"
+#include "runtime/runtime.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -787,8 +787,10 @@ static int name_dirs(const char *name, char **dirs, int max)
 {
     int n = 0;
     const char *env = getenv("LIPC_DATA_DIR");
-    const char *roots[] = {env && *env ? env : NULL, "data", "/usr/share/datasets",
-                           "/usr/local/share/datasets"};
+    /* An explicit choice first, then where Debian's dataset packages install,
+     * then a project-local data/ folder. */
+    const char *roots[] = {env && *env ? env : NULL, "/usr/share/datasets",
+                           "/usr/local/share/datasets", "data"};
     for (int i = 0; i < 4 && n < max; i++)
         if (roots[i])
             dirs[n++] = join_path(roots[i], name);

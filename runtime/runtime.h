@@ -41,8 +41,9 @@ typedef struct lipc_dataset {
 } lipc_dataset;
 
 /* Loads one split. spec is a NAME or a PATH:
- *   fashion-mnist, mnist   IDX files, looked up in $LIPC_DATA_DIR/NAME, data/NAME,
- *                          /usr/share/datasets/NAME, /usr/local/share/datasets/NAME
+ *   fashion-mnist, mnist   IDX files, looked up in $LIPC_DATA_DIR/NAME,
+ *                          /usr/share/datasets/NAME (Debian's dataset-fashion-mnist),
+ *                          /usr/local/share/datasets/NAME, then data/NAME
  *   cifar10, cifar100      the same places (usually absent: pass a PATH)
  *   synthetic[:N]          1x8x8 images, 4 classes, N train examples (default
  *                          1024) and ceil(N/4) test examples; see dataset.c
@@ -248,5 +249,249 @@ lipc_status lipc_metrics_write(lipc_metrics_log *m, const lipc_metric *f, int n,
                                lipc_diags *d);
 /* Closes; returns LIPC_ERR_IO (with a diagnostic) if a buffered write failed. */
 lipc_status lipc_metrics_close(lipc_metrics_log *m, lipc_diags *d);
+
+/* ---- compiled models: description, state, entry points ---------------------
+ *
+ * What the runtime knows of a compiled model. The compiler describes the
+ * model in plain tables (the runtime never sees the IR), and a backend
+ * provides the entry points as function pointers, so JIT code, built
+ * executables and the reference interpreter drive the same training loop and
+ * certifier. */
+/* ---- the description ---------------------------------------------------- */
+
+/* Init rules, in the order of the model language's `init:` spellings. */
+enum {
+    LIPC_RT_INIT_DEFAULT,
+    LIPC_RT_INIT_KAIMING,
+    LIPC_RT_INIT_XAVIER,
+    LIPC_RT_INIT_ORTHOGONAL,
+    LIPC_RT_INIT_ZEROS,
+    LIPC_RT_INIT_LIRESNET,
+};
+
+typedef struct lipc_param_desc {
+    const char *name;       /* stable, from the YAML: "blocks.0.residual_0.conv2d_0.weight" */
+    int rank;
+    int d[4];
+    size_t offset, numel;   /* in the parameter block */
+    int init;               /* LIPC_RT_INIT_* */
+    bool is_bias;
+    int fan_in, fan_out;    /* c_in kh kw / in, c_out kh kw / out */
+    int init_scale_div;     /* liresnet: the number of residual blocks L (scale L^-1/2) */
+} lipc_param_desc;
+
+/* How a factor of K_sub is bounded: the layer geometry a sound bound needs. */
+typedef enum lipc_factor_kind {
+    LIPC_FACTOR_CONV,       /* operator norm of a convolution */
+    LIPC_FACTOR_DENSE,      /* operator norm of a dense layer */
+    LIPC_FACTOR_CONST,      /* a constant (average pooling) */
+    LIPC_FACTOR_LOOSE,      /* 1 + product of its children (unfolded residual) */
+} lipc_factor_kind;
+
+typedef struct lipc_factor_desc {
+    const char *name;       /* the layer */
+    lipc_factor_kind kind;
+    int parent;             /* enclosing LOOSE factor, -1 on the main path */
+    double value;           /* CONST */
+    const char *method;     /* how the operator norm is bounded (see ir/ir.h) */
+    /* CONV and DENSE: the weight, and the layer's shape */
+    size_t w_offset;        /* in the parameter block */
+    int c_in, c_out, h, w;  /* input channels and map (dense: c_in = in, h = w = 1) */
+    int kh, kw, sh, sw;
+    int pad[4];             /* top, bottom, left, right */
+    int oh, ow;
+    bool fold_identity;     /* the operator is W + I (centre tap) */
+    size_t v_offset, v_len, u_offset, u_len;  /* power-iteration vectors in vec */
+} lipc_factor_desc;
+
+typedef struct lipc_model_desc {
+    const char *name;
+    int in_c, in_h, in_w;   /* one example; in_h = in_w = 1 for flat inputs */
+    double in_lo, in_hi;
+    int classes;
+    size_t n_param_elems;
+    int n_params;
+    const lipc_param_desc *params;
+    size_t n_vec_elems;     /* power-iteration state */
+    int n_factors;
+    const lipc_factor_desc *factors;
+    /* the head: logits = R x + b with R the weight [classes, head_in], rows
+     * normalised when head_normalize */
+    size_t head_offset;
+    int head_in;
+    bool head_normalize;
+} lipc_model_desc;
+
+/* Initial values of one parameter (double, [p->numel]) and of a whole block
+ * (float, [n_param_elems]); runtime/init.c states the rules. */
+void lipc_init_param(const lipc_param_desc *p, uint64_t seed, double *v);
+lipc_status lipc_init_params(const lipc_model_desc *m, uint64_t seed, float *params);
+
+/* ---- training state and hyper-parameters ---------------------------------- */
+
+/* Hyper-parameters of one training step; the training loop's schedules
+ * compute lr and eps for each step. */
+typedef struct lipc_hyper {
+    int loss;               /* emma, margin, gloro, trades (ir/ir.h lipc_loss order) */
+    int optimizer;          /* adamw, sgd (ir/ir.h lipc_optim order) */
+    double lr, eps, weight_decay;
+    double beta1, beta2, adam_eps;  /* AdamW */
+    double momentum;                /* SGD (Nesterov) */
+    double clip;                    /* global gradient-norm clipping; 0: off */
+    double trades_lambda;
+    int power_iters;                /* per step, warm-started */
+} lipc_hyper;
+
+/* What a training run carries from step to step (and checkpoints save):
+ * float, as every backend stores it. */
+typedef struct lipc_train_state {
+    float *params;          /* [n_param_elems] */
+    float *opt_m, *opt_v;   /* [n_param_elems] AdamW moments; SGD uses opt_m */
+    float *vec;             /* [n_vec_elems] power-iteration vectors v, u */
+    long step;              /* optimiser steps taken */
+} lipc_train_state;
+
+typedef struct lipc_step_stats {
+    double loss;            /* mean over the batch */
+    double k_sub;           /* the bound used by the loss (power-iteration estimate) */
+    double grad_norm;       /* before clipping */
+    int n, correct, certified;  /* certified: correct and certified at hyper.eps */
+} lipc_step_stats;
+
+/* Per factor of K_sub; one extra entry at the end holds K_sub in .value. */
+typedef struct lipc_bound_report {
+    double value;           /* sigma estimate, constant, or 1 + K(body) */
+    int iters;              /* power iterations run */
+    double change;          /* relative change of sigma over the last 10 iterations */
+} lipc_bound_report;
+
+/* ---- entry points ------------------------------------------------------------ */
+
+typedef struct lipc_model_ops {
+    const char *backend;    /* "ref", "cpu", "cuda" */
+    void *ctx;
+    /* One training step on x [n, in numel], y [n]; updates st. */
+    lipc_status (*train_step)(void *ctx, lipc_train_state *st, int n, const float *x,
+                              const int32_t *y, const lipc_hyper *h, lipc_step_stats *out);
+    /* logits [n, classes] */
+    lipc_status (*predict)(void *ctx, const float *params, int n, const float *x,
+                           double *logits);
+    /* Power iteration to convergence (relative change < tol or max_iters),
+     * warm-started from vec (updated); report [n_factors + 1]. */
+    lipc_status (*lipschitz)(void *ctx, const float *params, float *vec, int max_iters,
+                             double tol, lipc_bound_report *report);
+    int max_batch;          /* largest n the entry points take (0: any) */
+} lipc_model_ops;
+
+/* ---- certification (runtime/certify.c) ------------------------------------
+ *
+ * Deterministic l2 certification from logits and the head's
+ * pair bounds (METHOD.md section 1), in double.
+ *
+ * Depends on support/ only (runtime must not depend on ir/ or backend/). The
+ * caller supplies the pair-bound matrix
+ *
+ *   kpair [m, m],  kpair[j * m + i] = K_sub * ||w_j - w_i||_2
+ *
+ * built from a SOUND upper bound K_sub (backend/ref's lipc_ref_kpair computes
+ * it from the head rows). A point with logits f is certified at radius eps iff
+ * its top logit f_j is unique and
+ *
+ *   f_j - f_i > eps * kpair[j, i] + float_slack     for every i != j  (strict)
+ *
+ * evaluated through the certified radius
+ *
+ *   r = min_{i != j} (f_j - f_i - float_slack) / kpair[j, i]
+ *
+ * (a pair with kpair == 0 contributes +inf when its slackened margin is > 0,
+ * and 0 otherwise; r is clamped at 0), and "certified at eps" is DEFINED as
+ * r > eps. So r > eps <=> certified holds exactly, also at equality.
+ * The division cannot loosen the test: rounding to nearest is monotone, so for
+ * a double eps, fl(a / K) > eps implies a / K > eps, hence a > eps K exactly.
+ * The subtraction f_j - f_i is exact for float logits (two floats whose
+ * exponents differ by up to 29 have an exact double difference); the rest of
+ * the rounding (f_j - f_i - float_slack) is far below any useful slack.
+ *
+ * float_slack is the allowance for the floating-point error of the logits
+ * themselves (float forward passes): 0 means "trust the logits as exact". The
+ * sound-bounds work fills it in; it must be >= 0.
+ */
+/* ---- one point ---------------------------------------------------------------- */
+
+typedef struct lipc_cert_point {
+    int pred;       /* the unique argmax; -1 for a tie at the top or invalid input */
+    double radius;  /* certified radius >= 0 (+inf possible); 0 when pred == -1 */
+    bool tie;       /* two or more classes share the top logit */
+    bool invalid;   /* NaN/Inf in the logits, or a NaN/Inf/negative entry in
+                     * the prediction's row of kpair */
+} lipc_cert_point;
+
+/* Certifies one point.
+ *   f      [m]     logits
+ *   kpair  [m, m]  pair bounds (row pred is read; pass the full matrix) */
+lipc_cert_point lipc_certify_point(int m, const double *f, const double *kpair,
+                                   double float_slack);
+/* The same for float logits (the fast backends' output); each logit is
+ * widened to double exactly. */
+lipc_cert_point lipc_certify_point_f32(int m, const float *f, const double *kpair,
+                                       double float_slack);
+
+/* ---- a whole evaluation -------------------------------------------------------- */
+
+#define LIPC_CERT_MAX_EPS 16
+/* Histogram of the certified radii of correctly predicted points: bin b holds
+ * radii in [b * LIPC_CERT_BIN_WIDTH, (b + 1) * LIPC_CERT_BIN_WIDTH), the last
+ * bin everything from (LIPC_CERT_N_BINS - 1) * LIPC_CERT_BIN_WIDTH up,
+ * including +inf. 40 bins of 0.05 cover the radii of METHOD.md (up to 1.58). */
+#define LIPC_CERT_N_BINS 41
+#define LIPC_CERT_BIN_WIDTH 0.05
+
+/* Counts accumulated over batches; every field is plain data, ready to write
+ * as JSON (lipc_cert_summary_json). */
+typedef struct lipc_cert_summary {
+    int n_eps;
+    double eps[LIPC_CERT_MAX_EPS];          /* the radii evaluated, >= 0 */
+    double float_slack;                      /* as passed to init */
+    long n;                                  /* points seen */
+    long n_correct;                          /* unique argmax == label */
+    long n_tie;                              /* top logit shared: not correct, not certified */
+    long n_invalid;                          /* NaN/Inf input or a label out of range */
+    long n_certified[LIPC_CERT_MAX_EPS];     /* certified at eps[k], right or wrong */
+    long n_vra[LIPC_CERT_MAX_EPS];           /* correct AND certified at eps[k] */
+    long hist[LIPC_CERT_N_BINS];             /* radii of correct points */
+    double min_radius_correct;               /* +inf until a correct point is seen */
+    double sum_radius_correct;               /* finite radii only (for the mean) */
+    long n_inf_radius;                       /* correct points with radius +inf */
+    bool error;                              /* n_invalid > 0: the caller must fail loudly */
+} lipc_cert_summary;
+
+/* Starts an empty summary. LIPC_ERR_INPUT when n_eps is outside
+ * [0, LIPC_CERT_MAX_EPS], an eps is negative or not finite, or float_slack is
+ * negative or not finite (the caller reports which; nothing is recorded). */
+lipc_status lipc_cert_summary_init(lipc_cert_summary *s, int n_eps, const double *eps,
+                                   double float_slack);
+
+/* Certifies a batch and adds it to s.
+ *   logits  [n, m]
+ *   labels  [n]      a label outside [0, m) makes the point invalid
+ *   kpair   [m, m]
+ *   radius  [n]      written with each point's radius (0 when invalid or
+ *                    tied), or NULL */
+void lipc_certify_batch(lipc_cert_summary *s, int n, int m, const double *logits,
+                        const int32_t *labels, const double *kpair, double *radius);
+void lipc_certify_batch_f32(lipc_cert_summary *s, int n, int m, const float *logits,
+                            const int32_t *labels, const double *kpair, double *radius);
+
+/* Fractions over the points seen (0 when none). */
+double lipc_cert_clean_accuracy(const lipc_cert_summary *s);
+double lipc_cert_vra(const lipc_cert_summary *s, int k);
+
+/* Appends s as one JSON object:
+ *   {"n": .., "correct": .., "clean_accuracy": .., "ties": .., "invalid": ..,
+ *    "error": .., "float_slack": .., "eps": [..], "certified": [..], "vra_count": [..],
+ *    "vra": [..], "radius_histogram": {"bin_width": .., "counts": [..]},
+ *    "min_radius_correct": .., "mean_finite_radius_correct": .., "infinite_radius": ..}
+ * Non-finite numbers (an infinite minimum radius) are written as null. */
+void lipc_cert_summary_json(const lipc_cert_summary *s, lipc_buf *out);
 
 #endif

@@ -8,10 +8,10 @@
  * everything (the sanitizer build reports leaks). libyaml allocates with plain
  * malloc, so only lipc's own allocations are failed.
  */
-#include <criterion/criterion.h>
-
 #include "frontend/frontend.h"
 #include "passes/passes.h"
+
+#include <criterion/criterion.h>
 
 #define MODEL LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml"
 
@@ -59,15 +59,17 @@ Test(alloc, every_failure_is_nomem, .timeout = 600)
         lipc_alloc_fail_after(n);
         lipc_status st = run_once();
         long made = lipc_alloc_fail_after(0);
-        cr_assert(st == LIPC_OK || st == LIPC_ERR_NOMEM,
-                  "failing allocation %ld of %ld: status %s", n, total, lipc_status_name(st));
+        cr_assert(st == LIPC_OK || st == LIPC_ERR_NOMEM, "failing allocation %ld of %ld: status %s",
+                  n, total, lipc_status_name(st));
         if (made < n) {
             /* The limit was never reached: this run must have succeeded. */
             cr_assert_eq(st, LIPC_OK, "allocation %ld was never made, yet the run failed", n);
             break;
         }
-        cr_assert_eq(st, LIPC_ERR_NOMEM, "allocation %ld of %ld failed, yet the run "
-                     "reported success", n, total);
+        cr_assert_eq(st, LIPC_ERR_NOMEM,
+                     "allocation %ld of %ld failed, yet the run "
+                     "reported success",
+                     n, total);
     }
     cr_assert_gt(n, total, "the walk stopped at %ld of %ld allocations", n, total);
 }

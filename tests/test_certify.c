@@ -18,7 +18,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "runtime/certify.h"
+#include "runtime/runtime.h"
 #include "tests/testutil.h"
 
 /* The hand rows (0,0), (3,4), (0,4) with k_sub = 0.25: exact bounds

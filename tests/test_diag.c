@@ -9,23 +9,22 @@
  * that passes is a bug. Cases are found at run time, so adding a pair of files
  * adds a test; scripts/update-diag-goldens.sh regenerates the .err files.
  */
+#include "frontend/frontend.h"
+#include "passes/passes.h"
+
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
-
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "frontend/frontend.h"
-#include "passes/passes.h"
-
 #define DIAG_DIR LIPC_SOURCE_DIR "/tests/diag"
 #define MAX_CASES 512
 
 typedef struct diag_case {
-    char name[128];     /* NAME.yaml, relative to DIAG_DIR */
+    char name[128]; /* NAME.yaml, relative to DIAG_DIR */
 } diag_case;
 
 static int by_name(const void *a, const void *b)
@@ -134,9 +133,10 @@ static void print_diff(const char *name, const char *want, size_t want_len, cons
     int nb = split_lines(b_text, got_len, b, MAX_LINES);
     for (int i = na; i >= 0; i--)
         for (int j = nb; j >= 0; j--)
-            lcs[i][j] = i == na || j == nb ? 0
-                        : strcmp(a[i], b[j]) == 0 ? lcs[i + 1][j + 1] + 1
-                        : lcs[i + 1][j] > lcs[i][j + 1] ? lcs[i + 1][j] : lcs[i][j + 1];
+            lcs[i][j] = i == na || j == nb              ? 0
+                        : strcmp(a[i], b[j]) == 0       ? lcs[i + 1][j + 1] + 1
+                        : lcs[i + 1][j] > lcs[i][j + 1] ? lcs[i + 1][j]
+                                                        : lcs[i][j + 1];
     fprintf(stderr, "--- tests/diag/%.*s.err (expected)\n+++ lipc diagnostics (got)\n",
             (int)strlen(name) - 5, name);
     int i = 0, j = 0;
@@ -192,8 +192,9 @@ ParameterizedTest(diag_case *c, diag, golden)
                   lipc_status_name(st), n_errors);
     cr_expect(st != LIPC_ERR_NOMEM && st != LIPC_ERR_IO, "%s: status %s", c->name,
               lipc_status_name(st));
-    cr_assert(same, "%s: diagnostics differ from %s (diff above; "
-                    "scripts/update-diag-goldens.sh regenerates the goldens)",
+    cr_assert(same,
+              "%s: diagnostics differ from %s (diff above; "
+              "scripts/update-diag-goldens.sh regenerates the goldens)",
               c->name, err_name);
 }
 

@@ -7,14 +7,13 @@
  * sanitizer build (-DLIPC_SANITIZE=ON) turns any memory error or leak on these
  * inputs into a failure as well.
  */
-#include <criterion/criterion.h>
+#include "tests/fuzz/fuzz_body.h"
 
+#include <criterion/criterion.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "tests/fuzz/fuzz_body.h"
 
 #define CORPUS_DIR LIPC_SOURCE_DIR "/tests/fuzz/corpus"
 
@@ -60,8 +59,7 @@ Test(fuzz_corpus, replays_without_verifier_failures, .timeout = 300)
         char *diags = NULL;
         if (!lipc_fuzz_one(data, len, &diags)) {
             n_bad++;
-            cr_log_error("%s: the verifier rejected the graph:\n%s", e->d_name,
-                         diags ? diags : "");
+            cr_log_error("%s: the verifier rejected the graph:\n%s", e->d_name, diags ? diags : "");
         }
         free(diags);
         free(data);

@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "runtime/certify.h"
+#include "runtime/runtime.h"
 #include "tests/testutil.h"
 
 /* ---- a problem: everything the loss reads ------------------------------------ */

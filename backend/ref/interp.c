@@ -274,100 +274,12 @@ done:
 
 /* ---- parameter initialisation --------------------------------------------- */
 
-/* FNV-1a, then mixed with the seed: a stream per parameter name. */
-static uint64_t param_stream(uint64_t seed, const char *name)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (const char *s = name ? name : ""; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return seed ^ (h * 0x9E3779B97F4A7C15ull);
-}
-
-/* Orthonormalises n_vec vectors of length len in place by modified Gram-Schmidt,
- * done twice ("twice is enough": the second pass removes the rounding left by
- * the first). Element j of vector k is v[k*vs + j*es], so the same code makes
- * rows (vs = len, es = 1) or columns (vs = 1, es = n_vec) orthonormal.
- * Requires n_vec <= len. A vector that collapses (probability 0 for Gaussian
- * input, but cheap to guard) is redrawn. */
-static void orthonormalise(double *v, int n_vec, int len, size_t vs, size_t es,
-                           lipc_rng *r)
-{
-    for (int k = 0; k < n_vec; k++) {
-        double *vk = v + (size_t)k * vs;
-        for (int tries = 0;; tries++) {
-            double before = 0.0;
-            for (int j = 0; j < len; j++)
-                before += vk[j * es] * vk[j * es];
-            for (int pass = 0; pass < 2; pass++)
-                for (int m = 0; m < k; m++) {
-                    const double *vm = v + (size_t)m * vs;
-                    double dot = 0.0;
-                    for (int j = 0; j < len; j++)
-                        dot += vm[j * es] * vk[j * es];
-                    for (int j = 0; j < len; j++)
-                        vk[j * es] -= dot * vm[j * es];
-                }
-            double nrm = 0.0;
-            for (int j = 0; j < len; j++)
-                nrm += vk[j * es] * vk[j * es];
-            if (nrm > 1e-20 * before && nrm > 0.0) {
-                double inv = 1.0 / sqrt(nrm);
-                for (int j = 0; j < len; j++)
-                    vk[j * es] *= inv;
-                break;
-            }
-            LIPC_ASSERT(tries < 100);
-            for (int j = 0; j < len; j++)
-                vk[j * es] = lipc_rng_normal(r);
-        }
-    }
-}
-
+/* The runtime's initialiser (runtime/init.c) on the graph's parameters. */
 void lipc_ref_init_params(const lipc_graph *g, uint64_t seed, double *params)
 {
     for (int i = 0; i < g->n_params; i++) {
-        const lipc_param *p = &g->params[i];
-        double *v = params + p->offset;
-        lipc_rng r;
-        lipc_rng_seed(&r, param_stream(seed, p->name));
-
-        /* rows = out; fan_in = everything a row sees (c_in kh kw or in);
-         * fan_out = what one input feeds (c_out kh kw or out). */
-        size_t rows = p->rank >= 2 ? (size_t)p->d[0] : 1;
-        size_t fan_in = p->numel / (rows ? rows : 1);
-        size_t fan_out = p->rank >= 2 ? p->numel / (size_t)p->d[1] : p->numel;
-        lipc_init init = p->init;
-        if (init == LIPC_INIT_DEFAULT)
-            init = p->role == LIPC_PARAM_BIAS ? LIPC_INIT_ZEROS : LIPC_INIT_KAIMING;
-
-        double std = 0.0;
-        switch (init) {
-        case LIPC_INIT_ZEROS:
-            memset(v, 0, p->numel * sizeof *v);
-            continue;
-        case LIPC_INIT_DEFAULT:
-        case LIPC_INIT_KAIMING:
-            std = sqrt(2.0 / (double)fan_in);
-            break;
-        case LIPC_INIT_XAVIER:
-            std = sqrt(2.0 / (double)(fan_in + fan_out));
-            break;
-        case LIPC_INIT_LIRESNET:
-            std = 1.0 / (double)fan_in;
-            break;
-        case LIPC_INIT_ORTHOGONAL:
-            std = 1.0;
-            break;
-        }
-        for (size_t j = 0; j < p->numel; j++)
-            v[j] = std * lipc_rng_normal(&r);
-        if (init == LIPC_INIT_ORTHOGONAL) {
-            if (rows <= fan_in)
-                orthonormalise(v, (int)rows, (int)fan_in, fan_in, 1, &r);
-            else
-                orthonormalise(v, (int)fan_in, (int)rows, 1, fan_in, &r);
-        }
+        lipc_param_desc pd;
+        lipc_describe_param(g, &g->params[i], &pd);
+        lipc_init_param(&pd, seed, params + pd.offset);
     }
 }

@@ -7,12 +7,12 @@
  * verifier rejects, which means a pass (or the frontend) broke an invariant. */
 #include "tests/fuzz/fuzz_body.h"
 
-#include <stdlib.h>
-#include <string.h>
-
 #include "frontend/frontend.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 bool lipc_fuzz_one(const uint8_t *data, size_t size, char **diag_out)
 {
@@ -20,8 +20,7 @@ bool lipc_fuzz_one(const uint8_t *data, size_t size, char **diag_out)
     lipc_diags_init(&d);
     lipc_load_options lo = {.max_nodes = 5000, .max_visits = 200000};
     lipc_graph *g = NULL;
-    lipc_status st = lipc_frontend_load_string("fuzz.yaml", (const char *)data, size, &lo,
-                                               &d, &g);
+    lipc_status st = lipc_frontend_load_string("fuzz.yaml", (const char *)data, size, &lo, &d, &g);
     if (st == LIPC_OK) {
         st = lipc_pipeline_run(g, &(lipc_pipeline_options){.verify = true}, &d);
         if (st == LIPC_OK) {

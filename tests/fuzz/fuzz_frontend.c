@@ -3,10 +3,10 @@
  * Everything happens in lipc_fuzz_one (fuzz_body.c), which the corpus test
  * also runs; here a verifier failure becomes an abort so libFuzzer records the
  * input as a crash. Build and run: tests/fuzz/README.md. */
+#include "tests/fuzz/fuzz_body.h"
+
 #include <stdio.h>
 #include <stdlib.h>
-
-#include "tests/fuzz/fuzz_body.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,0 +1,188 @@
+/* backend/describe.c: from a checked graph to what the runtime runs.
+ *
+ * The runtime never sees the IR: it gets plain tables (parameters with their
+ * init rules, the factors of K_sub with the geometry a sound bound needs, the
+ * head) and function pointers for the entry points. This file builds those
+ * tables from a graph and its training program, and picks the entry points of
+ * the requested target. Today that is the reference backend; the LLVM (cpu)
+ * and CUDA targets plug in here.
+ */
+#include "backend/backend.h"
+#include "passes/passes.h"
+
+#include <string.h>
+
+void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_desc *out)
+{
+    memset(out, 0, sizeof *out);
+    out->name = p->name;
+    out->rank = p->rank;
+    for (int i = 0; i < p->rank; i++)
+        out->d[i] = p->d[i];
+    out->offset = p->offset;
+    out->numel = p->numel;
+    out->init = (int)p->init;
+    out->is_bias = p->role == LIPC_PARAM_BIAS;
+    size_t rows = p->rank >= 2 ? (size_t)p->d[0] : 1;
+    out->fan_in = (int)(p->numel / (rows ? rows : 1));
+    out->fan_out = (int)(p->rank >= 2 ? p->numel / (size_t)p->d[1] : p->numel);
+    /* liresnet init is scaled by L^-1/2, L = the residual blocks of the model */
+    out->init_scale_div = g->n_res;
+}
+
+static void describe_factor(const lipc_bound *b, lipc_factor_desc *f, const lipc_graph *g)
+{
+    const lipc_node *n = b->node;
+    memset(f, 0, sizeof *f);
+    f->name = n->name;
+    f->parent = b->parent;
+    f->value = b->value;
+    f->method = n->lip.method;
+    if (b->kind == LIPC_LIP_CONST) {
+        f->kind = LIPC_FACTOR_CONST;
+        return;
+    }
+    if (b->kind == LIPC_LIP_LOOSE) {
+        f->kind = LIPC_FACTOR_LOOSE;
+        return;
+    }
+    f->w_offset = g->params[n->param[0]].offset;
+    f->fold_identity = n->a.fold_identity;
+    f->v_offset = b->v_offset;
+    f->v_len = b->v_len;
+    f->u_offset = b->u_offset;
+    f->u_len = b->u_len;
+    lipc_shape in = n->in[0]->shape;
+    if (n->op == LIPC_OP_CONV2D) {
+        f->kind = LIPC_FACTOR_CONV;
+        f->c_in = in.d[0];
+        f->h = in.d[1];
+        f->w = in.d[2];
+        f->c_out = n->shape.d[0];
+        f->oh = n->shape.d[1];
+        f->ow = n->shape.d[2];
+        f->kh = n->a.kernel[0];
+        f->kw = n->a.kernel[1];
+        f->sh = n->a.stride[0];
+        f->sw = n->a.stride[1];
+        memcpy(f->pad, n->a.pad, sizeof f->pad);
+    } else {
+        f->kind = LIPC_FACTOR_DENSE;
+        f->c_in = in.d[0];
+        f->c_out = n->shape.d[0];
+        f->h = f->w = f->oh = f->ow = 1;
+        f->kh = f->kw = f->sh = f->sw = 1;
+    }
+}
+
+/* ---- the reference target ---- */
+
+static lipc_status ref_train_step(void *ctx, lipc_train_state *st, int n, const float *x,
+                                  const int32_t *y, const lipc_hyper *h, lipc_step_stats *out)
+{
+    const lipc_compiled *c = ctx;
+    return lipc_ref_train_step(c->train, st, n, x, y, h, out);
+}
+
+static lipc_status ref_predict(void *ctx, const float *params, int n, const float *x,
+                               double *logits)
+{
+    const lipc_compiled *c = ctx;
+    return lipc_ref_predict(c->forward, params, n, x, logits);
+}
+
+static lipc_status ref_lipschitz(void *ctx, const float *params, float *vec, int max_iters,
+                                 double tol, lipc_bound_report *report)
+{
+    const lipc_compiled *c = ctx;
+    return lipc_ref_lipschitz(c->train, params, vec, max_iters, tol, report);
+}
+
+void lipc_compiled_free(lipc_compiled *c)
+{
+    if (!c)
+        return;
+    lipc_program_free(c->train);
+    lipc_program_free(c->forward);
+    lipc_free(c->params);
+    lipc_free(c->factors);
+    lipc_free(c);
+}
+
+lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out)
+{
+    *out = NULL;
+    if (strcmp(target, "ref") != 0) {
+        static const char *const targets[] = {"ref", "cpu", "cuda", NULL};
+        bool known = false;
+        for (int i = 0; targets[i]; i++)
+            known |= strcmp(targets[i], target) == 0;
+        lipc_diag_msg *m;
+        if (!known) {
+            m = lipc_diag_error(d, LIPC_NO_LOC, "unknown target '%s'", target);
+            const char *best = lipc_closest_word(target, targets);
+            if (best)
+                lipc_diag_hint(m, "did you mean '%s'?", best);
+            else
+                lipc_diag_note(m, LIPC_NO_LOC, "targets: ref, cpu, cuda");
+        } else if (strcmp(target, "cuda") == 0 && !LIPC_HAVE_CUDA) {
+            m = lipc_diag_error(d, LIPC_NO_LOC,
+                                "target 'cuda': this lipc was built without the CUDA toolkit");
+            lipc_diag_hint(m, "use --target=ref, or rebuild lipc where the CUDA toolkit is installed");
+        } else {
+            m = lipc_diag_error(d, LIPC_NO_LOC, "target '%s' is not implemented yet", target);
+            lipc_diag_hint(m, "use --target=ref (the reference interpreter)");
+        }
+        return LIPC_ERR_UNSUPPORTED;
+    }
+    lipc_compiled *c = lipc_calloc(1, sizeof *c);
+    if (!c)
+        return LIPC_ERR_NOMEM;
+    c->g = g;
+    int errors = d->n_errors;
+    c->train = lipc_build_program(g, LIPC_ENTRY_TRAIN, d);
+    c->forward = c->train ? lipc_build_program(g, LIPC_ENTRY_FORWARD, d) : NULL;
+    if (!c->train || !c->forward) {
+        lipc_compiled_free(c);
+        return d->n_errors > errors ? LIPC_ERR_INPUT : LIPC_ERR_NOMEM;
+    }
+    const lipc_program *p = c->train;
+    c->params = lipc_calloc((size_t)g->n_params + 1, sizeof *c->params);
+    c->factors = lipc_calloc((size_t)p->n_bounds + 1, sizeof *c->factors);
+    if (!c->params || !c->factors) {
+        lipc_compiled_free(c);
+        return LIPC_ERR_NOMEM;
+    }
+    for (int i = 0; i < g->n_params; i++)
+        lipc_describe_param(g, &g->params[i], &c->params[i]);
+    for (int b = 0; b < p->n_bounds; b++)
+        describe_factor(&p->bounds[b], &c->factors[b], g);
+
+    lipc_model_desc *m = &c->desc;
+    m->name = g->name;
+    m->in_c = g->input_shape.d[0];
+    m->in_h = g->input_shape.rank == 3 ? g->input_shape.d[1] : 1;
+    m->in_w = g->input_shape.rank == 3 ? g->input_shape.d[2] : 1;
+    m->in_lo = g->input_range[0];
+    m->in_hi = g->input_range[1];
+    m->classes = g->classes;
+    m->n_param_elems = g->n_param_elems;
+    m->n_params = g->n_params;
+    m->params = c->params;
+    m->n_vec_elems = p->n_vec_elems;
+    m->n_factors = p->n_bounds;
+    m->factors = c->factors;
+    m->head_offset = g->params[p->head->param[0]].offset;
+    m->head_in = p->head->in[0]->shape.d[0];
+    m->head_normalize = p->head->a.normalize;
+
+    c->ops = (lipc_model_ops){
+        .backend = "ref",
+        .ctx = c,
+        .train_step = ref_train_step,
+        .predict = ref_predict,
+        .lipschitz = ref_lipschitz,
+    };
+    *out = c;
+    return LIPC_OK;
+}
