@@ -80,12 +80,6 @@ void lipc_ref_init_params(const lipc_graph *g, uint64_t seed, double *params);
  * turns dr into the raw weight's gradient through the normalisation), and the
  * pair bounds K_ji = k_sub * ||r_j - r_i||_2. */
 
-/* kpair[j, i] = k_sub * ||r_j - r_i||_2 for every pair (zero diagonal): the
- * one place the head's pair bounds are computed, for the losses and for
- * certification (runtime/certify.c takes this matrix).
- *   r      [m, d]   effective head rows
- *   kpair  [m, m]   written */
-void lipc_ref_kpair(int m, int d, const double *r, double k_sub, double *kpair);
 
 typedef struct lipc_loss_spec {
     lipc_loss kind;         /* EMMA, MARGIN, GLORO or TRADES (ir/ir.h) */

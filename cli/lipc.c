@@ -14,13 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "frontend/frontend.h"
-#include "ir/ir.h"
-#include "passes/passes.h"
-
-enum { EXIT_INVALID = 1, EXIT_USAGE = 2, EXIT_ENV = 3 };
-
-#define MAX_SETS 64
+#include "cli/internal.h"
 
 static const char *usage_main =
     "usage: lipc <command> [options]\n"
@@ -32,6 +26,9 @@ static const char *usage_main =
     "  check FILE...     validate models and print a summary of each\n"
     "  dump FILE         print the IR after a pass (text, Graphviz dot or JSON)\n"
     "  ops               list the ops of the model language and their attributes\n"
+    "  train FILE        certified training (reference backend for now)\n"
+    "  certify FILE      clean accuracy and verified robust accuracy of a checkpoint\n"
+    "  bound FILE        per-layer Lipschitz estimates of a checkpoint\n"
     "\n"
     "options:\n"
     "  -h, --help        this help; `lipc <command> --help` for a command's\n"
@@ -55,53 +52,6 @@ static const char *usage_dump =
     "Prints the IR of a model after a pass of the pipeline (default: after the\n"
     "last one). Passes, in order:\n"
     "  frontend          the graph as built from the YAML (no pass has run)\n";
-
-static int usage_error(const char *cmd, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int usage_error(const char *cmd, const char *fmt, ...)
-{
-    fprintf(stderr, "lipc %s: error: ", cmd);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry 'lipc %s --help'.\n", cmd);
-    return EXIT_USAGE;
-}
-
-static int status_exit(lipc_status st)
-{
-    switch (st) {
-    case LIPC_OK: return 0;
-    case LIPC_ERR_INPUT: return EXIT_INVALID;
-    default: return EXIT_ENV;
-    }
-}
-
-/* Loads one model and runs the pipeline; diagnostics go to stderr. */
-static lipc_status compile(const char *path, const lipc_override *sets, int n_sets,
-                           const lipc_pipeline_options *po, lipc_graph **out)
-{
-    lipc_diags d;
-    lipc_diags_init(&d);
-    lipc_load_options lo = {.sets = sets, .n_sets = n_sets};
-    lipc_graph *g = NULL;
-    lipc_status st = lipc_frontend_load_file(path, &lo, &d, &g);
-    if (st == LIPC_OK) {
-        st = lipc_pipeline_run(g, po, &d);
-        if (st != LIPC_OK) {
-            lipc_graph_free(g);
-            g = NULL;
-        }
-    }
-    lipc_diags_print(&d, stderr);
-    if (st == LIPC_ERR_NOMEM)
-        fprintf(stderr, "lipc: error: out of memory while compiling %s\n", path);
-    lipc_diags_free(&d);
-    *out = g;
-    return st;
-}
 
 /* ---- check -------------------------------------------------------------------- */
 
@@ -276,19 +226,10 @@ static void print_summary(const lipc_graph *g)
     }
 }
 
-static int parse_set(const char *cmd, char *arg, lipc_override *sets, int *n_sets)
-{
-    if (*n_sets == MAX_SETS)
-        return usage_error(cmd, "too many --set options (at most %d)", MAX_SETS);
-    if (!lipc_override_parse(arg, &sets[*n_sets]))
-        return usage_error(cmd, "--set takes KEY=VALUE, got '%s'", arg);
-    (*n_sets)++;
-    return 0;
-}
 
 static int cmd_check(int argc, char **argv)
 {
-    lipc_override sets[MAX_SETS];
+    lipc_override sets[CLI_MAX_SETS];
     int n_sets = 0, n_files = 0;
     bool quiet = false;
     const char *files[256];
@@ -302,28 +243,28 @@ static int cmd_check(int argc, char **argv)
             quiet = true;
         } else if (!strcmp(a, "--set")) {
             if (i + 1 == argc)
-                return usage_error("check", "--set needs KEY=VALUE");
-            if ((rc = parse_set("check", argv[++i], sets, &n_sets)))
+                return cli_usage_error("check", "--set needs KEY=VALUE");
+            if ((rc = cli_parse_set("check", argv[++i], sets, &n_sets)))
                 return rc;
         } else if (!strncmp(a, "--set=", 6)) {
-            if ((rc = parse_set("check", a + 6, sets, &n_sets)))
+            if ((rc = cli_parse_set("check", a + 6, sets, &n_sets)))
                 return rc;
         } else if (a[0] == '-' && a[1]) {
-            return usage_error("check", "unknown option '%s'", a);
+            return cli_usage_error("check", "unknown option '%s'", a);
         } else if (n_files == 256) {
-            return usage_error("check", "too many files (at most 256)");
+            return cli_usage_error("check", "too many files (at most 256)");
         } else {
             files[n_files++] = a;
         }
     }
     if (n_files == 0)
-        return usage_error("check", "no model file given");
+        return cli_usage_error("check", "no model file given");
     int worst = 0, n_valid = 0;
     lipc_pipeline_options po = {.verify = true};
     for (int i = 0; i < n_files; i++) {
         lipc_graph *g;
-        lipc_status st = compile(files[i], sets, n_sets, &po, &g);
-        int rc = status_exit(st);
+        lipc_status st = cli_compile(files[i], sets, n_sets, &po, &g);
+        int rc = cli_status_exit(st);
         if (rc > worst)
             worst = rc;
         n_valid += st == LIPC_OK;
@@ -343,7 +284,7 @@ static int cmd_check(int argc, char **argv)
 
 static int cmd_dump(int argc, char **argv)
 {
-    lipc_override sets[MAX_SETS];
+    lipc_override sets[CLI_MAX_SETS];
     int n_sets = 0;
     const char *file = NULL;
     const char *after = NULL;
@@ -375,25 +316,25 @@ static int cmd_dump(int argc, char **argv)
             else if (!strcmp(f, "json"))
                 format = LIPC_FORMAT_JSON;
             else
-                return usage_error("dump", "unknown format '%s' (text, dot or json)", f);
+                return cli_usage_error("dump", "unknown format '%s' (text, dot or json)", f);
         } else if (!strcmp(a, "--set")) {
             if (i + 1 == argc)
-                return usage_error("dump", "--set needs KEY=VALUE");
-            if ((rc = parse_set("dump", argv[++i], sets, &n_sets)))
+                return cli_usage_error("dump", "--set needs KEY=VALUE");
+            if ((rc = cli_parse_set("dump", argv[++i], sets, &n_sets)))
                 return rc;
         } else if (!strncmp(a, "--set=", 6)) {
-            if ((rc = parse_set("dump", a + 6, sets, &n_sets)))
+            if ((rc = cli_parse_set("dump", a + 6, sets, &n_sets)))
                 return rc;
         } else if (a[0] == '-' && a[1]) {
-            return usage_error("dump", "unknown option '%s'", a);
+            return cli_usage_error("dump", "unknown option '%s'", a);
         } else if (file) {
-            return usage_error("dump", "dump takes one model file; '%s' is a second", a);
+            return cli_usage_error("dump", "dump takes one model file; '%s' is a second", a);
         } else {
             file = a;
         }
     }
     if (!file)
-        return usage_error("dump", "no model file given");
+        return cli_usage_error("dump", "no model file given");
     if (!after)
         after = lipc_pipeline[lipc_pipeline_len - 1].name;
     if (strcmp(after, "all") && strcmp(after, "frontend") && !lipc_pass_find(after)) {
@@ -412,7 +353,7 @@ static int cmd_dump(int argc, char **argv)
         for (int p = 0; names[p]; p++)
             fprintf(stderr, " %s", names[p]);
         fputc('\n', stderr);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     lipc_buf out;
     lipc_buf_init(&out);
@@ -421,7 +362,7 @@ static int cmd_dump(int argc, char **argv)
         .stop_after = strcmp(after, "all") && strcmp(after, "frontend") ? after : NULL,
     };
     lipc_graph *g;
-    lipc_status st = compile(file, sets, n_sets, &po, &g);
+    lipc_status st = cli_compile(file, sets, n_sets, &po, &g);
     if (out.failed) {
         fprintf(stderr, "lipc: error: out of memory while printing\n");
         st = LIPC_ERR_NOMEM;
@@ -430,7 +371,7 @@ static int cmd_dump(int argc, char **argv)
     }
     lipc_buf_free(&out);
     lipc_graph_free(g);
-    return status_exit(st);
+    return cli_status_exit(st);
 }
 
 /* ---- ops ---------------------------------------------------------------------- */
@@ -479,7 +420,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fputs(usage_main, stderr);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
@@ -497,11 +438,18 @@ int main(int argc, char **argv)
         return cmd_dump(argc - 2, argv + 2);
     if (!strcmp(cmd, "ops"))
         return cmd_ops();
-    static const char *const commands[] = {"check", "dump", "ops", NULL};
+    if (!strcmp(cmd, "train"))
+        return cli_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "certify"))
+        return cli_certify(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bound"))
+        return cli_bound(argc - 2, argv + 2);
+    static const char *const commands[] = {"check", "dump", "ops", "train", "certify", "bound",
+                                           NULL};
     const char *best = lipc_closest_word(cmd, commands);
     fprintf(stderr, "lipc: error: unknown command '%s'", cmd);
     if (best)
         fprintf(stderr, "; did you mean '%s'?", best);
     fputs("\nTry 'lipc --help'.\n", stderr);
-    return EXIT_USAGE;
+    return CLI_EXIT_USAGE;
 }

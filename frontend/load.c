@@ -1432,9 +1432,13 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
     }
 
     if ((it = find_item(items, n, "train")) && !is_null(it->value)) {
+        bool seen[64] = {false};
         if (enter(f, it->value) &&
-            parse_record(f, it->value, lipc_train_fields, &f->g->train, "train", NULL))
+            parse_record(f, it->value, lipc_train_fields, &f->g->train, "train", seen))
             f->g->train.present = true;
+        for (int k = 0; k < 64 && lipc_train_fields[k].key; k++)
+            if (seen[k])
+                f->g->train.given |= 1ull << k;
         leave(f);
     }
 }

@@ -278,6 +278,14 @@ void lipc_train_spec_defaults(lipc_train_spec *t)
     t->seed = 1;
 }
 
+bool lipc_train_given(const lipc_train_spec *t, const char *key)
+{
+    for (int k = 0; k < 64 && lipc_train_fields[k].key; k++)
+        if (strcmp(lipc_train_fields[k].key, key) == 0)
+            return (t->given >> k) & 1;
+    return false;
+}
+
 #define TF(key, kind, field, minv, names, help) \
     {key, kind, offsetof(lipc_train_spec, field), false, minv, names, help}
 

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "support/support.h"
 
@@ -251,9 +252,12 @@ typedef struct lipc_train_spec {
     double trades_lambda;
     int seed;
     bool present;           /* a train: section was given */
+    uint64_t given;         /* bit k: lipc_train_fields[k] was written in the YAML */
 } lipc_train_spec;
 
 void lipc_train_spec_defaults(lipc_train_spec *t);
+/* Was the train key `key` written in the YAML (not a default)? */
+bool lipc_train_given(const lipc_train_spec *t, const char *key);
 extern const lipc_field lipc_train_fields[];
 
 /* ---- the graph ------------------------------------------------------------ */
@@ -472,17 +476,6 @@ lipc_op lipc_op_lookup(const char *name);
 /* The spellings of every user-writable op, NULL-terminated (for "did you mean"). */
 const char *const *lipc_op_user_names(void);
 const lipc_field *lipc_field_find(const lipc_field *fields, const char *key);
-
-/* Row normalisation of the GloRo head ("last-layer normalisation"), defined in
- * ir/ops/dense.c; the losses use it for the head's effective rows.
- * w, r, d_eff, dw [rows, cols]:
- *   lipc_rownorm_forward:  r_o = w_o / ||w_o||; a zero row stays zero
- *   lipc_rownorm_backward: ADDS dw_o += (d_o - r_o (r_o . d_o)) / ||w_o||, with
- *                          d = d_eff the gradient w.r.t. r; a zero row passes
- *                          the gradient through (dw_o += d_o), never NaN */
-void lipc_rownorm_forward(int rows, int cols, const double *w, double *r);
-void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_eff,
-                           double *dw);
 
 /* ---- printers -------------------------------------------------------------- */
 

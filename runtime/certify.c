@@ -263,3 +263,19 @@ void lipc_cert_summary_json(const lipc_cert_summary *s, lipc_buf *out)
     put_num(out, n_finite > 0 ? s->sum_radius_correct / (double)n_finite : NAN);
     lipc_buf_printf(out, ", \"infinite_radius\": %ld}", s->n_inf_radius);
 }
+
+/* kpair[j, i] = k_sub * ||r_j - r_i||_2, the pair bounds of the head. */
+void lipc_kpair(int m, int d, const double *r, double k_sub, double *kpair)
+{
+    for (int j = 0; j < m; j++) {
+        for (int i = 0; i < m; i++) {
+            double s = 0.0;
+            for (int t = 0; t < d; t++) {
+                double diff = r[j * d + t] - r[i * d + t];
+                s += diff * diff;
+            }
+            /* exactly symmetric: (a - b)^2 == (b - a)^2 in floating point */
+            kpair[j * m + i] = k_sub * sqrt(s);
+        }
+    }
+}

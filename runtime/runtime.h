@@ -393,7 +393,7 @@ typedef struct lipc_model_ops {
  *
  *   kpair [m, m],  kpair[j * m + i] = K_sub * ||w_j - w_i||_2
  *
- * built from a SOUND upper bound K_sub (backend/ref's lipc_ref_kpair computes
+ * built from a SOUND upper bound K_sub (lipc_kpair below computes
  * it from the head rows). A point with logits f is certified at radius eps iff
  * its top logit f_j is unique and
  *
@@ -493,5 +493,79 @@ double lipc_cert_vra(const lipc_cert_summary *s, int k);
  *    "min_radius_correct": .., "mean_finite_radius_correct": .., "infinite_radius": ..}
  * Non-finite numbers (an infinite minimum radius) are written as null. */
 void lipc_cert_summary_json(const lipc_cert_summary *s, lipc_buf *out);
+
+/* kpair[j, i] = k_sub * ||r_j - r_i||_2 for every pair (zero diagonal): the
+ * one place the head's pair bounds are computed, for the losses and for
+ * certification (the certifier takes this matrix).
+ *   r      [m, d]   effective head rows
+ *   kpair  [m, m]   written */
+void lipc_kpair(int m, int d, const double *r, double k_sub, double *kpair);
+
+/* ---- checkpoints (runtime/checkpoint.c) ---------------------------------- */
+
+/* Writes params, optimiser moments and power-iteration vectors of st by the
+ * model's names, with metadata, atomically (temporary file, then rename). */
+lipc_status lipc_checkpoint_save(const char *path, const lipc_model_desc *m,
+                                 const lipc_train_state *st, const lipc_st_meta *extra,
+                                 int n_extra, lipc_diags *d);
+/* Reads a checkpoint into st (allocated for m). Every parameter must be
+ * there with its shape; with train_state, optimiser moments and vectors are
+ * read too (missing ones start at zero, with a warning). st->step is set. */
+lipc_status lipc_checkpoint_load(const char *path, const lipc_model_desc *m,
+                                 lipc_train_state *st, bool train_state, lipc_diags *d);
+
+/* ---- training (runtime/train.c) ---------------------------------------------- */
+
+typedef struct lipc_train_options {
+    int epochs, batch;
+    lipc_hyper hyper;           /* lr: the peak; eps: the nominal radius */
+    double eps_start, eps_end;  /* fractions of eps at the start and after the ramp */
+    double eps_ramp;            /* fraction of all steps spent ramping */
+    double warmup_epochs;       /* linear learning-rate warm-up, then cosine */
+    lipc_augment aug;
+    uint64_t seed;
+    const char *out;            /* checkpoint written after every epoch (NULL: none) */
+    const char *metrics;        /* JSON lines, one per epoch (NULL: none) */
+    const lipc_dataset *val;    /* held-out split for validation (NULL: none) */
+    int val_every;              /* epochs between validations (0: at the end only) */
+    FILE *log;                  /* progress output (NULL: stderr) */
+    volatile int *stop;         /* set asynchronously (Ctrl-C): save and return */
+} lipc_train_options;
+
+typedef struct lipc_train_result {
+    long steps;                 /* taken in this call */
+    int epochs;                 /* completed in all (a resumed run counts earlier ones) */
+    double seconds, images_per_s;
+    double train_loss, train_acc, train_cert, k_sub;   /* the last epoch */
+    double val_acc, val_vra, val_k_sub;                 /* the last validation (NaN: none) */
+    bool interrupted;
+} lipc_train_result;
+
+lipc_status lipc_train_state_alloc(const lipc_model_desc *m, lipc_train_state *st);
+void lipc_train_state_free(lipc_train_state *st);
+
+/* The learning rate and radius at step t of total (per_epoch steps an epoch). */
+double lipc_schedule_lr(const lipc_train_options *o, long t, long total, long per_epoch);
+double lipc_schedule_eps(const lipc_train_options *o, long t, long total);
+
+/* Trains from st (fresh or resumed: st->step steps already taken) to
+ * o->epochs epochs, writing o->out after every epoch and on interruption. */
+lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
+                           const lipc_dataset *train, const lipc_train_options *o,
+                           lipc_train_state *st, lipc_train_result *res, lipc_diags *d);
+
+/* Does the dataset fit the model's input and classes? (An error in d if not.) */
+bool lipc_dataset_fits(const lipc_model_desc *m, const lipc_dataset *ds, lipc_diags *d);
+
+/* The head's pair bounds [classes, classes] for a given K_sub. */
+lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, double k_sub,
+                            double *kpair);
+
+/* Predicts every example of ds in batches and adds them to s (initialised by
+ * the caller with its radii); radius [ds->n] gets each certified radius
+ * (NULL: not kept). */
+lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops *ops,
+                                 const float *params, double k_sub, const lipc_dataset *ds,
+                                 int batch, lipc_cert_summary *s, double *radius);
 
 #endif

@@ -151,6 +151,19 @@ int lipc_edit_distance(const char *a, const char *b, int cap);
  * plausible typo; NULL otherwise. */
 const char *lipc_closest_word(const char *s, const char *const *words);
 
+/* ---- row normalisation of the GloRo head (support/linalg.c) ----------- */
+
+/* w, r, d_eff, dw [rows, cols]:
+ *   lipc_rownorm_forward:  r_o = w_o / ||w_o||; a zero row stays zero
+ *   lipc_rownorm_backward: ADDS dw_o += (d_o - r_o (r_o . d_o)) / ||w_o||, with
+ *                          d = d_eff the gradient w.r.t. r; a zero row passes
+ *                          the gradient through (dw_o += d_o), never NaN
+ *   lipc_row_inv_norm:     1 / ||row||, or `zero` for a zero row */
+void lipc_rownorm_forward(int rows, int cols, const double *w, double *r);
+void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_eff,
+                           double *dw);
+double lipc_row_inv_norm(const double *row, int cols, double zero);
+
 /* ---- random numbers ----------------------------------------------------- */
 
 typedef struct lipc_rng {

@@ -61,7 +61,7 @@ static lipc_loss_result run_loss(const problem *p, double *dlogits, double *dr)
 
 static double value_ref(const problem *p) { return run_loss(p, NULL, NULL).loss; }
 
-/* ||r_a - r_b||, written out again (not lipc_ref_kpair) for the oracle. */
+/* ||r_a - r_b||, written out again (not lipc_kpair) for the oracle. */
 static double row_dist(const problem *p, int a, int b)
 {
     double s = 0.0;
@@ -238,7 +238,7 @@ Test(loss, kpair_hand_rows)
     problem p;
     hand_rows(&p);
     double k[9];
-    lipc_ref_kpair(3, 2, p.r, 0.25, k);
+    lipc_kpair(3, 2, p.r, 0.25, k);
     double want[9] = {0, 1.25, 1.0, 1.25, 0, 0.75, 1.0, 0.75, 0};
     cr_expect(test_allclose("kpair", k, want, 9, 0, 0));
 }
@@ -594,7 +594,7 @@ Test(loss, metrics_agree_with_certify)
     for (int b = 0; b < N; b++)
         y[b] = (int32_t)(lipc_rng_next(&rng) % M);
     const double k_sub = 0.25, eps[N_EPS] = {0.0, 0.03125, 0.125, 0.25, 0.5, 1.0};
-    lipc_ref_kpair(M, D, r, k_sub, kpair);
+    lipc_kpair(M, D, r, k_sub, kpair);
 
     lipc_cert_summary s;
     cr_assert_eq(lipc_cert_summary_init(&s, N_EPS, eps, 0.0), LIPC_OK);

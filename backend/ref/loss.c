@@ -29,21 +29,6 @@
 
 /* ---- pair bounds ------------------------------------------------------------ */
 
-void lipc_ref_kpair(int m, int d, const double *r, double k_sub, double *kpair)
-{
-    for (int j = 0; j < m; j++) {
-        for (int i = 0; i < m; i++) {
-            double s = 0.0;
-            for (int t = 0; t < d; t++) {
-                double diff = r[j * d + t] - r[i * d + t];
-                s += diff * diff;
-            }
-            /* exactly symmetric: (a - b)^2 == (b - a)^2 in floating point */
-            kpair[j * m + i] = k_sub * sqrt(s);
-        }
-    }
-}
-
 /* ---- small numeric helpers ------------------------------------------------- */
 
 /* log(sum_k exp(v_k)), shifted by the max so no exp overflows. */
@@ -251,9 +236,9 @@ lipc_status lipc_ref_loss(const lipc_loss_spec *spec, int n, int m, int d,
     w.e = w.p + m1;
     double *gf = w.e + m1, *gk = gf + m1;
 
-    /* ||r_a - r_b|| once; K = k_sub * dist is bit for bit lipc_ref_kpair's
+    /* ||r_a - r_b|| once; K = k_sub * dist is bit for bit lipc_kpair's
      * k_sub * sqrt(s), since dist is 1.0 * sqrt(s). */
-    lipc_ref_kpair(m, d, r, 1.0, dist);
+    lipc_kpair(m, d, r, 1.0, dist);
     for (size_t k = 0; k < mm; k++)
         kpair[k] = k_sub * dist[k];
 

@@ -9,8 +9,8 @@
  *
  * Lipschitz: sigma_max(W) (exact by SVD), or HEAD for a normalised head.
  *
- * Gradients through the normalisation (lipc_rownorm_backward, also used by the
- * loss code for the head rows): with r = w / ||w||,
+ * Gradients through the normalisation (lipc_rownorm_backward in support/, also
+ * used by the loss code for the head rows): with r = w / ||w||,
  *   dr/dw = (I - r r^T) / ||w||,   so   dw = (dr - r (r . dr)) / ||w||.
  * A zero row has no derivative (w / ||w|| jumps there; the forward uses r = 0).
  * Its gradient is passed through as if ||w|| = 1 and r = 0: dw = dr. That is
@@ -75,46 +75,6 @@ static void dense_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *o
         *out = (lipc_lip){LIPC_LIP_OPNORM, "dense-svd", true, NAN};
 }
 
-/* ---- row normalisation (the GloRo head) ------------------------------------ */
-
-/* 1 / ||row||, or `zero` when the row is exactly zero (forward: 0, the row's
- * output stays 0; backward: 1, the pass-through rule above). */
-static double row_inv_norm(const double *row, int cols, double zero)
-{
-    double ss = 0.0;
-    for (int i = 0; i < cols; i++)
-        ss += row[i] * row[i];
-    return ss > 0.0 ? 1.0 / sqrt(ss) : zero;
-}
-
-/* w, r [rows, cols]: r_o = w_o / ||w_o||, a zero row stays zero. */
-void lipc_rownorm_forward(int rows, int cols, const double *w, double *r)
-{
-    for (int o = 0; o < rows; o++) {
-        const double *wo = w + (size_t)o * cols;
-        double s = row_inv_norm(wo, cols, 0.0);
-        for (int i = 0; i < cols; i++)
-            r[(size_t)o * cols + i] = s * wo[i];
-    }
-}
-
-/* w, d_eff, dw [rows, cols]: ADDS the gradient w.r.t. w given d_eff, the
- * gradient w.r.t. r = rownorm(w):
- *   dw_o += (d_o - r_o (r_o . d_o)) / ||w_o||      (dw_o += d_o for a zero row) */
-void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_eff,
-                           double *dw)
-{
-    for (int o = 0; o < rows; o++) {
-        const double *wo = w + (size_t)o * cols, *d = d_eff + (size_t)o * cols;
-        double s = row_inv_norm(wo, cols, 1.0);
-        double rd = 0.0; /* r_o . d_o, with r_o = s w_o (the zero row: 0) */
-        for (int i = 0; i < cols; i++)
-            rd += s * wo[i] * d[i];
-        for (int i = 0; i < cols; i++)
-            dw[(size_t)o * cols + i] += s * (d[i] - s * wo[i] * rd);
-    }
-}
-
 /* ---- reference kernels ------------------------------------------------------
  *
  * The layer's linear map is A = S W (+ I when folded), S = diag(s_o) with
@@ -122,7 +82,7 @@ void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_
 
 static double dense_row_scale(const lipc_node *n, const double *row, int in_f)
 {
-    return n->a.normalize ? row_inv_norm(row, in_f, 0.0) : 1.0;
+    return n->a.normalize ? lipc_row_inv_norm(row, in_f, 0.0) : 1.0;
 }
 
 /* x [n_batch, in_f] -> y [n_batch, out_f], overwritten:
@@ -193,7 +153,7 @@ static void dense_weight_grad_add(const lipc_node *n, int n_batch, const double 
         double s = 1.0, rdr = 0.0;
         const double *row = n->a.normalize ? wt + (size_t)o * in_f : NULL;
         if (row) {
-            s = row_inv_norm(row, in_f, 1.0);
+            s = lipc_row_inv_norm(row, in_f, 1.0);
             for (int b = 0; b < n_batch; b++) {
                 const double *x = xs + (size_t)b * in_f;
                 double rx = 0.0;

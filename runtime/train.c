@@ -1,0 +1,320 @@
+/* runtime/train.c: the training loop and dataset-level certification.
+ *
+ * The loop owns the schedules; the backend's train_step owns the math. Per
+ * step t of T = epochs * steps_per_epoch (METHOD.md section 6):
+ *
+ *   lr(t)  = lr * (t + 1) / W                        during W warm-up steps,
+ *            lr * (1 + cos(pi (t - W) / (T - W))) / 2 after (cosine to 0)
+ *   eps(t) = eps * (s + (e - s) * min(t / (ramp T), 1))
+ *            (s = eps_start, e = eps_end; the paper's 0.1 -> 1.5 over half)
+ *
+ * Everything depends on the global step only: the batcher's shuffle and
+ * augmentation are seeded by (seed, epoch, position), so a run resumed from a
+ * checkpoint continues exactly where it stopped.
+ */
+#include "runtime/runtime.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- schedules ---------------------------------------------------------- */
+
+double lipc_schedule_lr(const lipc_train_options *o, long t, long total, long per_epoch)
+{
+    double warm = o->warmup_epochs * (double)per_epoch;
+    if (warm >= 1.0 && (double)t < warm)
+        return o->hyper.lr * (double)(t + 1) / warm;
+    double span = (double)total - (warm >= 1.0 ? warm : 0.0);
+    double pos = (double)t - (warm >= 1.0 ? warm : 0.0);
+    if (span <= 0.0)
+        return o->hyper.lr;
+    return o->hyper.lr * 0.5 * (1.0 + cos(3.14159265358979323846 * pos / span));
+}
+
+double lipc_schedule_eps(const lipc_train_options *o, long t, long total)
+{
+    double ramp = o->eps_ramp * (double)total;
+    double frac = ramp > 0.0 ? (double)t / ramp : 1.0;
+    if (frac > 1.0)
+        frac = 1.0;
+    return o->hyper.eps * (o->eps_start + (o->eps_end - o->eps_start) * frac);
+}
+
+/* ---- certification of a dataset ------------------------------------------- */
+
+lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, double k_sub,
+                            double *kpair)
+{
+    size_t len = (size_t)m->classes * (size_t)m->head_in;
+    double *w = lipc_malloc(sizeof(double) * len), *r = lipc_malloc(sizeof(double) * len);
+    if (!w || !r) {
+        lipc_free(w);
+        lipc_free(r);
+        return LIPC_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < len; i++)
+        w[i] = params[m->head_offset + i];
+    if (m->head_normalize)
+        lipc_rownorm_forward(m->classes, m->head_in, w, r);
+    else
+        memcpy(r, w, sizeof(double) * len);
+    lipc_kpair(m->classes, m->head_in, r, k_sub, kpair);
+    lipc_free(w);
+    lipc_free(r);
+    return LIPC_OK;
+}
+
+lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops *ops,
+                                 const float *params, double k_sub, const lipc_dataset *ds,
+                                 int batch, lipc_cert_summary *s, double *radius)
+{
+    size_t in = (size_t)m->in_c * (size_t)m->in_h * (size_t)m->in_w;
+    int mc = m->classes;
+    if (ops->max_batch > 0 && batch > ops->max_batch)
+        batch = ops->max_batch;
+    double *kpair = lipc_malloc(sizeof(double) * (size_t)mc * (size_t)mc);
+    double *logits = lipc_malloc(sizeof(double) * (size_t)batch * (size_t)mc);
+    int32_t *labels = lipc_malloc(sizeof(int32_t) * (size_t)batch);
+    lipc_status st = kpair && logits && labels ? lipc_head_kpair(m, params, k_sub, kpair)
+                                               : LIPC_ERR_NOMEM;
+    for (int start = 0; st == LIPC_OK && start < ds->n; start += batch) {
+        int n = ds->n - start < batch ? ds->n - start : batch;
+        st = ops->predict(ops->ctx, params, n, ds->x + (size_t)start * in, logits);
+        for (int i = 0; i < n; i++)
+            labels[i] = ds->y[start + i];
+        if (st == LIPC_OK)
+            lipc_certify_batch(s, n, mc, logits, labels, kpair, radius ? radius + start : NULL);
+    }
+    lipc_free(kpair);
+    lipc_free(logits);
+    lipc_free(labels);
+    return st;
+}
+
+/* ---- training ---------------------------------------------------------------- */
+
+lipc_status lipc_train_state_alloc(const lipc_model_desc *m, lipc_train_state *st)
+{
+    memset(st, 0, sizeof *st);
+    size_t np = m->n_param_elems + 1;
+    st->params = lipc_calloc(np, sizeof(float));
+    st->opt_m = lipc_calloc(np, sizeof(float));
+    st->opt_v = lipc_calloc(np, sizeof(float));
+    st->vec = lipc_calloc(m->n_vec_elems + 1, sizeof(float));
+    if (!st->params || !st->opt_m || !st->opt_v || !st->vec) {
+        lipc_train_state_free(st);
+        return LIPC_ERR_NOMEM;
+    }
+    return LIPC_OK;
+}
+
+void lipc_train_state_free(lipc_train_state *st)
+{
+    lipc_free(st->params);
+    lipc_free(st->opt_m);
+    lipc_free(st->opt_v);
+    lipc_free(st->vec);
+    memset(st, 0, sizeof *st);
+}
+
+bool lipc_dataset_fits(const lipc_model_desc *m, const lipc_dataset *ds, lipc_diags *d)
+{
+    if (ds->c == m->in_c && ds->h == m->in_h && ds->w == m->in_w && ds->classes <= m->classes)
+        return true;
+    lipc_diag_msg *msg = lipc_diag_error(
+        d, LIPC_NO_LOC, "the dataset '%s' has %dx%dx%d images in %d classes, but the model "
+                        "'%s' takes %dx%dx%d inputs and has %d classes",
+        ds->name ? ds->name : "?", ds->c, ds->h, ds->w, ds->classes, m->name, m->in_c, m->in_h,
+        m->in_w, m->classes);
+    lipc_diag_hint(msg, "pick the model written for this dataset, or change its `input:`");
+    return false;
+}
+
+/* K_sub by power iteration from (a copy of) the training vectors. */
+static lipc_status estimate_k(const lipc_model_desc *m, const lipc_model_ops *ops,
+                              const lipc_train_state *st, int iters, double *k)
+{
+    float *vec = lipc_malloc(sizeof(float) * (m->n_vec_elems + 1));
+    lipc_bound_report *rep = lipc_calloc((size_t)m->n_factors + 1, sizeof *rep);
+    lipc_status s = vec && rep ? LIPC_OK : LIPC_ERR_NOMEM;
+    if (s == LIPC_OK) {
+        memcpy(vec, st->vec, sizeof(float) * m->n_vec_elems);
+        s = ops->lipschitz(ops->ctx, st->params, vec, iters, 1e-4, rep);
+        *k = rep[m->n_factors].value;
+    }
+    lipc_free(vec);
+    lipc_free(rep);
+    return s;
+}
+
+static lipc_status validate(const lipc_model_desc *m, const lipc_model_ops *ops,
+                            const lipc_train_state *st, const lipc_train_options *o,
+                            lipc_train_result *res)
+{
+    double k;
+    lipc_status s = estimate_k(m, ops, st, 100, &k);
+    if (s != LIPC_OK)
+        return s;
+    lipc_cert_summary cs;
+    s = lipc_cert_summary_init(&cs, 1, &o->hyper.eps, 0.0);
+    if (s == LIPC_OK)
+        s = lipc_certify_dataset(m, ops, st->params, k, o->val, o->batch, &cs, NULL);
+    if (s == LIPC_OK) {
+        res->val_acc = lipc_cert_clean_accuracy(&cs);
+        res->val_vra = lipc_cert_vra(&cs, 0);
+        res->val_k_sub = k;
+    }
+    return s;
+}
+
+static lipc_status save(const char *path, const lipc_model_desc *m, const lipc_train_state *st,
+                        const lipc_train_options *o, int epoch, lipc_diags *d)
+{
+    char seed[32], ep[32], eps[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
+    snprintf(ep, sizeof ep, "%d", epoch);
+    snprintf(eps, sizeof eps, "%.17g", o->hyper.eps);
+    lipc_st_meta meta[] = {{"seed", seed}, {"epoch", ep}, {"eps", eps}};
+    return lipc_checkpoint_save(path, m, st, meta, 3, d);
+}
+
+lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
+                           const lipc_dataset *train, const lipc_train_options *o,
+                           lipc_train_state *st, lipc_train_result *res, lipc_diags *d)
+{
+    memset(res, 0, sizeof *res);
+    res->val_acc = res->val_vra = res->val_k_sub = NAN;
+    if (!lipc_dataset_fits(m, train, d) || (o->val && !lipc_dataset_fits(m, o->val, d)))
+        return LIPC_ERR_INPUT;
+    int batch = o->batch;
+    if (ops->max_batch > 0 && batch > ops->max_batch)
+        batch = ops->max_batch;
+    lipc_batcher b;
+    lipc_status s = lipc_batcher_init(&b, train, batch, &o->aug, true, true, o->seed);
+    if (s != LIPC_OK)
+        return s;
+    long per_epoch = lipc_batcher_steps(&b);
+    if (per_epoch == 0) {
+        lipc_batcher_free(&b);
+        lipc_diag_error(d, LIPC_NO_LOC, "the training set has %d examples, fewer than one "
+                                        "batch of %d", train->n, batch);
+        return LIPC_ERR_INPUT;
+    }
+    long total = per_epoch * o->epochs;
+    size_t in = (size_t)m->in_c * (size_t)m->in_h * (size_t)m->in_w;
+    float *x = lipc_malloc(sizeof(float) * in * (size_t)batch);
+    uint8_t *y8 = lipc_malloc((size_t)batch);
+    int32_t *y = lipc_malloc(sizeof(int32_t) * (size_t)batch);
+    lipc_metrics_log log = {0};
+    if (!x || !y8 || !y) {
+        s = LIPC_ERR_NOMEM;
+        goto done;
+    }
+    if (o->metrics && (s = lipc_metrics_open(&log, o->metrics, st->step > 0, d)) != LIPC_OK)
+        goto done;
+
+    lipc_progress prog;
+    lipc_progress_init(&prog, o->log ? o->log : stderr);
+    lipc_progress_begin(&prog, "train", total, batch);
+    double t0 = lipc_now();
+    long start = st->step;
+    int epoch = (int)(st->step / per_epoch);
+    lipc_batcher_seek(&b, epoch, (int)(st->step % per_epoch));
+    /* epoch sums for the log */
+    double sum_loss = 0.0;
+    long sum_n = 0, sum_correct = 0, sum_cert = 0;
+    lipc_step_stats stats = {0};
+    while (st->step < total && s == LIPC_OK) {
+        if (o->stop && *o->stop) {
+            res->interrupted = true;
+            break;
+        }
+        long t = st->step;
+        if (t % per_epoch == 0)
+            lipc_batcher_seek(&b, t / per_epoch, 0);
+        int n = lipc_batcher_next(&b, x, y8);
+        LIPC_ASSERT(n > 0);
+        for (int i = 0; i < n; i++)
+            y[i] = y8[i];
+        lipc_hyper h = o->hyper;
+        h.lr = lipc_schedule_lr(o, t, total, per_epoch);
+        h.eps = lipc_schedule_eps(o, t, total);
+        s = ops->train_step(ops->ctx, st, n, x, y, &h, &stats);
+        if (s != LIPC_OK)
+            break;
+        if (!isfinite(stats.loss)) {
+            lipc_diag_msg *msg = lipc_diag_error(d, LIPC_NO_LOC,
+                                                 "training diverged at step %ld: the loss is %g",
+                                                 t, stats.loss);
+            lipc_diag_hint(msg, "lower the learning rate (--lr) or keep gradient clipping on");
+            s = LIPC_ERR_INPUT;
+            break;
+        }
+        sum_loss += stats.loss * n;
+        sum_n += n;
+        sum_correct += stats.correct;
+        sum_cert += stats.certified;
+        lipc_metric mt[] = {
+            {"epoch", (double)(t / per_epoch + 1), NULL},
+            {"loss", sum_loss / (double)sum_n, NULL},
+            {"acc", (double)sum_correct / (double)sum_n, NULL},
+            {"cert", (double)sum_cert / (double)sum_n, NULL},
+            {"K", stats.k_sub, NULL},
+            {"eps", h.eps, NULL},
+            {"lr", h.lr, NULL},
+        };
+        lipc_progress_update(&prog, st->step, mt, 7);
+        bool epoch_end = st->step % per_epoch == 0;
+        if (!epoch_end)
+            continue;
+        epoch = (int)((st->step - 1) / per_epoch) + 1;
+        res->train_loss = sum_loss / (double)sum_n;
+        res->train_acc = (double)sum_correct / (double)sum_n;
+        res->train_cert = (double)sum_cert / (double)sum_n;
+        res->k_sub = stats.k_sub;
+        bool do_val = o->val &&
+                      ((o->val_every > 0 && epoch % o->val_every == 0) || st->step == total);
+        if (do_val && (s = validate(m, ops, st, o, res)) != LIPC_OK)
+            break;
+        lipc_metric line[] = {
+            {"epoch", epoch, NULL},
+            {"step", (double)st->step, NULL},
+            {"loss", res->train_loss, NULL},
+            {"acc", res->train_acc, NULL},
+            {"cert", res->train_cert, NULL},
+            {"K_sub", stats.k_sub, NULL},
+            {"eps", h.eps, NULL},
+            {"lr", h.lr, NULL},
+            {"seconds", lipc_now() - t0, NULL},
+            {"val_acc", do_val ? res->val_acc : NAN, NULL},
+            {"val_vra", do_val ? res->val_vra : NAN, NULL},
+        };
+        int n_line = do_val ? 11 : 9;
+        lipc_progress_line(&prog, st->step, line, n_line);
+        if (log.f && (s = lipc_metrics_write(&log, line, n_line, d)) != LIPC_OK)
+            break;
+        if (o->out && (s = save(o->out, m, st, o, epoch, d)) != LIPC_OK)
+            break;
+        sum_loss = 0.0;
+        sum_n = sum_correct = sum_cert = 0;
+    }
+    lipc_progress_end(&prog);
+    res->steps = st->step - start;
+    res->epochs = (int)(st->step / per_epoch);
+    res->seconds = lipc_now() - t0;
+    res->images_per_s = res->seconds > 0 ? (double)res->steps * batch / res->seconds : 0.0;
+    if (s == LIPC_OK && res->interrupted && o->out)
+        s = save(o->out, m, st, o, res->epochs, d);
+done:
+    if (log.f) {
+        lipc_status c = lipc_metrics_close(&log, d);
+        if (s == LIPC_OK)
+            s = c;
+    }
+    lipc_batcher_free(&b);
+    lipc_free(x);
+    lipc_free(y8);
+    lipc_free(y);
+    return s;
+}
