@@ -607,9 +607,12 @@ int cli_certify(int argc, char **argv)
             lipc_buf b;
             lipc_buf_init(&b);
             lipc_cert_summary_json(&cs, &b);
-            printf("{\"model\": \"%s\", \"data\": \"%s\", \"bound\": \"estimate\", "
-                   "\"k_sub\": %.17g, \"seconds\": %.3f, \"certify\": %s}\n",
-                   g->name, test.name, k, seconds, lipc_buf_str(&b));
+            printf("{\"model\": \"%s\", \"data\": \"%s\", \"n\": %ld, \"bound\": \"estimate\", "
+                   "\"k_sub\": %.17g, \"clean_acc\": %.17g, \"vra\": {",
+                   g->name, test.name, cs.n, k, lipc_cert_clean_accuracy(&cs));
+            for (int e = 0; e < cs.n_eps; e++)
+                printf("%s\"%g\": %.17g", e ? ", " : "", cs.eps[e], lipc_cert_vra(&cs, e));
+            printf("}, \"seconds\": %.3f, \"details\": %s}\n", seconds, lipc_buf_str(&b));
             lipc_buf_free(&b);
         } else {
             printf("%s on %s (%ld test points)\n", g->name, test.name, cs.n);
