@@ -83,6 +83,16 @@ bool lipc_ops_inputs_known(const lipc_node *n)
     return true;
 }
 
+bool lipc_ops_infer_same_shape(lipc_graph *g, lipc_node *n, lipc_diags *d)
+{
+    (void)g;
+    (void)d;
+    if (!lipc_ops_inputs_known(n))
+        return false;
+    n->shape = n->in[0]->shape;
+    return true;
+}
+
 bool lipc_ops_check_dims(const lipc_node *n, lipc_diags *d, const char *what,
                          int rank, const long *dims)
 {

@@ -13,6 +13,10 @@
  * reported why, so infer returns false without a second, confusing error. */
 bool lipc_ops_inputs_known(const lipc_node *n);
 
+/* The shape rule of elementwise ops (shift, relu): the output has the input's
+ * shape. */
+bool lipc_ops_infer_same_shape(lipc_graph *g, lipc_node *n, lipc_diags *d);
+
 /* Reports an error at n->loc and returns false when any of dims[0..rank) is
  * above LIPC_OPS_MAX_DIM or their product above LIPC_OPS_MAX_NUMEL. `what`
  * names the tensor in the message ("the conv2d weight", "the output"). */

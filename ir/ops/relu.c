@@ -9,16 +9,6 @@ static const lipc_field relu_fields[] = {
     {0},
 };
 
-static bool relu_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
-{
-    (void)g;
-    (void)d;
-    if (!lipc_ops_inputs_known(n))
-        return false;
-    n->shape = n->in[0]->shape;
-    return true;
-}
-
 static void relu_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *out)
 {
     (void)g;
@@ -65,7 +55,7 @@ const lipc_op_desc lipc_op_desc_relu = {
     .fields = relu_fields,
     .primary = NULL,
     .defaults = NULL,
-    .infer = relu_infer,
+    .infer = lipc_ops_infer_same_shape,
     .lipschitz = relu_lipschitz,
     .ref_forward = relu_ref_forward,
     .ref_backward = relu_ref_backward,

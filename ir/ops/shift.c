@@ -12,16 +12,6 @@ static const lipc_field shift_fields[] = {
     {0},
 };
 
-static bool shift_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
-{
-    (void)g;
-    (void)d;
-    if (!lipc_ops_inputs_known(n))
-        return false;
-    n->shape = n->in[0]->shape;
-    return true;
-}
-
 static void shift_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *out)
 {
     (void)g;
@@ -67,7 +57,7 @@ const lipc_op_desc lipc_op_desc_shift = {
     .fields = shift_fields,
     .primary = "by",
     .defaults = NULL,
-    .infer = shift_infer,
+    .infer = lipc_ops_infer_same_shape,
     .lipschitz = shift_lipschitz,
     .ref_forward = shift_ref_forward,
     .ref_backward = shift_ref_backward,
