@@ -91,6 +91,26 @@ static lipc_status ref_predict(void *ctx, const float *params, int n, const floa
     return lipc_ref_predict(c->forward, params, n, x, logits);
 }
 
+static lipc_status ref_input_grad(void *ctx, const float *params, int n, const float *x,
+                                  const double *dlogits, double *dx)
+{
+    const lipc_compiled *c = ctx;
+    const lipc_graph *g = c->g;
+    size_t np = g->n_param_elems, in = (size_t)lipc_shape_numel(g->input_shape) * (size_t)n;
+    double *pd = lipc_malloc(sizeof(double) * (np + 1)), *xd = lipc_malloc(sizeof(double) * in);
+    lipc_status st = pd && xd ? LIPC_OK : LIPC_ERR_NOMEM;
+    if (st == LIPC_OK) {
+        for (size_t i = 0; i < np; i++)
+            pd[i] = params[i];
+        for (size_t i = 0; i < in; i++)
+            xd[i] = x[i];
+        st = lipc_ref_forward_backward(g, pd, n, xd, dlogits, NULL, NULL, dx, NULL);
+    }
+    lipc_free(pd);
+    lipc_free(xd);
+    return st;
+}
+
 static lipc_status ref_lipschitz(void *ctx, const float *params, float *vec, int max_iters,
                                  double tol, lipc_bound_report *report)
 {
@@ -181,6 +201,7 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
         .ctx = c,
         .train_step = ref_train_step,
         .predict = ref_predict,
+        .input_grad = ref_input_grad,
         .lipschitz = ref_lipschitz,
     };
     *out = c;

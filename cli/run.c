@@ -99,6 +99,11 @@ static int parse_eps_list(run_args *r, const char *text)
             return cli_usage_error(r->cmd, "--eps takes at most %d radii", LIPC_CERT_MAX_EPS);
         if (!parse_double(tok, &v) || v < 0)
             return cli_usage_error(r->cmd, "--eps takes radii >= 0, got '%s'", tok);
+        /* A radius given twice would be a duplicate key of certify's "vra"
+         * object in --json output. */
+        for (int k = 0; k < r->n_eps; k++)
+            if (r->eps_list[k] == v)
+                return cli_usage_error(r->cmd, "--eps lists the radius %g twice", v);
         r->eps_list[r->n_eps++] = v;
     }
     if (r->n_eps == 0)
@@ -280,9 +285,19 @@ static void on_sigint(int sig)
     interrupted = 1;
 }
 
-/* The training options: the model's train: section, then the command line. */
-static int train_options(const run_args *r, const lipc_graph *g, const lipc_dataset *train,
-                         lipc_train_options *o)
+/* The index of a loss name in lipc_loss_names; -1 when unknown. */
+static int loss_index(const char *name)
+{
+    for (int i = 0; lipc_loss_names[i]; i++)
+        if (!strcmp(lipc_loss_names[i], name))
+            return i;
+    return -1;
+}
+
+/* The training options: the model's train: section, then the command line
+ * (--loss was validated by cli_train). */
+static void train_options(const run_args *r, const lipc_graph *g, const lipc_dataset *train,
+                          lipc_train_options *o)
 {
     const lipc_train_spec *t = &g->train;
     memset(o, 0, sizeof *o);
@@ -294,16 +309,8 @@ static int train_options(const run_args *r, const lipc_graph *g, const lipc_data
         .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-8, .momentum = t->momentum,
         .clip = t->clip, .trades_lambda = t->trades_lambda, .power_iters = t->power_iters,
     };
-    if (r->loss) {
-        int k = -1;
-        for (int i = 0; lipc_loss_names[i]; i++)
-            if (!strcmp(lipc_loss_names[i], r->loss))
-                k = i;
-        if (k < 0)
-            return cli_usage_error(r->cmd, "--loss takes emma, margin, gloro or trades, got '%s'",
-                                   r->loss);
-        o->hyper.loss = k;
-    }
+    if (r->loss)
+        o->hyper.loss = loss_index(r->loss);
     o->eps_start = t->eps_start;
     o->eps_end = t->eps_end;
     o->eps_ramp = t->eps_ramp;
@@ -320,7 +327,6 @@ static int train_options(const run_args *r, const lipc_graph *g, const lipc_data
     if (r->no_augment)
         o->aug.crop = o->aug.flip = false;
     o->val_every = r->val_every;
-    return -1;
 }
 
 static void print_train_json(const lipc_graph *g, const lipc_train_options *o,
@@ -344,6 +350,16 @@ int cli_train(int argc, char **argv)
     int rc = parse_args(&r, argc, argv, usage_train);
     if (rc >= 0)
         return rc;
+    /* train takes one radius; it used to keep the first of a list silently. */
+    if (r.n_eps > 1)
+        return cli_usage_error(r.cmd, "--eps takes one radius for training (certify takes "
+                                      "a list)");
+    /* An unknown --loss is a usage error (exit 2, with the list), found before
+     * the model is compiled and the data loaded. (train_options used to find
+     * it after loading, and its usage status became exit 1.) */
+    if (r.loss && loss_index(r.loss) < 0)
+        return cli_usage_error(r.cmd, "--loss takes emma, margin, gloro or trades, got '%s'",
+                               r.loss);
     lipc_graph *g = NULL;
     lipc_compiled *c = compile_for(&r, &g, &rc);
     if (!c)
@@ -368,14 +384,16 @@ int cli_train(int argc, char **argv)
             goto done;
     }
     const lipc_dataset *tr = r.val > 0 ? &train : &all;
-    if ((rc = train_options(&r, g, tr, &o)) >= 0) {
-        s = LIPC_ERR_INPUT;
-        goto done;
-    }
+    train_options(&r, g, tr, &o);
     snprintf(out_buf, sizeof out_buf, "%s.safetensors", g->name);
     o.out = r.out ? r.out : out_buf;
-    snprintf(metrics_buf, sizeof metrics_buf, "%.*s.metrics.jsonl",
-             (int)(strlen(o.out) - (strstr(o.out, ".safetensors") ? 12 : 0)), o.out);
+    /* OUT minus a trailing ".safetensors" (a suffix only: strstr found the
+     * first ".safetensors" anywhere and cut 12 characters off the end even
+     * when it was not the suffix, e.g. "a.safetensors.bak"). */
+    size_t out_len = strlen(o.out);
+    if (out_len >= 12 && strcmp(o.out + out_len - 12, ".safetensors") == 0)
+        out_len -= 12;
+    snprintf(metrics_buf, sizeof metrics_buf, "%.*s.metrics.jsonl", (int)out_len, o.out);
     o.metrics = r.metrics ? r.metrics : metrics_buf;
     o.val = r.val > 0 ? &val : NULL;
 
@@ -396,8 +414,13 @@ int cli_train(int argc, char **argv)
             "target %s\n",
             g->name, tr->name, tr->n, r.val > 0 ? ", held-out validation" : "", o.epochs,
             o.batch, lipc_loss_names[o.hyper.loss], o.hyper.eps, c->ops.backend);
-    if (r.resume)
+    if (r.resume) {
         fprintf(stderr, "lipc train: resuming from %s at step %ld\n", r.resume, st.step);
+        lipc_resume_check(&st, &o, &d);
+        lipc_diags_print(&d, stderr); /* now, not after the run */
+        lipc_diags_free(&d);
+        lipc_diags_init(&d);
+    }
     interrupted = 0;
     o.stop = &interrupted;
     void (*old)(int) = signal(SIGINT, on_sigint);
@@ -406,10 +429,10 @@ int cli_train(int argc, char **argv)
     signal(SIGINT, old);
     if (s == LIPC_OK) {
         fprintf(stderr,
-                "lipc train: %s after %d epochs (%ld steps in %.1f s, %.1f images/s): loss %.4f, "
-                "train accuracy %.4f, certified at eps %g %.4f, K_sub %.4g\n",
-                res.interrupted ? "interrupted" : "done", res.epochs, res.steps, res.seconds,
-                res.images_per_s, res.train_loss, res.train_acc, o.hyper.eps * o.eps_end,
+                "lipc train: %s after %d epoch%s (%ld steps in %.1f s, %.1f images/s): loss %.4f, "
+                "train accuracy %.4f, certified at the training radius %.4f, K_sub %.4g\n",
+                res.interrupted ? "interrupted" : "done", res.epochs, res.epochs == 1 ? "" : "s",
+                res.steps, res.seconds, res.images_per_s, res.train_loss, res.train_acc,
                 res.train_cert, res.k_sub);
         if (!isnan(res.val_acc))
             fprintf(stderr, "lipc train: validation: accuracy %.4f, VRA at eps %g %.4f "
@@ -489,6 +512,24 @@ int cli_bound(int argc, char **argv)
     double seconds = lipc_now() - t0;
     if (s == LIPC_OK)
         s = lipc_head_kpair(m, st.params, 1.0, kpair);
+    /* NaN or Inf weights: an error (exit 1), as in certify. Without this check
+     * bound exited 0 and printed "nan" into --json output (not JSON), and fmin/
+     * fmax below silently skipped NaN head pairs. */
+    bool finite = s == LIPC_OK && isfinite(rep[m->n_factors].value);
+    for (int i = 0; finite && i < m->classes * m->classes; i++)
+        finite = isfinite(kpair[i]);
+    if (s == LIPC_OK && !finite) {
+        lipc_diags d;
+        lipc_diags_init(&d);
+        lipc_diag_error(&d, LIPC_NO_LOC, "K_sub is %g%s: the weights in %s hold NaN or Inf",
+                        rep[m->n_factors].value, isfinite(rep[m->n_factors].value)
+                                                     ? " but a head pair bound is not finite"
+                                                     : "",
+                        r.weights);
+        lipc_diags_print(&d, stderr);
+        lipc_diags_free(&d);
+        s = LIPC_ERR_INPUT;
+    }
     if (s == LIPC_OK) {
         double k = rep[m->n_factors].value;
         double lo = INFINITY, hi = 0.0;
@@ -610,8 +651,18 @@ int cli_certify(int argc, char **argv)
             printf("{\"model\": \"%s\", \"data\": \"%s\", \"n\": %ld, \"bound\": \"estimate\", "
                    "\"k_sub\": %.17g, \"clean_acc\": %.17g, \"vra\": {",
                    g->name, test.name, cs.n, k, lipc_cert_clean_accuracy(&cs));
-            for (int e = 0; e < cs.n_eps; e++)
-                printf("%s\"%g\": %.17g", e ? ", " : "", cs.eps[e], lipc_cert_vra(&cs, e));
+            for (int e = 0; e < cs.n_eps; e++) {
+                /* The key: the shortest %g that reads back as the radius
+                 * (plain %g turned 0.1411764 and 0.1411765 both into
+                 * "0.141176": duplicate keys). "0.1" stays "0.1". */
+                char key[32];
+                for (int prec = 6; prec <= 17; prec++) {
+                    snprintf(key, sizeof key, "%.*g", prec, cs.eps[e]);
+                    if (strtod(key, NULL) == cs.eps[e])
+                        break;
+                }
+                printf("%s\"%s\": %.17g", e ? ", " : "", key, lipc_cert_vra(&cs, e));
+            }
             printf("}, \"seconds\": %.3f, \"details\": %s}\n", seconds, lipc_buf_str(&b));
             lipc_buf_free(&b);
         } else {

@@ -11,6 +11,7 @@
  * survives a crash. Python's safetensors loader reads it as it is.
  */
 #include "runtime/runtime.h"
+#include "runtime/internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -124,7 +125,10 @@ static lipc_status load_one(const lipc_st_file *f, const char *name, int rank, c
     if (!*found) {
         if (!required)
             return LIPC_OK;
-        lipc_diag_msg *m = lipc_diag_error(d, (lipc_loc){f->path, 0, 0},
+        /* lipc_rt_loc: a stable copy of the name. f->path is freed with f at
+         * the end of lipc_checkpoint_load, before the caller prints the
+         * diagnostics (a use-after-free that ASan reported). */
+        lipc_diag_msg *m = lipc_diag_error(d, lipc_rt_loc(d, f->path),
                                            "the checkpoint has no tensor '%s'", name);
         lipc_diag_hint(m, "is it a checkpoint of this model (and these --set values)?");
         return LIPC_ERR_INPUT;
@@ -144,7 +148,7 @@ lipc_status lipc_checkpoint_load(const char *path, const lipc_model_desc *m,
         return status;
     const char *format = lipc_st_meta_get(&f, "format");
     if (format && strcmp(format, FORMAT) != 0)
-        lipc_diag_warning(d, (lipc_loc){path, 0, 0},
+        lipc_diag_warning(d, lipc_rt_loc(d, path),
                           "checkpoint format '%s', expected '%s'; reading it anyway", format,
                           FORMAT);
     int errors = d->n_errors;
@@ -196,8 +200,11 @@ lipc_status lipc_checkpoint_load(const char *path, const lipc_model_desc *m,
     if (status == LIPC_OK) {
         const char *step = lipc_st_meta_get(&f, "step");
         st->step = step ? strtol(step, NULL, 10) : 0;
+        const char *epochs = lipc_st_meta_get(&f, "epochs"), *batch = lipc_st_meta_get(&f, "batch");
+        st->planned_epochs = epochs ? (int)strtol(epochs, NULL, 10) : 0;
+        st->planned_batch = batch ? (int)strtol(batch, NULL, 10) : 0;
         if (train_state && (!all_opt || !all_vec))
-            lipc_diag_warning(d, (lipc_loc){path, 0, 0},
+            lipc_diag_warning(d, lipc_rt_loc(d, path),
                               "the checkpoint has no %s; they start from zero",
                               !all_opt ? "optimizer state" : "power-iteration vectors");
     }

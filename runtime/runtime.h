@@ -349,6 +349,8 @@ typedef struct lipc_train_state {
     float *opt_m, *opt_v;   /* [n_param_elems] AdamW moments; SGD uses opt_m */
     float *vec;             /* [n_vec_elems] power-iteration vectors v, u */
     long step;              /* optimiser steps taken */
+    /* the run the schedules were planned for (0: unknown), from a checkpoint */
+    int planned_epochs, planned_batch;
 } lipc_train_state;
 
 typedef struct lipc_step_stats {
@@ -376,6 +378,10 @@ typedef struct lipc_model_ops {
     /* logits [n, classes] */
     lipc_status (*predict)(void *ctx, const float *params, int n, const float *x,
                            double *logits);
+    /* The gradient of <dlogits, logits> w.r.t. the input: x [n, in numel],
+     * dlogits [n, classes] -> dx [n, in numel] (a vector-Jacobian product). */
+    lipc_status (*input_grad)(void *ctx, const float *params, int n, const float *x,
+                              const double *dlogits, double *dx);
     /* Power iteration to convergence (relative change < tol or max_iters),
      * warm-started from vec (updated); report [n_factors + 1]. */
     lipc_status (*lipschitz)(void *ctx, const float *params, float *vec, int max_iters,
@@ -548,6 +554,10 @@ void lipc_train_state_free(lipc_train_state *st);
 double lipc_schedule_lr(const lipc_train_options *o, long t, long total, long per_epoch);
 double lipc_schedule_eps(const lipc_train_options *o, long t, long total);
 
+/* False (with a warning in d) when st resumes a run planned for other epochs
+ * or batch than o: the schedules then change at the resume point. */
+bool lipc_resume_check(const lipc_train_state *st, const lipc_train_options *o, lipc_diags *d);
+
 /* Trains from st (fresh or resumed: st->step steps already taken) to
  * o->epochs epochs, writing o->out after every epoch and on interruption. */
 lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
@@ -567,5 +577,63 @@ lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, doubl
 lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops *ops,
                                  const float *params, double k_sub, const lipc_dataset *ds,
                                  int batch, lipc_cert_summary *s, double *radius);
+
+/* ---- an empirical lower bound (runtime/lower_bound.c) ---------------------- */
+
+typedef struct lipc_lower_bound {
+    double value;           /* a lower bound on the Lipschitz constant before the head */
+    int point;              /* the example that gave it (-1: none) */
+    long evaluated;         /* points evaluated */
+    double seconds;
+} lipc_lower_bound;
+
+/* max over the first n_points examples of ds of a lower bound on ||J(x)||,
+ * J the Jacobian of the network before the head (runtime/lower_bound.c
+ * states the argument): how tight K_sub is, as lower / K_sub. Needs
+ * ops->input_grad (LIPC_ERR_UNSUPPORTED otherwise). */
+lipc_status lipc_empirical_lower_bound(const lipc_model_desc *m, const lipc_model_ops *ops,
+                                       const float *params, const lipc_dataset *ds,
+                                       int n_points, lipc_lower_bound *out);
+
+/* ---- sound bounds (runtime/bounds.c) ---- */
+
+/* A rigorous upper bound on one factor of K_sub: the operator norm (l2 -> l2,
+ * at the layer's true input size) of a conv or dense layer (folded: W + I),
+ * computed in double and rounded up, so that it holds for the exact real
+ * numbers; runtime/bounds.c states the argument, including the rounding of
+ * the DFT, the Gram matrices and LAPACK. method:
+ *   "reshaped-kernel"     conv with kh <= sh, kw <= sw, no padding: exact
+ *   "conv-fft"            stride-1 conv: circulant embedding, max over frequencies
+ *   "stride-1-fft-upper"  strided padded conv: the stride-1 conv's bound
+ *   "dense-svd"           dense: exact
+ *   "const"               CONST: the value rounded up
+ *   "1 + K(body)"         LOOSE (lipc_model_sound_bounds only) */
+typedef struct lipc_sound_bound {
+    double value;
+    const char *method;     /* a string literal */
+    double seconds;         /* wall time spent on this factor */
+} lipc_sound_bound;
+
+/* CONV, DENSE and CONST factors (LOOSE: LIPC_ERR_INPUT; it needs its
+ * children). params: the float parameter block (weights at f->w_offset).
+ * NaN or Inf in the weights, or a geometry that is not a layer's: an error in
+ * d and LIPC_ERR_INPUT, *out untouched. LIPC_ERR_NOMEM when out of memory. */
+lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *params,
+                                    lipc_sound_bound *out, lipc_diags *d);
+
+/* Every factor of m, and K_sub: the product of the main-path factors (parent
+ * -1), a LOOSE factor being 1 + the product of its children, every product
+ * and sum rounded up. per_factor [m->n_factors]. On error *k_sub is NaN. */
+lipc_status lipc_model_sound_bounds(const lipc_model_desc *m, const float *params,
+                                    lipc_sound_bound *per_factor, double *k_sub,
+                                    lipc_diags *d);
+
+/* The circulant-embedding bound of any conv factor (strided: that of the
+ * stride-1 conv) on an nh x nw torus. Every torus at least as large as
+ * lipc_conv_min_circulant's gives a sound bound; lipc_factor_sound_bound uses
+ * the smallest. A smaller torus: LIPC_ERR_INPUT. */
+void lipc_conv_min_circulant(const lipc_factor_desc *f, int *nh, int *nw);
+lipc_status lipc_conv_circulant_bound(const lipc_factor_desc *f, const float *params, int nh,
+                                      int nw, lipc_sound_bound *out, lipc_diags *d);
 
 #endif

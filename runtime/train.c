@@ -140,7 +140,7 @@ static lipc_status estimate_k(const lipc_model_desc *m, const lipc_model_ops *op
     lipc_status s = vec && rep ? LIPC_OK : LIPC_ERR_NOMEM;
     if (s == LIPC_OK) {
         memcpy(vec, st->vec, sizeof(float) * m->n_vec_elems);
-        s = ops->lipschitz(ops->ctx, st->params, vec, iters, 1e-4, rep);
+        s = ops->lipschitz(ops->ctx, st->params, vec, iters, 1e-6, rep);
         *k = rep[m->n_factors].value;
     }
     lipc_free(vec);
@@ -153,7 +153,7 @@ static lipc_status validate(const lipc_model_desc *m, const lipc_model_ops *ops,
                             lipc_train_result *res)
 {
     double k;
-    lipc_status s = estimate_k(m, ops, st, 100, &k);
+    lipc_status s = estimate_k(m, ops, st, 1000, &k);
     if (s != LIPC_OK)
         return s;
     lipc_cert_summary cs;
@@ -171,13 +171,36 @@ static lipc_status validate(const lipc_model_desc *m, const lipc_model_ops *ops,
 static lipc_status save(const char *path, const lipc_model_desc *m, const lipc_train_state *st,
                         const lipc_train_options *o, int epoch, lipc_diags *d)
 {
-    char seed[32], ep[32], eps[32];
+    char seed[32], ep[32], eps[32], epochs[32], batch[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
     snprintf(ep, sizeof ep, "%d", epoch);
     snprintf(eps, sizeof eps, "%.17g", o->hyper.eps);
-    lipc_st_meta meta[] = {{"seed", seed}, {"epoch", ep}, {"eps", eps}};
-    return lipc_checkpoint_save(path, m, st, meta, 3, d);
+    snprintf(epochs, sizeof epochs, "%d", o->epochs);
+    snprintf(batch, sizeof batch, "%d", o->batch);
+    /* epochs and batch fix the schedules: a resumed run checks them */
+    lipc_st_meta meta[] = {{"seed", seed}, {"epoch", ep},       {"eps", eps},
+                           {"epochs", epochs}, {"batch", batch}};
+    return lipc_checkpoint_save(path, m, st, meta, 5, d);
 }
+
+/* A resumed run must keep the epochs and batch its schedules were planned
+ * for, or it is not the run one uninterrupted call would have made. */
+bool lipc_resume_check(const lipc_train_state *st, const lipc_train_options *o, lipc_diags *d)
+{
+    int batch = o->batch;
+    if (st->step > 0 && ((st->planned_epochs && st->planned_epochs != o->epochs) ||
+                         (st->planned_batch && st->planned_batch != batch))) {
+        lipc_diag_msg *msg = lipc_diag_warning(
+            d, LIPC_NO_LOC, "resuming a run planned for %d epochs of batch %d with %d epochs "
+                            "of batch %d: the learning-rate and eps schedules change from here",
+            st->planned_epochs, st->planned_batch, o->epochs, batch);
+        lipc_diag_note(msg, LIPC_NO_LOC, "the run is then not the one a single uninterrupted "
+                                         "run would have made");
+        return false;
+    }
+    return true;
+}
+
 
 lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
                            const lipc_dataset *train, const lipc_train_options *o,

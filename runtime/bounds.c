@@ -1,0 +1,749 @@
+/* runtime/bounds.c: sound upper bounds on the operator norm of every factor of
+ * K_sub (METHOD.md sections 3 and 4), in double, rounded up.
+ *
+ * Key idea: estimate, then certify. The largest eigenvalue of a Gram matrix
+ * H = M^H M is ESTIMATED by LAPACK (zheevr / dsyevr), and a level mu slightly
+ * above it is CERTIFIED by a Cholesky factorisation of mu I - H: a Cholesky
+ * that runs to completion in floating point proves, through its classical
+ * backward error bound, that lambda_max(H) <= mu + rho with an explicit rho.
+ * The estimate's accuracy never enters the bound (a bad estimate only costs a
+ * retry), and across the frequencies of a convolution the level certified for
+ * one matrix is tried first on the next, so the eigensolver runs only when the
+ * running maximum grows (about ln(#frequencies) times in a shuffled order).
+ *
+ * ---- the bounds, by layer (exact arithmetic) ---------------------------------
+ *
+ * conv, kh <= sh, kw <= sw, no padding ("reshaped-kernel", exact): the windows
+ *   are disjoint, so A = blockdiag(W_r, ..., W_r) o Pi with Pi a coordinate
+ *   projection onto the pixels read and W_r = W reshaped c_out x (c_in kh kw);
+ *   ||A|| = sigma_max(W_r) whenever the output has a pixel. (kernel == stride,
+ *   the neck and the patchify stem, is the usual case.)
+ * conv, stride 1 ("conv-fft"): zero padding top/bottom/left/right. Embed the
+ *   input x (h x w) at the origin of an Nh x Nw torus, apply the circular
+ *   cross-correlation z[p] = sum_k W[k] xe[(p + k) mod N], and read output
+ *   pixel y at (y - top) mod Nh (same for columns). With
+ *       Nh >= h + max(top, bottom)  and  Nh >= oh1 = h + top + bottom - kh + 1
+ *   every index y + ky - top in [-top, h + bottom - 1] that falls outside
+ *   [0, h) wraps to a zero of the embedding and every other one is read
+ *   unwrapped, and distinct outputs map to distinct torus pixels. So
+ *       A = C o Circ o E,  E an isometry, C a coordinate projection,
+ *   and ||A|| <= ||Circ|| = max_(u,v) sigma_max(P(u, v)),
+ *       P(u, v)[o, i] = sum_(a,b) K[o, i, a, b] exp(2 pi i (u a / Nh + v b / Nw))
+ *   (the 2-D DFT block-diagonalises Circ; the sign convention does not change
+ *   the set of singular values). K real gives P(-u, -v) = conj P(u, v), so
+ *   v in [0, Nw/2] suffices, and on the columns v = 0 and v = Nw/2 also
+ *   u in [0, Nh/2]. Any valid (Nh, Nw) gives a bound; the smallest is used.
+ * conv, strided, padded ("stride-1-fft-upper"): output pixel (y, x) of the
+ *   strided conv is output pixel (y sh, x sw) of the stride-1 conv with the
+ *   same kernel and padding on the same input, so A = S o A1 with S a
+ *   coordinate projection (subsampling) and ||A|| <= ||A1|| <= the bound above.
+ * dense ("dense-svd", exact): sigma_max(W).
+ * folded layers (fold_identity): the operator is W + I (the identity on the
+ *   centre tap kh/2, kw/2 for a conv), added to the weights before anything.
+ * CONST: the value rounded up; LOOSE: 1 + the product of its children; K_sub:
+ *   the product of the main-path factors; all products and sums rounded up
+ *   (nextafter towards +inf after each operation on nonnegative numbers).
+ *
+ * ---- floating point (why the computed number is an upper bound) ---------------
+ *
+ * u = 2^-53; gamma(k) = k u / (1 - k u) <= 1.02 k u for k u < 0.01 (asserted).
+ * The weights are floats, widened to double exactly. The standard model
+ * fl(a op b) = (a op b)(1 + d), |d| <= u, holds for the BLAS/LAPACK kernels
+ * used (conventional O(n^3) products in any summation order, FMA allowed: an
+ * FMA rounds once instead of twice; no Strassen or 3M complex products).
+ * Underflow is covered by an absolute TINY = 2^-900 added at each stage: with
+ * gradual underflow or flush-to-zero every operation errs by at most 2^-1022
+ * in absolute value more, and n, m < 2^30 keeps all those terms below TINY.
+ * Nothing here can overflow: float weights are < 2^128 and every quantity is a
+ * sum of at most 2^40 products of two of them. Each step below is an explicit
+ * theorem; "generous" means a factor of about 2 over the constant derived.
+ *
+ * (1) DFT (per frequency, computed directly, see below). Twiddle angles
+ *     fl(fl(2 pi) q / M) with q, M exact integers err by <= 3.01 u * 2 pi
+ *     < 19 u, and glibc's cos and sin are within 1 ulp (<= 2u for |x| <= 1),
+ *     so each twiddle component is within 21 u <= 32 u of the truth. The real
+ *     and imaginary parts are real dot products of length T = kh kw:
+ *         |P^ - P|[o, i] <= sqrt(2) (32 u + 1.01 gamma(T)) S[o, i],
+ *         S[o, i] = sum_t |K[o, i, t]|,
+ *     so ||P^ - P||_2 <= ||P^ - P||_F <= e_dft ||S||_F, e_dft (generous)
+ *     = 3 (32 u + gamma(T + 1)).
+ * (2) Gram matrix. Each entry of H^ = fl(M^H M) is a dot product of length m
+ *     (the inner dimension): real |H^ - H| <= gamma(m) |M|^T |M| (Higham,
+ *     Accuracy and Stability, eq. 3.5); complex: the real and imaginary parts
+ *     are real dot products of length 2m over |Re||Re| + |Im||Im| <= |x||y|,
+ *     so |H^ - H| <= sqrt(2) gamma(2m) |M|^H |M|. Then
+ *         ||H^ - H||_2 <= g_form || |M| ||_F^2 = g_form ||M||_F^2,
+ *     g_form (generous) = 2 gamma(m + 2) real, 3 gamma(2m + 4) complex.
+ *     H^ is the Hermitian matrix of the stored upper triangle (zhfrk/dsfrk
+ *     compute one triangle; the diagonal is real).
+ * (3) Cholesky certificate. A^ = fl(mu I - H^) differs from mu I - H^ only on
+ *     the diagonal, by <= u |a^_jj| (one subtraction). If the Cholesky of A^
+ *     runs to completion, R^H R = A^ + dA with |dA| <= g_chol |R|^H |R|
+ *     (Higham Theorem 10.3: gamma(n + 1) real; the complex dot products cost
+ *     sqrt(2) and twice the length as in (2), and a reciprocal-then-multiply
+ *     division one more rounding), g_chol (generous) = 2 gamma(n + 2) real,
+ *     3 gamma(2n + 4) complex. The diagonal gives
+ *     ||r_j||^2 <= |a^_jj| / (1 - g_chol), hence
+ *         ||dA||_2 <= g_chol || |R| ||_F^2 <= g_chol / (1 - g_chol) tr|A^|,
+ *     and R^H R >= 0 gives lambda_min(mu I - H^) >= -rho,
+ *         rho = g_chol / (1 - g_chol) tr|A^| + 2 u max_j |a^_jj| + TINY,
+ *     i.e. lambda_max(H^) <= mu + rho, whatever estimate mu came from.
+ * (4) sigma_max(M) <= sqrt(mu + rho + g_form ||M||_F^2 + TINY) (Weyl, from (2)
+ *     and (3)), and for a conv sigma_max(P) <= that + e_dft ||S||_F (from (1)).
+ * (5) Folding: fl(w + 1) on the centre tap (diagonal) errs by <= u |w + 1|,
+ *     a perturbation of the operator by a per-channel scaling of norm
+ *     <= 2 u max_o |w^_oo|; it is added to the bound.
+ * Sums, products, square roots and norms of the assembly are rounded up with
+ * nextafter after every operation; ||M||_F^2 and tr|A^| computed in double
+ * are multiplied by (1 + 2 gamma(count + 1)) before use.
+ *
+ * The DFT is evaluated directly, one frequency at a time (P(u, v) from the kh kw
+ * taps), not with FFTW over all kernel slices: at c = 512 a whole-layer FFT
+ * would hold every P(u, v) at once (Nh (Nw/2 + 1) c_out c_in complex numbers,
+ * 640 MB at N = 17), while the direct sum costs about 10 % of the certificate
+ * per frequency and its rounding error has the simple elementwise bound (1).
+ */
+#include "runtime/runtime.h"
+
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef lapack_complex_double zdouble;
+
+#define U_ROUND 0x1p-53     /* unit roundoff of double, round to nearest */
+#define TINY 0x1p-900       /* covers underflow, see above */
+#define TWO_PI 6.283185307179586476925286766559
+
+/* ---- rounding up ---------------------------------------------------------------
+ * For nonnegative a, b: the correctly rounded result is within half an ulp of
+ * the exact one, so the next double up is >= the exact one. */
+
+static double up(double x) { return nextafter(x, INFINITY); }
+static double add_up(double a, double b) { return up(a + b); }
+static double mul_up(double a, double b) { return up(a * b); }
+static double sqrt_up(double a) { return up(sqrt(a)); }
+
+/* gamma(k) = k u / (1 - k u), from above. */
+static double gam(double k)
+{
+    LIPC_ASSERT(k * U_ROUND < 0.01);
+    return up(1.02 * k * U_ROUND);
+}
+
+/* sum x[i]^2 from above: a sum of n rounded squares errs by <= gamma(n). */
+static double sumsq_up(const double *x, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * x[i];
+    return mul_up(s, 1.0 + 2.0 * gam((double)n + 1.0));
+}
+
+/* ---- certifying lambda_max of a Gram matrix ---------------------------------
+ *
+ * Hermitian (complex) and symmetric (real) versions, kept apart rather than
+ * merged by macros. h: n x n, column-major, upper triangle valid; a: n x n
+ * scratch, overwritten. */
+
+typedef struct cert_ws {
+    int n;
+    void *rfp;      /* [n (n + 1) / 2] the Gram matrix in LAPACK's packed RFP form */
+    void *h;        /* [n, n] the Gram matrix, upper triangle */
+    void *a;        /* [n, n] mu I - h, then its Cholesky factor; eigensolver scratch */
+    double *w;      /* [n] eigenvalues */
+} cert_ws;
+
+static void cert_ws_free(cert_ws *ws)
+{
+    lipc_free(ws->rfp);
+    lipc_free(ws->h);
+    lipc_free(ws->a);
+    lipc_free(ws->w);
+    memset(ws, 0, sizeof *ws);
+}
+
+static lipc_status cert_ws_alloc(cert_ws *ws, int n, size_t elem)
+{
+    size_t nn = (size_t)n * (size_t)n;
+    ws->n = n;
+    ws->rfp = lipc_malloc(elem * ((size_t)n * ((size_t)n + 1) / 2));
+    ws->h = lipc_malloc(elem * nn);
+    ws->a = lipc_malloc(elem * nn);
+    ws->w = lipc_malloc(sizeof(double) * (size_t)n);
+    if (!ws->rfp || !ws->h || !ws->a || !ws->w) {
+        cert_ws_free(ws);
+        return LIPC_ERR_NOMEM;
+    }
+    return LIPC_OK;
+}
+
+/* Cholesky of fl(mu I - h); on success *lam >= lambda_max(h) (step (3)). */
+static bool chol_cert_z(int n, const zdouble *h, zdouble *a, double mu, double *lam)
+{
+    double tr = 0.0, amax = 0.0;
+    for (int j = 0; j < n; j++) {
+        const zdouble *hj = h + (size_t)j * n;
+        zdouble *aj = a + (size_t)j * n;
+        for (int i = 0; i < j; i++)
+            aj[i] = -hj[i];
+        double d = mu - creal(hj[j]);
+        aj[j] = d;
+        tr += fabs(d);
+        amax = fmax(amax, fabs(d));
+    }
+    if (LAPACKE_zpotrf_work(LAPACK_COL_MAJOR, 'U', n, a, n) != 0)
+        return false;
+    tr = mul_up(tr, 1.0 + 2.0 * gam(n + 1.0));
+    double g = 3.0 * gam(2.0 * n + 4.0);
+    double rho = mul_up(up(g / (1.0 - g)), tr);
+    rho = add_up(add_up(rho, mul_up(2.0 * U_ROUND, amax)), TINY);
+    *lam = add_up(mu, rho);
+    return true;
+}
+
+static bool chol_cert_d(int n, const double *h, double *a, double mu, double *lam)
+{
+    double tr = 0.0, amax = 0.0;
+    for (int j = 0; j < n; j++) {
+        const double *hj = h + (size_t)j * n;
+        double *aj = a + (size_t)j * n;
+        for (int i = 0; i < j; i++)
+            aj[i] = -hj[i];
+        double d = mu - hj[j];
+        aj[j] = d;
+        tr += fabs(d);
+        amax = fmax(amax, fabs(d));
+    }
+    if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, a, n) != 0)
+        return false;
+    tr = mul_up(tr, 1.0 + 2.0 * gam(n + 1.0));
+    double g = 2.0 * gam(n + 2.0);
+    double rho = mul_up(up(g / (1.0 - g)), tr);
+    rho = add_up(add_up(rho, mul_up(2.0 * U_ROUND, amax)), TINY);
+    *lam = add_up(mu, rho);
+    return true;
+}
+
+/* Levels to try after an eigenvalue estimate lam of a matrix of Frobenius norm
+ * fro: lam + eta (lam or fro), eta = 2^-36, 2^-32, ..., 2^4. The first one is
+ * tight (a Cholesky of mu I - H succeeds once mu - lambda_max exceeds a few
+ * n u lambda_max); the last ones exceed ||H||_F >= lambda_max by far, so they
+ * succeed unless the arithmetic is broken. */
+#define CERT_TRIES 11
+
+static double cert_level(double lam, double fro, int k)
+{
+    double eta = ldexp(1.0, -36 + 4 * k);
+    lam = fmax(lam, 0.0);
+    return up(lam + eta * fmax(lam, fro)) + TINY;
+}
+
+/* lambda_max(h) <= *lam. *mu: the level to try first (0: none); raised to the
+ * level certified here, so the caller can try it on its next matrix. */
+static lipc_status cert_lambda_z(cert_ws *ws, double *mu, double *lam)
+{
+    int n = ws->n;
+    const zdouble *h = ws->h;
+    zdouble *a = ws->a;
+    if (*mu > 0.0 && chol_cert_z(n, h, a, *mu, lam))
+        return LIPC_OK;
+    /* The estimate: the largest eigenvalue alone (il = iu = n). */
+    memcpy(a, h, sizeof(zdouble) * (size_t)n * n);
+    lapack_int found = 0, isuppz[2];
+    lapack_int info = LAPACKE_zheevr(LAPACK_COL_MAJOR, 'N', 'I', 'U', n, a, n, 0.0, 0.0, n,
+                                     n, 0.0, &found, ws->w, NULL, 1, isuppz);
+    if (info == LAPACK_WORK_MEMORY_ERROR)
+        return LIPC_ERR_NOMEM;
+    double est = info == 0 && found == 1 ? ws->w[0] : 0.0;
+    double fro = 0.0;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i <= j; i++) {
+            zdouble x = h[(size_t)j * n + i];
+            fro += (i == j ? 1.0 : 2.0) * (creal(x) * creal(x) + cimag(x) * cimag(x));
+        }
+    fro = sqrt(fro);
+    for (int k = 0; k < CERT_TRIES; k++) {
+        double level = cert_level(est, fro, k);
+        if (chol_cert_z(n, h, a, level, lam)) {
+            *mu = fmax(*mu, level);
+            return LIPC_OK;
+        }
+    }
+    return LIPC_ERR_UNSUPPORTED;
+}
+
+static lipc_status cert_lambda_d(cert_ws *ws, double *mu, double *lam)
+{
+    int n = ws->n;
+    const double *h = ws->h;
+    double *a = ws->a;
+    if (*mu > 0.0 && chol_cert_d(n, h, a, *mu, lam))
+        return LIPC_OK;
+    memcpy(a, h, sizeof(double) * (size_t)n * n);
+    lapack_int found = 0, isuppz[2];
+    lapack_int info = LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'N', 'I', 'U', n, a, n, 0.0, 0.0, n,
+                                     n, 0.0, &found, ws->w, NULL, 1, isuppz);
+    if (info == LAPACK_WORK_MEMORY_ERROR)
+        return LIPC_ERR_NOMEM;
+    double est = info == 0 && found == 1 ? ws->w[0] : 0.0;
+    double fro = 0.0;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i <= j; i++) {
+            double x = h[(size_t)j * n + i];
+            fro += (i == j ? 1.0 : 2.0) * x * x;
+        }
+    fro = sqrt(fro);
+    for (int k = 0; k < CERT_TRIES; k++) {
+        double level = cert_level(est, fro, k);
+        if (chol_cert_d(n, h, a, level, lam)) {
+            *mu = fmax(*mu, level);
+            return LIPC_OK;
+        }
+    }
+    return LIPC_ERR_UNSUPPORTED;
+}
+
+/* ---- sigma_max of a matrix, from above (steps (2)-(4)) -------------------------
+ *
+ * m: [rows, cols] column-major. The Gram matrix of the smaller side is formed
+ * (dsfrk/zhfrk: LAPACK's rank-k update in RFP form, which runs on the BLAS),
+ * then unpacked for the certificate. */
+
+static int gram_side(int rows, int cols) { return rows < cols ? rows : cols; }
+
+static lipc_status sigma_up_d(cert_ws *ws, const double *m, int rows, int cols, double *mu,
+                              double *sigma)
+{
+    int n = ws->n, k = rows < cols ? cols : rows;
+    LIPC_ASSERT(n == gram_side(rows, cols));
+    /* cols <= rows: H = M^T M (inner length rows); else H = M M^T. */
+    char trans = cols <= rows ? 'T' : 'N';
+    if (LAPACKE_dsfrk_work(LAPACK_COL_MAJOR, 'N', 'U', trans, n, k, 1.0, m, rows, 0.0,
+                           ws->rfp) != 0 ||
+        LAPACKE_dtfttr_work(LAPACK_COL_MAJOR, 'N', 'U', n, ws->rfp, ws->h, n) != 0)
+        return LIPC_ERR_UNSUPPORTED;
+    double lam;
+    lipc_status s = cert_lambda_d(ws, mu, &lam);
+    if (s != LIPC_OK)
+        return s;
+    double form = mul_up(2.0 * gam(k + 2.0), sumsq_up(m, (size_t)rows * cols));
+    *sigma = sqrt_up(add_up(add_up(lam, form), TINY));
+    return LIPC_OK;
+}
+
+static lipc_status sigma_up_z(cert_ws *ws, const zdouble *m, int rows, int cols, double *mu,
+                              double *sigma)
+{
+    int n = ws->n, k = rows < cols ? cols : rows;
+    LIPC_ASSERT(n == gram_side(rows, cols));
+    char trans = cols <= rows ? 'C' : 'N';
+    if (LAPACKE_zhfrk_work(LAPACK_COL_MAJOR, 'N', 'U', trans, n, k, 1.0, m, rows, 0.0,
+                           ws->rfp) != 0 ||
+        LAPACKE_ztfttr_work(LAPACK_COL_MAJOR, 'N', 'U', n, ws->rfp, ws->h, n) != 0)
+        return LIPC_ERR_UNSUPPORTED;
+    double lam;
+    lipc_status s = cert_lambda_z(ws, mu, &lam);
+    if (s != LIPC_OK)
+        return s;
+    double form = mul_up(3.0 * gam(2.0 * k + 4.0),
+                         sumsq_up((const double *)m, 2 * (size_t)rows * cols));
+    *sigma = sqrt_up(add_up(add_up(lam, form), TINY));
+    return LIPC_OK;
+}
+
+/* ---- checking a factor ------------------------------------------------------ */
+
+static size_t weight_numel(const lipc_factor_desc *f)
+{
+    if (f->kind == LIPC_FACTOR_DENSE)
+        return (size_t)f->c_out * (size_t)f->c_in;
+    return (size_t)f->c_out * (size_t)f->c_in * (size_t)f->kh * (size_t)f->kw;
+}
+
+static const char *fname(const lipc_factor_desc *f) { return f->name ? f->name : "?"; }
+
+/* The geometry must be that of a real layer: a bound for a wrong shape is
+ * not a bound for the layer. */
+static bool check_geometry(const lipc_factor_desc *f, lipc_diags *d)
+{
+    const char *why = NULL;
+    if (f->c_in < 1 || f->c_out < 1)
+        why = "needs c_in, c_out >= 1";
+    else if (f->kind == LIPC_FACTOR_CONV) {
+        long ph = (long)f->h + f->pad[0] + f->pad[1], pw = (long)f->w + f->pad[2] + f->pad[3];
+        if (f->h < 1 || f->w < 1 || f->kh < 1 || f->kw < 1 || f->sh < 1 || f->sw < 1)
+            why = "needs positive map, kernel and stride sizes";
+        else if (f->pad[0] < 0 || f->pad[1] < 0 || f->pad[2] < 0 || f->pad[3] < 0)
+            why = "has a negative padding";
+        else if (f->kh > ph || f->kw > pw)
+            why = "has a kernel larger than its padded input";
+        else if (f->oh != (ph - f->kh) / f->sh + 1 || f->ow != (pw - f->kw) / f->sw + 1)
+            why = "has an output size that does not follow from its input, kernel, stride "
+                  "and padding";
+    }
+    if (!why && f->fold_identity && f->c_in != f->c_out)
+        why = "folds an identity but has c_in != c_out";
+    if (why) {
+        lipc_diag_error(d, LIPC_NO_LOC, "factor '%s' %s: no sound bound", fname(f), why);
+        return false;
+    }
+    return true;
+}
+
+/* NaN or Inf in the weights: no bound exists to return. */
+static bool check_finite(const lipc_factor_desc *f, const float *w, lipc_diags *d)
+{
+    size_t n = weight_numel(f);
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(w[i]))
+            continue;
+        lipc_diag_msg *m;
+        if (f->kind == LIPC_FACTOR_CONV) {
+            size_t kx = i % (size_t)f->kw, ky = i / f->kw % (size_t)f->kh;
+            size_t ci = i / ((size_t)f->kw * f->kh) % (size_t)f->c_in;
+            size_t o = i / ((size_t)f->kw * f->kh * f->c_in);
+            m = lipc_diag_error(d, LIPC_NO_LOC,
+                                "factor '%s': weight [%zu, %zu, %zu, %zu] is %g: no sound "
+                                "bound on its operator norm",
+                                fname(f), o, ci, ky, kx, (double)w[i]);
+        } else {
+            m = lipc_diag_error(d, LIPC_NO_LOC,
+                                "factor '%s': weight [%zu, %zu] is %g: no sound bound on its "
+                                "operator norm",
+                                fname(f), i / (size_t)f->c_in, i % (size_t)f->c_in,
+                                (double)w[i]);
+        }
+        lipc_diag_note(m, LIPC_NO_LOC, "the parameters hold NaN or Inf (a diverged run?)");
+        return false;
+    }
+    return true;
+}
+
+static lipc_status no_cert(const lipc_factor_desc *f, lipc_status s, lipc_diags *d)
+{
+    if (s == LIPC_ERR_UNSUPPORTED)
+        lipc_diag_error(d, LIPC_NO_LOC,
+                        "factor '%s': LAPACK could not certify a bound (a Cholesky "
+                        "factorisation failed at every level tried)",
+                        fname(f));
+    return s;
+}
+
+/* ---- exact bounds: dense and reshaped kernels ---------------------------------
+ *
+ * W [rows, cols] row-major is, read column-major, the cols x rows matrix W^T,
+ * which has the same singular values. fold: add the identity at row o, column
+ * o * diag_step + diag_off, and the rounding of fl(w + 1) to the bound (step (5)). */
+
+static lipc_status exact_bound(const lipc_factor_desc *f, const float *w, int rows, int cols,
+                               int diag_step, int diag_off, double *value, lipc_diags *d)
+{
+    size_t n_el = (size_t)rows * cols;
+    double *m = lipc_malloc(sizeof(double) * n_el);
+    if (!m)
+        return LIPC_ERR_NOMEM;
+    for (size_t i = 0; i < n_el; i++)
+        m[i] = w[i];
+    double fold_err = 0.0;
+    if (f->fold_identity) {
+        for (int o = 0; o < rows; o++) {
+            double *x = &m[(size_t)o * cols + (size_t)o * diag_step + diag_off];
+            *x += 1.0;
+            fold_err = fmax(fold_err, fabs(*x));
+        }
+        fold_err = mul_up(2.0 * U_ROUND, fold_err);
+    }
+    cert_ws ws = {0};
+    lipc_status s = cert_ws_alloc(&ws, gram_side(cols, rows), sizeof(double));
+    double mu = 0.0, sigma = 0.0;
+    if (s == LIPC_OK)
+        s = no_cert(f, sigma_up_d(&ws, m, cols, rows, &mu, &sigma), d);
+    cert_ws_free(&ws);
+    lipc_free(m);
+    if (s == LIPC_OK)
+        *value = add_up(add_up(sigma, fold_err), TINY);
+    return s;
+}
+
+/* ---- the circulant bound of a stride-1 conv ---------------------------------- */
+
+/* The smallest torus on which the zero-padded stride-1 conv with f's kernel
+ * and padding is a crop of a circular conv (see the top of the file). */
+void lipc_conv_min_circulant(const lipc_factor_desc *f, int *nh, int *nw)
+{
+    int oh1 = f->h + f->pad[0] + f->pad[1] - f->kh + 1;
+    int ow1 = f->w + f->pad[2] + f->pad[3] - f->kw + 1;
+    int th = f->h + (f->pad[0] > f->pad[1] ? f->pad[0] : f->pad[1]);
+    int tw = f->w + (f->pad[2] > f->pad[3] ? f->pad[2] : f->pad[3]);
+    *nh = th > oh1 ? th : oh1;
+    *nw = tw > ow1 ? tw : ow1;
+}
+
+/* The frequencies (u, v) that represent all of them under P(-u, -v) =
+ * conj P(u, v), in a fixed shuffled order (so a smooth spectrum does not make
+ * every frequency a new maximum, each costing an eigensolve). */
+static int *frequencies(int nh, int nw, int *count)
+{
+    int half = nw / 2, n = 0;
+    int *fq = lipc_malloc(sizeof(int) * 2 * (size_t)nh * (size_t)(half + 1));
+    if (!fq)
+        return NULL;
+    for (int v = 0; v <= half; v++) {
+        bool self_conj_col = v == 0 || 2 * v == nw;
+        for (int u = 0; u < nh; u++) {
+            if (self_conj_col && u > nh / 2)
+                continue;
+            fq[2 * n] = u;
+            fq[2 * n + 1] = v;
+            n++;
+        }
+    }
+    lipc_rng r;
+    lipc_rng_seed(&r, 0x6c697063u);
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(lipc_rng_next(&r) % (uint64_t)(i + 1));
+        int tu = fq[2 * i], tv = fq[2 * i + 1];
+        fq[2 * i] = fq[2 * j];
+        fq[2 * i + 1] = fq[2 * j + 1];
+        fq[2 * j] = tu;
+        fq[2 * j + 1] = tv;
+    }
+    *count = n;
+    return fq;
+}
+
+/* max over frequencies of sigma_max(P(u, v)) from above, steps (1)-(5).
+ * kt [c_in * c_out, T]: kt[(o + i c_out) T + t] = K[o, i, t], identity folded.
+ * p  [c_out, c_in] column-major complex, per frequency. */
+static lipc_status circulant_bound(const lipc_factor_desc *f, const float *w, int nh, int nw,
+                                   double *value, lipc_diags *d)
+{
+    int c_out = f->c_out, c_in = f->c_in, kh = f->kh, kw = f->kw, T = kh * kw;
+    size_t nj = (size_t)c_out * c_in;
+    double *kt = lipc_malloc(sizeof(double) * nj * T);
+    zdouble *p = lipc_malloc(sizeof(zdouble) * nj);
+    double *ct = lipc_malloc(sizeof(double) * 2 * (size_t)T);
+    int n_freq = 0;
+    int *fq = frequencies(nh, nw, &n_freq);
+    cert_ws ws = {0};
+    lipc_status s = kt && p && ct && fq ? cert_ws_alloc(&ws, gram_side(c_out, c_in),
+                                                        sizeof(zdouble))
+                                        : LIPC_ERR_NOMEM;
+    if (s != LIPC_OK)
+        goto done;
+
+    for (int o = 0; o < c_out; o++)
+        for (int i = 0; i < c_in; i++)
+            for (int t = 0; t < T; t++)
+                kt[((size_t)o + (size_t)i * c_out) * T + t] =
+                    w[((size_t)o * c_in + i) * T + t];
+    double fold_err = 0.0;
+    if (f->fold_identity) {
+        int centre = (kh / 2) * kw + kw / 2;
+        for (int o = 0; o < c_out; o++) {
+            double *x = &kt[((size_t)o + (size_t)o * c_out) * T + centre];
+            *x += 1.0;
+            fold_err = fmax(fold_err, fabs(*x));
+        }
+        fold_err = mul_up(2.0 * U_ROUND, fold_err);
+    }
+    /* ||S||_F, S[o, i] = sum_t |K[o, i, t]|: the DFT's error scale (step (1)). */
+    double s_fro = 0.0;
+    for (size_t j = 0; j < nj; j++) {
+        double a = 0.0;
+        for (int t = 0; t < T; t++)
+            a += fabs(kt[j * T + t]);
+        a = mul_up(a, 1.0 + 2.0 * gam(T + 1.0));
+        s_fro += a * a;
+    }
+    s_fro = sqrt_up(mul_up(s_fro, 1.0 + 2.0 * gam((double)nj + 1.0)));
+    double e_dft = mul_up(3.0, add_up(32.0 * U_ROUND, gam(T + 1.0)));
+    double dft_err = mul_up(e_dft, s_fro);
+
+    long long big_m = (long long)nh * nw;
+    double mu = 0.0, best = 0.0;
+    for (int k = 0; k < n_freq; k++) {
+        int u = fq[2 * k], v = fq[2 * k + 1];
+        for (int a = 0; a < kh; a++)
+            for (int b = 0; b < kw; b++) {
+                long long q = ((long long)u * a * nw + (long long)v * b * nh) % big_m;
+                double ang = TWO_PI * (double)q / (double)big_m;
+                ct[2 * (a * kw + b)] = cos(ang);
+                ct[2 * (a * kw + b) + 1] = sin(ang);
+            }
+        for (size_t j = 0; j < nj; j++) {
+            const double *kj = kt + j * T;
+            double re = 0.0, im = 0.0;
+            for (int t = 0; t < T; t++) {
+                re += kj[t] * ct[2 * t];
+                im += kj[t] * ct[2 * t + 1];
+            }
+            p[j] = CMPLX(re, im);
+        }
+        double sigma;
+        s = no_cert(f, sigma_up_z(&ws, p, c_out, c_in, &mu, &sigma), d);
+        if (s != LIPC_OK)
+            goto done;
+        best = fmax(best, sigma);
+    }
+    *value = add_up(add_up(add_up(best, dft_err), fold_err), TINY);
+done:
+    cert_ws_free(&ws);
+    lipc_free(kt);
+    lipc_free(p);
+    lipc_free(ct);
+    lipc_free(fq);
+    return s;
+}
+
+lipc_status lipc_conv_circulant_bound(const lipc_factor_desc *f, const float *params, int nh,
+                                      int nw, lipc_sound_bound *out, lipc_diags *d)
+{
+    double t0 = lipc_now();
+    if (f->kind != LIPC_FACTOR_CONV) {
+        lipc_diag_error(d, LIPC_NO_LOC, "factor '%s' is not a convolution", fname(f));
+        return LIPC_ERR_INPUT;
+    }
+    if (!check_geometry(f, d))
+        return LIPC_ERR_INPUT;
+    int min_h, min_w;
+    lipc_conv_min_circulant(f, &min_h, &min_w);
+    if (nh < min_h || nw < min_w) {
+        lipc_diag_error(d, LIPC_NO_LOC,
+                        "factor '%s': a %dx%d torus is too small for the circulant bound "
+                        "(at least %dx%d)",
+                        fname(f), nh, nw, min_h, min_w);
+        return LIPC_ERR_INPUT;
+    }
+    const float *w = params + f->w_offset;
+    if (!check_finite(f, w, d))
+        return LIPC_ERR_INPUT;
+    double value;
+    lipc_status s = circulant_bound(f, w, nh, nw, &value, d);
+    if (s != LIPC_OK)
+        return s;
+    out->value = value;
+    out->method = f->sh == 1 && f->sw == 1 ? "conv-fft" : "stride-1-fft-upper";
+    out->seconds = lipc_now() - t0;
+    return LIPC_OK;
+}
+
+/* ---- one factor ---------------------------------------------------------------- */
+
+lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *params,
+                                    lipc_sound_bound *out, lipc_diags *d)
+{
+    double t0 = lipc_now();
+    double value = 0.0;
+    const char *method = NULL;
+    lipc_status s = LIPC_OK;
+    switch (f->kind) {
+    case LIPC_FACTOR_CONST:
+        if (!(f->value >= 0.0) || !isfinite(f->value)) {
+            lipc_diag_error(d, LIPC_NO_LOC, "factor '%s': constant %g is not a finite "
+                            "nonnegative number: no sound bound", fname(f), f->value);
+            return LIPC_ERR_INPUT;
+        }
+        /* The constant was computed in double (1/k, ...): one ulp up covers it. */
+        value = up(f->value);
+        method = "const";
+        break;
+    case LIPC_FACTOR_LOOSE:
+        lipc_diag_error(d, LIPC_NO_LOC, "factor '%s' is 1 + the product of its children: "
+                        "bound it with lipc_model_sound_bounds", fname(f));
+        return LIPC_ERR_INPUT;
+    case LIPC_FACTOR_DENSE: {
+        if (!check_geometry(f, d) || !check_finite(f, params + f->w_offset, d))
+            return LIPC_ERR_INPUT;
+        /* W [out, in]; the folded identity sits at (o, o). */
+        s = exact_bound(f, params + f->w_offset, f->c_out, f->c_in, 1, 0, &value, d);
+        method = "dense-svd";
+        break;
+    }
+    case LIPC_FACTOR_CONV: {
+        if (!check_geometry(f, d))
+            return LIPC_ERR_INPUT;
+        bool no_pad = !f->pad[0] && !f->pad[1] && !f->pad[2] && !f->pad[3];
+        if (no_pad && f->kh <= f->sh && f->kw <= f->sw) {
+            if (!check_finite(f, params + f->w_offset, d))
+                return LIPC_ERR_INPUT;
+            /* Disjoint windows: W reshaped c_out x (c_in kh kw), exact. A
+             * folded identity sits on the centre tap of channel o, column
+             * o kh kw + (kh/2) kw + kw/2. */
+            int T = f->kh * f->kw;
+            s = exact_bound(f, params + f->w_offset, f->c_out, f->c_in * T, T,
+                            (f->kh / 2) * f->kw + f->kw / 2, &value, d);
+            method = "reshaped-kernel";
+            break;
+        }
+        /* Stride 1: the circulant bound; strided: the circulant bound of the
+         * stride-1 conv with the same kernel and padding (subsampling is a
+         * coordinate projection, norm <= 1). */
+        lipc_sound_bound b;
+        int nh, nw;
+        lipc_conv_min_circulant(f, &nh, &nw);
+        s = lipc_conv_circulant_bound(f, params, nh, nw, &b, d);
+        value = b.value;
+        method = b.method;
+        break;
+    }
+    }
+    if (s != LIPC_OK)
+        return s;
+    out->value = value;
+    out->method = method;
+    out->seconds = lipc_now() - t0;
+    return LIPC_OK;
+}
+
+/* ---- the whole model ---------------------------------------------------------- */
+
+lipc_status lipc_model_sound_bounds(const lipc_model_desc *m, const float *params,
+                                    lipc_sound_bound *per_factor, double *k_sub,
+                                    lipc_diags *d)
+{
+    *k_sub = NAN;
+    /* The factor tree: a LOOSE parent follows its children (program order), and
+     * weights lie inside the parameter block. */
+    for (int i = 0; i < m->n_factors; i++) {
+        const lipc_factor_desc *f = &m->factors[i];
+        int p = f->parent;
+        if (p != -1 && (p <= i || p >= m->n_factors ||
+                        m->factors[p].kind != LIPC_FACTOR_LOOSE)) {
+            lipc_diag_error(d, LIPC_NO_LOC, "factor '%s' (#%d) has parent #%d, which is not "
+                            "a later LOOSE factor: no sound bound", fname(f), i, p);
+            return LIPC_ERR_INPUT;
+        }
+        if ((f->kind == LIPC_FACTOR_CONV || f->kind == LIPC_FACTOR_DENSE) &&
+            (f->w_offset > m->n_param_elems ||
+             weight_numel(f) > m->n_param_elems - f->w_offset)) {
+            lipc_diag_error(d, LIPC_NO_LOC, "factor '%s': weights [%zu, +%zu) outside the "
+                            "parameter block of %zu", fname(f), f->w_offset,
+                            weight_numel(f), m->n_param_elems);
+            return LIPC_ERR_INPUT;
+        }
+    }
+    for (int i = 0; i < m->n_factors; i++) {
+        const lipc_factor_desc *f = &m->factors[i];
+        if (f->kind == LIPC_FACTOR_LOOSE) {
+            /* Children precede (checked above), so their bounds are ready. */
+            double prod = 1.0;
+            for (int c = 0; c < i; c++)
+                if (m->factors[c].parent == i)
+                    prod = mul_up(prod, per_factor[c].value);
+            per_factor[i] = (lipc_sound_bound){add_up(1.0, prod), "1 + K(body)", 0.0};
+            continue;
+        }
+        lipc_status s = lipc_factor_sound_bound(f, params, &per_factor[i], d);
+        if (s != LIPC_OK)
+            return s;
+    }
+    double k = 1.0;
+    for (int i = 0; i < m->n_factors; i++)
+        if (m->factors[i].parent < 0)
+            k = mul_up(k, per_factor[i].value);
+    *k_sub = k;
+    return LIPC_OK;
+}
