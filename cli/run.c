@@ -45,6 +45,7 @@ typedef struct run_args {
     /* bound */
     int iters;
     double tol;
+    int lower;
 } run_args;
 
 static bool parse_double(const char *s, double *out)
@@ -173,6 +174,10 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
             if (!parse_long(v, &l) || l < 1 || l > 100000)
                 return cli_usage_error(r->cmd, "--val-every takes a positive count, got '%s'", v);
             r->val_every = (int)l;
+        } else if ((v = opt_value(argc, argv, &i, "--lower", &missing))) {
+            if (!parse_long(v, &l) || l < 1 || l > 10000000)
+                return cli_usage_error(r->cmd, "--lower takes a positive count, got '%s'", v);
+            r->lower = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--iters", &missing))) {
             if (!parse_long(v, &l) || l < 1 || l > 100000000)
                 return cli_usage_error(r->cmd, "--iters takes a positive count, got '%s'", v);
@@ -462,13 +467,17 @@ static const char *usage_bound =
     "usage: lipc bound FILE --weights W [options]\n"
     "\n"
     "Per layer: the power-iteration estimate of its operator norm (run to\n"
-    "convergence from the checkpoint's vectors), the iterations taken and the\n"
-    "last relative change; the product K_sub; the head's pairwise bounds.\n"
-    "The estimate converges from below: it is not yet a sound upper bound.\n"
+    "convergence from the checkpoint's vectors; it converges from below), the\n"
+    "sound upper bound (docs/soundness.md), their ratio, the method and the\n"
+    "time; the products K_sub for the whole network; the head's pair bounds.\n"
+    "With --lower N, an empirical lower bound on the Lipschitz constant over N\n"
+    "test points, to show how tight the certificate's bound is.\n"
     "\n"
     "options:\n"
     "  --iters N           power iterations at most per layer (default 2000)\n"
     "  --tol T             stop when sigma moves less than T (default 1e-7)\n"
+    "  --lower N           empirical lower bound over the first N test points\n"
+    "  --data NAME|PATH    the data for --lower (default fashion-mnist)\n"
     "  --set KEY=VALUE, --target ref, --json\n";
 
 /* K_sub and the per-factor report, by power iteration to convergence. */
@@ -489,9 +498,26 @@ static const char *factor_kind(lipc_factor_kind k)
     return "?";
 }
 
+/* The sound K_sub (and per-factor bounds when per is given); diagnostics to
+ * stderr. */
+static lipc_status sound_k(const lipc_model_desc *m, const float *params,
+                           lipc_sound_bound *per, double *k)
+{
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_sound_bound *own = per ? NULL : lipc_calloc((size_t)m->n_factors + 1, sizeof *own);
+    lipc_status s = per || own ? lipc_model_sound_bounds(m, params, per ? per : own, k, &d)
+                               : LIPC_ERR_NOMEM;
+    lipc_diags_print(&d, stderr);
+    lipc_diags_free(&d);
+    lipc_free(own);
+    return s;
+}
+
 int cli_bound(int argc, char **argv)
 {
-    run_args r = {.cmd = "bound", .target = "ref", .iters = 2000, .tol = 1e-7};
+    run_args r = {.cmd = "bound", .target = "ref", .iters = 2000, .tol = 1e-7,
+                  .data = "fashion-mnist"};
     int rc = parse_args(&r, argc, argv, usage_bound);
     if (rc >= 0)
         return rc;
@@ -503,18 +529,23 @@ int cli_bound(int argc, char **argv)
         return rc;
     const lipc_model_desc *m = &c->desc;
     lipc_train_state st = {0};
+    lipc_dataset data = {0};
+    lipc_lower_bound lower = {0};
     lipc_bound_report *rep = lipc_calloc((size_t)m->n_factors + 1, sizeof *rep);
+    lipc_sound_bound *sb = lipc_calloc((size_t)m->n_factors + 1, sizeof *sb);
     double *kpair = lipc_malloc(sizeof(double) * (size_t)m->classes * (size_t)m->classes);
-    lipc_status s = rep && kpair ? load_weights(r.weights, m, &st) : LIPC_ERR_NOMEM;
+    lipc_status s = rep && sb && kpair ? load_weights(r.weights, m, &st) : LIPC_ERR_NOMEM;
     double t0 = lipc_now();
     if (s == LIPC_OK)
         s = run_bound(c, &st, r.iters, r.tol, rep);
-    double seconds = lipc_now() - t0;
+    double seconds = lipc_now() - t0, k_sound = NAN;
+    t0 = lipc_now();
+    if (s == LIPC_OK)
+        s = sound_k(m, st.params, sb, &k_sound);
+    double sound_seconds = lipc_now() - t0;
     if (s == LIPC_OK)
         s = lipc_head_kpair(m, st.params, 1.0, kpair);
-    /* NaN or Inf weights: an error (exit 1), as in certify. Without this check
-     * bound exited 0 and printed "nan" into --json output (not JSON), and fmin/
-     * fmax below silently skipped NaN head pairs. */
+    /* NaN or Inf weights: an error (exit 1), as in certify. */
     bool finite = s == LIPC_OK && isfinite(rep[m->n_factors].value);
     for (int i = 0; finite && i < m->classes * m->classes; i++)
         finite = isfinite(kpair[i]);
@@ -530,6 +561,19 @@ int cli_bound(int argc, char **argv)
         lipc_diags_free(&d);
         s = LIPC_ERR_INPUT;
     }
+    if (s == LIPC_OK && r.lower > 0) {
+        s = load_data(&r, LIPC_SPLIT_TEST, &data);
+        if (s == LIPC_OK) {
+            lipc_diags d;
+            lipc_diags_init(&d);
+            if (!lipc_dataset_fits(m, &data, &d))
+                s = LIPC_ERR_INPUT;
+            lipc_diags_print(&d, stderr);
+            lipc_diags_free(&d);
+        }
+        if (s == LIPC_OK)
+            s = lipc_empirical_lower_bound(m, &c->ops, st.params, &data, r.lower, &lower);
+    }
     if (s == LIPC_OK) {
         double k = rep[m->n_factors].value;
         double lo = INFINITY, hi = 0.0;
@@ -540,37 +584,53 @@ int cli_bound(int argc, char **argv)
                     hi = fmax(hi, kpair[j * m->classes + i]);
                 }
         if (r.json) {
-            printf("{\"model\": \"%s\", \"bound\": \"estimate\", \"k_sub\": %.17g, "
-                   "\"seconds\": %.3f, \"layers\": [",
-                   g->name, k, seconds);
+            printf("{\"model\": \"%s\", \"k_sub\": %.17g, \"k_sub_sound\": %.17g, "
+                   "\"seconds\": %.3f, \"sound_seconds\": %.3f, \"layers\": [",
+                   g->name, k, k_sound, seconds, sound_seconds);
             for (int f = 0; f < m->n_factors; f++) {
                 const lipc_factor_desc *fd = &m->factors[f];
                 printf("%s{\"name\": \"%s\", \"kind\": \"%s\", \"method\": \"%s\", "
-                       "\"estimate\": %.17g, \"iters\": %d, \"change\": %.3g, \"parent\": %d}",
+                       "\"estimate\": %.17g, \"sound\": %.17g, \"sound_method\": \"%s\", "
+                       "\"sound_seconds\": %.4f, \"iters\": %d, \"change\": %.3g, "
+                       "\"parent\": %d}",
                        f ? ", " : "", fd->name, factor_kind(fd->kind),
-                       fd->method ? fd->method : "", rep[f].value, rep[f].iters, rep[f].change,
-                       fd->parent);
+                       fd->method ? fd->method : "", rep[f].value, sb[f].value,
+                       sb[f].method ? sb[f].method : "", sb[f].seconds, rep[f].iters,
+                       rep[f].change, fd->parent);
             }
-            printf("], \"head\": {\"min_pair\": %.17g, \"max_pair\": %.17g}}\n", lo, hi);
+            printf("], \"head\": {\"min_pair\": %.17g, \"max_pair\": %.17g}", lo, hi);
+            if (r.lower > 0)
+                printf(", \"lower\": %.17g, \"lower_points\": %ld, \"lower_over_sound\": %.6g",
+                       lower.value, lower.evaluated, lower.value / k_sound);
+            printf("}\n");
         } else {
-            printf("%s: K_sub by power iteration (an estimate from below, not yet a sound "
-                   "bound)\n", g->name);
-            printf("  %-36s %-6s %-26s %12s %7s %10s\n", "layer", "kind", "method", "estimate",
-                   "iters", "change");
+            printf("%s: per-layer operator norms\n", g->name);
+            printf("  %-34s %-5s %12s %12s %7s  %-22s %8s %6s\n", "layer", "kind", "estimate",
+                   "sound", "ratio", "sound method", "seconds", "iters");
             for (int f = 0; f < m->n_factors; f++) {
                 const lipc_factor_desc *fd = &m->factors[f];
-                printf("  %s%-*s %-6s %-26s %12.6g %7d %10.2g\n", fd->parent >= 0 ? "  " : "",
-                       fd->parent >= 0 ? 34 : 36, fd->name, factor_kind(fd->kind),
-                       fd->method ? fd->method : "", rep[f].value, rep[f].iters, rep[f].change);
+                printf("  %s%-*s %-5s %12.6g %12.6g %7.4f  %-22s %8.3f %6d\n",
+                       fd->parent >= 0 ? "  " : "", fd->parent >= 0 ? 32 : 34, fd->name,
+                       factor_kind(fd->kind), rep[f].value, sb[f].value,
+                       rep[f].value / sb[f].value, sb[f].method ? sb[f].method : "",
+                       sb[f].seconds, rep[f].iters);
             }
-            printf("  K_sub = %.6g   (%.2f s)\n", k, seconds);
+            printf("  K_sub: estimate %.6g, sound bound %.6g (ratio %.4f); power iteration "
+                   "%.2f s, sound bounds %.2f s\n",
+                   k, k_sound, k / k_sound, seconds, sound_seconds);
             printf("  head: ||w_i - w_j|| from %.4g to %.4g over class pairs; pair bounds "
-                   "K_sub * ||w_i - w_j|| from %.4g to %.4g\n",
-                   lo, hi, k * lo, k * hi);
+                   "K_sub * ||w_i - w_j|| up to %.4g (sound)\n",
+                   lo, hi, k_sound * hi);
+            if (r.lower > 0)
+                printf("  empirical lower bound over %ld points: %.6g = %.3f of the sound "
+                       "K_sub (%.1f s)\n",
+                       lower.evaluated, lower.value, lower.value / k_sound, lower.seconds);
         }
     }
     lipc_free(rep);
+    lipc_free(sb);
     lipc_free(kpair);
+    lipc_dataset_free(&data);
     lipc_train_state_free(&st);
     lipc_compiled_free(c);
     lipc_graph_free(g);
@@ -590,15 +650,17 @@ static const char *usage_certify =
     "options:\n"
     "  --data NAME|PATH    as for train (default fashion-mnist); the test split\n"
     "  --limit N           the first N test examples\n"
-    "  --bound estimate    K_sub by power iteration (the only bound until sound\n"
-    "                      bounds land: an estimate from below, as the published\n"
-    "                      code uses)\n"
+    "  --bound sound       K_sub from sound per-layer upper bounds (default;\n"
+    "                      docs/soundness.md)\n"
+    "  --bound estimate    K_sub by power iteration, as the published code does: an\n"
+    "                      estimate from below, for comparison only; the output\n"
+    "                      says the certificates are then not guaranteed\n"
     "  --set KEY=VALUE, --target ref, --json\n";
 
 int cli_certify(int argc, char **argv)
 {
     run_args r = {.cmd = "certify", .target = "ref", .data = "fashion-mnist",
-                  .bound = "estimate", .iters = 2000, .tol = 1e-7};
+                  .bound = "sound", .iters = 2000, .tol = 1e-7};
     int rc = parse_args(&r, argc, argv, usage_certify);
     if (rc >= 0)
         return rc;
@@ -606,8 +668,10 @@ int cli_certify(int argc, char **argv)
         return cli_usage_error("certify", "--weights is required");
     if (r.n_eps == 0)
         return cli_usage_error("certify", "--eps is required (e.g. --eps 0.1,0.141)");
-    if (strcmp(r.bound, "estimate") != 0)
-        return cli_usage_error("certify", "--bound takes 'estimate', got '%s'", r.bound);
+    bool sound = strcmp(r.bound, "sound") == 0;
+    if (!sound && strcmp(r.bound, "estimate") != 0)
+        return cli_usage_error("certify", "--bound takes 'sound' or 'estimate', got '%s'",
+                               r.bound);
     lipc_graph *g = NULL;
     lipc_compiled *c = compile_for(&r, &g, &rc);
     if (!c)
@@ -626,7 +690,10 @@ int cli_certify(int argc, char **argv)
         s = LIPC_ERR_INPUT;
     if (s == LIPC_OK)
         s = run_bound(c, &st, r.iters, r.tol, rep);
-    double k = rep ? rep[m->n_factors].value : NAN;
+    double k_est = rep ? rep[m->n_factors].value : NAN, k_sound = NAN;
+    if (s == LIPC_OK && sound)
+        s = sound_k(m, st.params, NULL, &k_sound);
+    double k = sound ? k_sound : k_est;
     if (s == LIPC_OK && !(isfinite(k) && k > 0)) {
         lipc_diag_error(&d, LIPC_NO_LOC, "K_sub is %g: the weights hold NaN or Inf; nothing "
                                          "is certified", k);
@@ -648,9 +715,11 @@ int cli_certify(int argc, char **argv)
             lipc_buf b;
             lipc_buf_init(&b);
             lipc_cert_summary_json(&cs, &b);
-            printf("{\"model\": \"%s\", \"data\": \"%s\", \"n\": %ld, \"bound\": \"estimate\", "
-                   "\"k_sub\": %.17g, \"clean_acc\": %.17g, \"vra\": {",
-                   g->name, test.name, cs.n, k, lipc_cert_clean_accuracy(&cs));
+            printf("{\"model\": \"%s\", \"data\": \"%s\", \"n\": %ld, \"bound\": \"%s\", "
+                   "\"k_sub\": %.17g, \"k_sub_estimate\": %.17g, \"clean_acc\": %.17g, "
+                   "\"vra\": {",
+                   g->name, test.name, cs.n, sound ? "sound" : "estimate", k, k_est,
+                   lipc_cert_clean_accuracy(&cs));
             for (int e = 0; e < cs.n_eps; e++) {
                 /* The key: the shortest %g that reads back as the radius
                  * (plain %g turned 0.1411764 and 0.1411765 both into
@@ -667,8 +736,13 @@ int cli_certify(int argc, char **argv)
             lipc_buf_free(&b);
         } else {
             printf("%s on %s (%ld test points)\n", g->name, test.name, cs.n);
-            printf("  bound: K_sub = %.6g by power iteration (an estimate from below: the "
-                   "certificates are only as good as it)\n", k);
+            if (sound)
+                printf("  bound: K_sub = %.6g, a sound upper bound (power-iteration estimate "
+                       "%.6g, ratio %.4f)\n", k, k_est, k_est / k);
+            else
+                printf("  bound: K_sub = %.6g by power iteration -- an ESTIMATE from below, "
+                       "as the published code uses: these certificates are not guaranteed\n",
+                       k);
             printf("  clean accuracy  %.4f\n", lipc_cert_clean_accuracy(&cs));
             for (int e = 0; e < cs.n_eps; e++)
                 printf("  VRA at eps %-6g %.4f\n", cs.eps[e], lipc_cert_vra(&cs, e));

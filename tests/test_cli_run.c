@@ -431,9 +431,12 @@ Test(cli_run, certify_json_and_text)
     json_t *j = parse_json(&r);
     cr_expect_str_eq(json_string_value(json_object_get(j, "model")), "syn");
     cr_expect_str_eq(json_string_value(json_object_get(j, "data")), "synthetic");
-    cr_expect_str_eq(json_string_value(json_object_get(j, "bound")), "estimate");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "bound")), "sound");
     double k = num(j, "k_sub");
     cr_expect(k > 0 && isfinite(k));
+    /* the sound bound is at least the power-iteration estimate */
+    cr_expect(num(j, "k_sub_estimate") <= k, "estimate %g above the sound bound %g",
+              num(j, "k_sub_estimate"), k);
     /* the headline numbers: n, clean_acc, VRA by radius */
     cr_expect_eq(num(j, "n"), 128, "synthetic:512 has 128 test points");
     double acc = num(j, "clean_acc");
@@ -473,11 +476,12 @@ Test(cli_run, certify_json_and_text)
     cr_expect(strstr(r.err, "--eps lists the radius 0.1 twice"), "%s", r.err);
     free_result(&r);
 
-    /* the same K_sub as `lipc bound` (both iterate from the checkpoint's vectors) */
+    /* the same K_sub as `lipc bound` (the same sound bounds; the same estimate
+     * from the checkpoint's vectors) */
     r = run_lipc("bound %s --weights %s --json", SYN, w);
     cr_assert_eq(r.rc, 0, "%s", r.err);
     j = parse_json(&r);
-    cr_expect_eq(num(j, "k_sub"), k);
+    cr_expect_eq(num(j, "k_sub_sound"), k);
     json_decref(j);
     free_result(&r);
 
@@ -486,8 +490,16 @@ Test(cli_run, certify_json_and_text)
     cr_assert_eq(r.rc, 0, "%s", r.err);
     cr_expect(strstr(r.out, "syn on synthetic (50 test points)") &&
                   strstr(r.out, "clean accuracy") && strstr(r.out, "VRA at eps 0.1") &&
-                  strstr(r.out, "estimate from below"),
+                  strstr(r.out, "a sound upper bound"),
               "%s", r.out);
+    free_result(&r);
+
+    /* --bound estimate reproduces the published code's behaviour, and says so */
+    r = run_lipc("certify %s --weights %s --data synthetic:512 --limit 50 --eps 0.1 "
+                 "--bound estimate", SYN, w);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_expect(strstr(r.out, "ESTIMATE from below") && strstr(r.out, "not guaranteed"), "%s",
+              r.out);
     free_result(&r);
 }
 
@@ -535,7 +547,7 @@ Test(cli_run, certify_errors)
     cr_expect_eq(r.rc, 2);
     cr_expect(strstr(r.err, "--eps takes radii >= 0, got '-1'"), "%s", r.err);
     free_result(&r);
-    r = run_lipc("certify %s --weights %s --data synthetic:64 --eps 0.1 --bound sound", SYN, w);
+    r = run_lipc("certify %s --weights %s --data synthetic:64 --eps 0.1 --bound tight", SYN, w);
     cr_expect_eq(r.rc, 2);
     free_result(&r);
 
@@ -603,21 +615,19 @@ Test(cli_run, nan_weights_are_an_error)
 
     r = run_lipc("certify %s --weights %s --data synthetic:64 --eps 0.1", SYN, fc);
     cr_expect_eq(r.rc, 1, "%s", r.err);
-    cr_expect(strstr(r.err, "error: K_sub is ") &&
-                  strstr(r.err, "nan: the weights hold NaN or Inf; nothing is certified"),
-              "%s", r.err);
+    cr_expect(strstr(r.err, "error: ") && strstr(r.err, "is nan: no sound bound"), "%s", r.err);
     cr_expect_str_eq(r.out, "");
     free_result(&r);
 
     /* bound: an error too, and never "nan" in --json output */
     r = run_lipc("bound %s --weights %s --json", SYN, fc);
     cr_expect_eq(r.rc, 1, "%s\n%s", r.out, r.err);
-    cr_expect(strstr(r.err, "NaN or Inf"), "%s", r.err);
+    cr_expect(strstr(r.err, "NaN or Inf") || strstr(r.err, "is nan"), "%s", r.err);
     cr_expect_str_eq(r.out, "");
     free_result(&r);
     r = run_lipc("bound %s --weights %s", SYN, head);
     cr_expect_eq(r.rc, 1, "%s\n%s", r.out, r.err);
-    cr_expect(strstr(r.err, "NaN or Inf"), "%s", r.err);
+    cr_expect(strstr(r.err, "NaN or Inf") || strstr(r.err, "is nan"), "%s", r.err);
     free_result(&r);
 }
 
@@ -760,7 +770,7 @@ Test(cli_run, bound_json_tree_of_a_liresnet)
     result r = run_lipc("bound %s --weights %s --json", SYN, w);
     cr_assert_eq(r.rc, 0, "%s", r.err);
     json_t *j = parse_json(&r);
-    cr_expect_str_eq(json_string_value(json_object_get(j, "bound")), "estimate");
+    cr_expect(num(j, "k_sub") <= num(j, "k_sub_sound"));
     cr_expect_eq(json_array_size(json_object_get(j, "layers")), 5);
     check_bound_tree(j);
     json_t *head = json_object_get(j, "head");
@@ -772,8 +782,8 @@ Test(cli_run, bound_json_tree_of_a_liresnet)
 
     r = run_lipc("bound %s --weights %s", SYN, w);
     cr_assert_eq(r.rc, 0, "%s", r.err);
-    cr_expect(strstr(r.out, "K_sub = ") && strstr(r.out, "blocks.1.residual_0.conv2d_0") &&
-                  strstr(r.out, "not yet a sound bound"),
+    cr_expect(strstr(r.out, "K_sub: estimate ") && strstr(r.out, "blocks.1.residual_0.conv2d_0") &&
+                  strstr(r.out, "sound bound"),
               "%s", r.out);
     free_result(&r);
     r = run_lipc("bound %s", SYN);
@@ -838,6 +848,10 @@ Test(cli_run, bound_estimates_match_exact_singular_values)
                   est, sigma);
         cr_expect(est >= sigma * (1 - 1e-4), "%s: estimate %.17g far below sigma_max %.17g",
                   name, est, sigma);
+        /* dense layers: the sound bound is sigma_max itself, rounded up */
+        double sound = num(l, "sound");
+        cr_expect(sound >= sigma * (1 - 1e-12) && sound <= sigma * (1 + 1e-9),
+                  "%s: sound bound %.17g, sigma_max %.17g", name, sound, sigma);
         free(wv);
     }
     cr_expect_eq(n_dense, 4);

@@ -359,12 +359,31 @@ Test(models, fmnist_json_dump)
     lipc_graph_free(g);
 }
 
+/* The Fashion-MNIST pair: same size, one folds everything, the other nothing. */
+Test(models, resnet_fmnist_pairs_the_liresnet)
+{
+    lipc_graph *li = compile("liresnet-fmnist.yaml");
+    lipc_graph *re = compile("resnet-fmnist.yaml");
+    cr_assert_eq(li->n_res, re->n_res);
+    for (int i = 0; i < re->n_res; i++) {
+        cr_assert_eq(li->res[i]->state, LIPC_RES_FOLDED);
+        cr_assert_eq(re->res[i]->state, LIPC_RES_KEPT);
+    }
+    assert_shape(re, "neck", 3, 128, 4, 4);
+    assert_output(re, 10);
+    /* one more 3x3 conv per block, nothing else differs */
+    cr_assert_eq((long)re->n_param_elems - (long)li->n_param_elems,
+                 6L * conv_params(64, 64, 3));
+    lipc_graph_free(li);
+    lipc_graph_free(re);
+}
+
 /* ---- every file in models/ is covered ------------------------------------------------ */
 
 static const char *const shipped[] = {
     "liresnet-fmnist.yaml",  "liresnet-cifar10.yaml", "liresnet-cifar100.yaml",
     "liresnet-tinyimagenet.yaml", "liresnet-imagenet.yaml", "gloro-6c2f.yaml",
-    "resnet-cifar10.yaml",
+    "resnet-cifar10.yaml",   "resnet-fmnist.yaml",
 };
 
 Test(models, every_file_is_tested)
