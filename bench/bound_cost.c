@@ -17,13 +17,13 @@
  * 3. A whole CIFAR L12W512 LiResNet (stem 3->512 5x5/2 on 32 x 32, 12 folded
  *    blocks 512x512x3x3 on 16 x 16, neck 512->1024 4x4/4, dense 16384->2048)
  *    with random weights: lipc_model_sound_bounds, per factor and in all.
+ * 4. (`tight` only; slow) the stem and one block against power iteration on the
+ *    true operator, a lower bound: how loose the sound bound is at full size.
  *
- * Build (from the repository root, after building lipc_core):
- *   cc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -I. bench/bound_cost.c \
- *      build/liblipc_core.a -llapacke -lfftw3 -lyaml -ljansson -lz -lm -o build/bound_cost
+ * Build: cmake --build build --target bound_cost
  * Run on one thread with the right OpenBLAS kernels (PERF-NOTES.md):
- *   OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=SkylakeX build/bound_cost [freq] [layer] [model]
- * (no argument: all three). Times are medians of a few runs where cheap, single
+ *   OPENBLAS_NUM_THREADS=1 OPENBLAS_CORETYPE=SkylakeX build/bound_cost [freq] [layer] [model] [tight]
+ * (no argument: the first three). Times are medians of a few runs where cheap, single
  * runs otherwise; the machines are noisy, so compare ratios within one run.
  */
 #include <lapacke.h>
@@ -338,6 +338,117 @@ fail:
     exit(1);
 }
 
+/* ---- tightness at full size: power iteration on the true operator -------------
+ *
+ * A direct conv and its exact adjoint (same index map), in double; folded
+ * layers add x. ||A v|| for a unit v is a lower bound on ||A||, so
+ * bound / estimate >= 1 is an upper limit on how loose the bound is. */
+
+static void conv_apply(const lipc_factor_desc *f, const float *wt, const double *x, double *y)
+{
+    memset(y, 0, sizeof(double) * (size_t)f->c_out * f->oh * f->ow);
+    for (int o = 0; o < f->c_out; o++) {
+        double *yo = y + (size_t)o * f->oh * f->ow;
+        for (int i = 0; i < f->c_in; i++) {
+            const double *xi = x + (size_t)i * f->h * f->w;
+            for (int ky = 0; ky < f->kh; ky++)
+                for (int kx = 0; kx < f->kw; kx++) {
+                    double k = wt[(((size_t)o * f->c_in + i) * f->kh + ky) * f->kw + kx];
+                    for (int yy = 0; yy < f->oh; yy++) {
+                        int iy = yy * f->sh + ky - f->pad[0];
+                        if (iy < 0 || iy >= f->h)
+                            continue;
+                        for (int xx = 0; xx < f->ow; xx++) {
+                            int ix = xx * f->sw + kx - f->pad[2];
+                            if (ix >= 0 && ix < f->w)
+                                yo[yy * f->ow + xx] += k * xi[iy * f->w + ix];
+                        }
+                    }
+                }
+        }
+        if (f->fold_identity)
+            for (int p = 0; p < f->oh * f->ow; p++)
+                yo[p] += x[(size_t)o * f->h * f->w + p];
+    }
+}
+
+static void conv_adjoint(const lipc_factor_desc *f, const float *wt, const double *y, double *x)
+{
+    memset(x, 0, sizeof(double) * (size_t)f->c_in * f->h * f->w);
+    for (int o = 0; o < f->c_out; o++) {
+        const double *yo = y + (size_t)o * f->oh * f->ow;
+        for (int i = 0; i < f->c_in; i++) {
+            double *xi = x + (size_t)i * f->h * f->w;
+            for (int ky = 0; ky < f->kh; ky++)
+                for (int kx = 0; kx < f->kw; kx++) {
+                    double k = wt[(((size_t)o * f->c_in + i) * f->kh + ky) * f->kw + kx];
+                    for (int yy = 0; yy < f->oh; yy++) {
+                        int iy = yy * f->sh + ky - f->pad[0];
+                        if (iy < 0 || iy >= f->h)
+                            continue;
+                        for (int xx = 0; xx < f->ow; xx++) {
+                            int ix = xx * f->sw + kx - f->pad[2];
+                            if (ix >= 0 && ix < f->w)
+                                xi[iy * f->w + ix] += k * yo[yy * f->ow + xx];
+                        }
+                    }
+                }
+        }
+        if (f->fold_identity)
+            for (int p = 0; p < f->oh * f->ow; p++)
+                x[(size_t)o * f->h * f->w + p] += yo[p];
+    }
+}
+
+static double vnorm(const double *x, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * x[i];
+    return sqrt(s);
+}
+
+static void bench_tightness(void)
+{
+    lipc_factor_desc fs[L + 3];
+    size_t n_params;
+    int n = liresnet(fs, &n_params);
+    float *params = random_params(fs, n, n_params);
+    lipc_diags d;
+    lipc_diags_init(&d);
+    printf("== tightness: sound bound vs power iteration on the true operator\n");
+    static const int pick[2][2] = {{0, 400}, {1, 100}};   /* factor, iterations */
+    for (int k = 0; k < 2; k++) {
+        const lipc_factor_desc *f = &fs[pick[k][0]];
+        lipc_sound_bound b;
+        if (lipc_factor_sound_bound(f, params, &b, &d) != LIPC_OK) {
+            lipc_diags_print(&d, stderr);
+            exit(1);
+        }
+        size_t nx = (size_t)f->c_in * f->h * f->w, ny = (size_t)f->c_out * f->oh * f->ow;
+        double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
+        lipc_rng r;
+        lipc_rng_seed(&r, 3);
+        for (size_t i = 0; i < nx; i++)
+            x[i] = lipc_rng_normal(&r);
+        double est = 0.0, t0 = lipc_now();
+        for (int it = 1; it <= pick[k][1]; it++) {
+            double s = vnorm(x, nx);
+            for (size_t i = 0; i < nx; i++)
+                x[i] /= s;
+            conv_apply(f, params + f->w_offset, x, y);
+            est = vnorm(y, ny);
+            conv_adjoint(f, params + f->w_offset, y, x);
+        }
+        printf("  %-10s bound %.9f  power iteration (%d its, %.0f s) %.9f  ratio %.5f\n",
+               f->name, b.value, pick[k][1], lipc_now() - t0, est, b.value / est);
+        free(x);
+        free(y);
+    }
+    free(params);
+    lipc_diags_free(&d);
+}
+
 static void bench_model(void)
 {
     lipc_factor_desc fs[L + 3];
@@ -376,11 +487,12 @@ int main(int argc, char **argv)
     if (!core)
         fprintf(stderr, "warning: OPENBLAS_CORETYPE unset: OpenBLAS may pick a slow kernel "
                         "(PERF-NOTES.md)\n");
-    bool all = argc < 2, freq = all, layer = all, model = all;
+    bool all = argc < 2, freq = all, layer = all, model = all, tight = false;
     for (int i = 1; i < argc; i++) {
         freq |= !strcmp(argv[i], "freq");
         layer |= !strcmp(argv[i], "layer");
         model |= !strcmp(argv[i], "model");
+        tight |= !strcmp(argv[i], "tight");
     }
     if (freq)
         bench_freq();
@@ -388,5 +500,7 @@ int main(int argc, char **argv)
         bench_layers();
     if (model)
         bench_model();
+    if (tight)
+        bench_tightness();
     return 0;
 }

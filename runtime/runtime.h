@@ -604,7 +604,9 @@ lipc_status lipc_empirical_lower_bound(const lipc_model_desc *m, const lipc_mode
  * the DFT, the Gram matrices and LAPACK. method:
  *   "reshaped-kernel"     conv with kh <= sh, kw <= sw, no padding: exact
  *   "conv-fft"            stride-1 conv: circulant embedding, max over frequencies
- *   "stride-1-fft-upper"  strided padded conv: the stride-1 conv's bound
+ *   "polyphase-fft"       strided conv: the same, on its polyphase rewrite
+ *   "stride-1-fft-upper"  strided conv, cruder: the stride-1 conv's bound (a
+ *                         fallback, and lipc_conv_circulant_bound's)
  *   "dense-svd"           dense: exact
  *   "const"               CONST: the value rounded up
  *   "1 + K(body)"         LOOSE (lipc_model_sound_bounds only) */

@@ -11,7 +11,7 @@ packages=(
   build-essential cmake pkg-config ninja-build
   llvm-19-dev
   libyaml-dev libjansson-dev zlib1g-dev
-  libfftw3-dev liblapacke-dev libopenblas-dev
+  liblapacke-dev libopenblas-dev
   libcriterion-dev
 )
 for arg in "$@"; do
