@@ -1535,7 +1535,7 @@ static void report_yaml_error(fe *f, const yaml_parser_t *p)
     if (p->error == YAML_READER_ERROR) {
         /* The reader reports a byte offset, not a line: count lines ourselves. */
         lipc_loc loc = offset_loc(f->file, f->text, f->len, p->problem_offset);
-        lipc_diag_msg *m = fe_error(f, loc, "the file is not UTF-8 text: %s", problem);
+        lipc_diag_msg *m = fe_error(f, loc, "this is not a YAML text file: %s", problem);
         lipc_diag_note(m, LIPC_NO_LOC, "model files are YAML text in UTF-8");
         return;
     }
@@ -1617,7 +1617,10 @@ lipc_status lipc_frontend_load_string(const char *name, const char *text, size_t
     f.doc = &doc;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (!root) {
-        lipc_diag_error(d, (lipc_loc){file, 1, 1}, "the model file holds no YAML document");
+        /* Only comments, directives or a bare `---`/`...` reach here. */
+        lipc_diag_msg *m = lipc_diag_error(d, (lipc_loc){file, 1, 1},
+                                           "the model file holds no YAML document, only comments");
+        lipc_diag_hint(m, "see docs/model-spec.md, or start from a file in models/");
     } else {
         load_model(&f, root, name);
         /* A second document is almost always a stray `---`. */

@@ -570,7 +570,7 @@ static void dft_full_block(const double *kt, size_t nj, int T, const double *c,
         }
     }
     for (int j = 0; j < DFT_BLOCK; j++)
-        p[j0 + (size_t)j] = CMPLX(re[j], im[j]);
+        p[j0 + (size_t)j] = (re[j] + im[j] * I);
 }
 
 static void dft(const double *kt, size_t nj, int T, const double *c, const double *s,
@@ -585,7 +585,7 @@ static void dft(const double *kt, size_t nj, int T, const double *c, const doubl
             re += kt[(size_t)t * nj + j] * c[t];
             im += kt[(size_t)t * nj + j] * s[t];
         }
-        p[j] = CMPLX(re, im);
+        p[j] = (re + im * I);
     }
 }
 

@@ -36,6 +36,7 @@ static void msg_free(lipc_diag_msg *m)
     while (m) {
         lipc_diag_msg *next = m->next;
         msg_free(m->notes);
+        lipc_free((char *)m->loc.file);
         lipc_free(m->text);
         lipc_free(m->hint);
         lipc_free(m);
@@ -81,6 +82,16 @@ const char *lipc_diags_add_source(lipc_diags *d, const char *file,
     return s->file;
 }
 
+/* Every message keeps its own copy of its file name: the locations it is given
+ * often point into an IR graph or a loaded file that the caller frees before
+ * the diagnostics are printed. */
+static lipc_loc own_loc(lipc_loc loc)
+{
+    if (loc.file)
+        loc.file = lipc_strdup(loc.file);
+    return loc;
+}
+
 static char *vformat(const char *fmt, va_list ap)
 {
     lipc_buf b;
@@ -109,9 +120,11 @@ static lipc_diag_msg *add_msg(lipc_diags *d, lipc_severity sev, lipc_loc loc,
     if (!m)
         return NULL;
     m->sev = sev;
-    m->loc = loc;
+    m->loc = own_loc(loc);
     m->text = vformat(fmt, ap);
-    if (!m->text) {
+    if (!m->text || (loc.file && !m->loc.file)) {
+        lipc_free((char *)m->loc.file);
+        lipc_free(m->text);
         lipc_free(m);
         return NULL;
     }
@@ -152,12 +165,14 @@ void lipc_diag_note(lipc_diag_msg *m, lipc_loc loc, const char *fmt, ...)
     va_start(ap, fmt);
     n->text = vformat(fmt, ap);
     va_end(ap);
-    if (!n->text) {
+    n->loc = own_loc(loc);
+    if (!n->text || (loc.file && !n->loc.file)) {
+        lipc_free((char *)n->loc.file);
+        lipc_free(n->text);
         lipc_free(n);
         return;
     }
     n->sev = LIPC_SEV_NOTE;
-    n->loc = loc;
     lipc_diag_msg **tail = &m->notes;
     while (*tail)
         tail = &(*tail)->next;

@@ -80,8 +80,9 @@ const char *lipc_status_name(lipc_status s);
 
 /* ---- source locations and diagnostics ---------------------------------- */
 
-/* 1-based line and column; file is owned by the diagnostics' source table
- * (or is a string literal) and outlives every node that points to it. */
+/* 1-based line and column. A diagnostic copies the file name it is given,
+ * so a location may point into memory freed before the diagnostics are
+ * printed (an IR graph, a loaded file). */
 typedef struct lipc_loc {
     const char *file;
     int line, col;

@@ -145,10 +145,10 @@ static void print_diff(const char *name, const char *want, size_t want_len, cons
             fprintf(stderr, " %s\n", a[i]);
             i++;
             j++;
-        } else if (j < nb && (i == na || lcs[i][j + 1] >= lcs[i + 1][j])) {
-            fprintf(stderr, "+%s\n", b[j++]);
-        } else {
+        } else if (i < na && (j == nb || lcs[i + 1][j] >= lcs[i][j + 1])) {
             fprintf(stderr, "-%s\n", a[i++]);
+        } else {
+            fprintf(stderr, "+%s\n", b[j++]);
         }
     }
     free(a_text);
