@@ -3,8 +3,8 @@
  * A recursive-descent evaluator over doubles:
  *   expr   = term { ('+' | '-') term }
  *   term   = power { ('*' | '/' | '//' | '%') power }
- *   power  = unary [ '**' power ]            (right associative)
- *   unary  = ('-' | '+') unary | atom
+ *   unary  = ('-' | '+') unary | power      (so -2 ** 2 = -(2 ** 2), as in Python)
+ *   power  = atom [ '**' unary ]             (right associative)
  *   atom   = number | name | '(' expr ')'
  * Nesting is limited so a hostile file cannot exhaust the stack; division by
  * zero and non-finite results are errors, not infinities.
@@ -88,6 +88,39 @@ static bool parse_atom(parser *ps, double *v)
     return fail(ps, "expected a number, a parameter or '('");
 }
 
+static bool parse_unary(parser *ps, double *v);
+
+/* power = atom [ '**' unary ]: the exponent may carry its own sign (2 ** -1). */
+static bool parse_power(parser *ps, double *v)
+{
+    skip_space(ps);
+    bool ok;
+    if (*ps->p == '(') {
+        if (++ps->depth > EXPR_MAX_DEPTH)
+            return fail(ps, "expression nested too deeply");
+        ok = parse_atom(ps, v);
+        ps->depth--;
+    } else {
+        ok = parse_atom(ps, v);
+    }
+    if (!ok)
+        return false;
+    skip_space(ps);
+    if (ps->p[0] == '*' && ps->p[1] == '*') {
+        ps->p += 2;
+        double e;
+        if (++ps->depth > EXPR_MAX_DEPTH)
+            return fail(ps, "expression nested too deeply");
+        ok = parse_unary(ps, &e);
+        ps->depth--;
+        if (!ok)
+            return false;
+        *v = pow(*v, e);
+    }
+    return true;
+}
+
+/* unary = ('-' | '+') unary | power: a sign applies to the whole power. */
 static bool parse_unary(parser *ps, double *v)
 {
     skip_space(ps);
@@ -102,38 +135,12 @@ static bool parse_unary(parser *ps, double *v)
             *v = -*v;
         return ok;
     }
-    if (*ps->p == '(') {
-        if (++ps->depth > EXPR_MAX_DEPTH)
-            return fail(ps, "expression nested too deeply");
-        bool ok = parse_atom(ps, v);
-        ps->depth--;
-        return ok;
-    }
-    return parse_atom(ps, v);
-}
-
-static bool parse_power(parser *ps, double *v)
-{
-    if (!parse_unary(ps, v))
-        return false;
-    skip_space(ps);
-    if (ps->p[0] == '*' && ps->p[1] == '*') {
-        ps->p += 2;
-        double e;
-        if (++ps->depth > EXPR_MAX_DEPTH)
-            return fail(ps, "expression nested too deeply");
-        bool ok = parse_power(ps, &e);
-        ps->depth--;
-        if (!ok)
-            return false;
-        *v = pow(*v, e);
-    }
-    return true;
+    return parse_power(ps, v);
 }
 
 static bool parse_term(parser *ps, double *v)
 {
-    if (!parse_power(ps, v))
+    if (!parse_unary(ps, v))
         return false;
     for (;;) {
         skip_space(ps);
@@ -146,7 +153,7 @@ static bool parse_term(parser *ps, double *v)
         const char *op_at = ps->p;
         ps->p += floor_div ? 2 : 1;
         double r;
-        if (!parse_power(ps, &r))
+        if (!parse_unary(ps, &r))
             return false;
         if (c == '*') {
             *v *= r;

@@ -279,6 +279,21 @@ static const kv *find_item(const kv *items, int n, const char *key)
 
 /* ---- numbers and expressions ------------------------------------------------ */
 
+/* Does the expression use a parameter whose --set value was rejected (NaN)? */
+static bool uses_bad_set(const fe *f, const char *expr)
+{
+    for (int i = 0; i < f->n_vars; i++) {
+        if (!isnan(f->vars[i].value))
+            continue;
+        size_t len = strlen(f->vars[i].name);
+        for (const char *p = strstr(expr, f->vars[i].name); p; p = strstr(p + 1, f->vars[i].name))
+            if ((p == expr || !(isalnum((unsigned char)p[-1]) || p[-1] == '_')) &&
+                !(isalnum((unsigned char)p[len]) || p[len] == '_'))
+                return true;
+    }
+    return false;
+}
+
 /* Reads a number from a scalar. A number field takes a plain number or an
  * expression over the model's params: `64`, `width`, `2 * width`, and the
  * spellings `$width` and `${2 * width}` (in a flow mapping `{...}` braces are
@@ -322,6 +337,11 @@ static bool read_number(fe *f, const yaml_node_t *n, const char *what, double *o
     const char *err, *unknown;
     int at, ulen;
     bool ok = lipc_expr_eval(body, f->vars, f->n_vars, &v, &err, &at, &unknown, &ulen);
+    if (!ok && !unknown && uses_bad_set(f, body)) {
+        /* a parameter whose --set value was rejected: already reported */
+        lipc_free(body);
+        return false;
+    }
     if (!ok) {
         lipc_loc loc = node_loc(f, n);
         if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
@@ -639,6 +659,10 @@ static const char *layer_name(fe *f, name_table *t, const char *scope, int count
         }
     } else {
         snprintf(local, sizeof local, "%s_%d", kind, index);
+    }
+    if (!scope && strcmp(local, "input") == 0) {
+        lipc_diag_msg *m = fe_error(f, loc, "the name 'input' is the model's input");
+        lipc_diag_hint(m, "pick another name for this layer");
     }
     for (int i = 0; i < t->n; i++) {
         if (strcmp(t->e[i].name, local) == 0) {
@@ -1200,9 +1224,14 @@ static void load_params(fe *f, const yaml_node_t *m, bool *set_used)
             errno = 0;
             v = strtod(f->opt->sets[s].value, &end);
             ok = end != f->opt->sets[s].value && *end == '\0' && errno == 0 && isfinite(v);
-            if (!ok)
+            if (!ok) {
                 fe_error(f, LIPC_NO_LOC, "--set %s=%s: the value must be a number",
                          f->opt->sets[s].key, f->opt->sets[s].value);
+                /* keep the parameter as NaN, so its uses fail quietly instead
+                 * of reporting it again as unknown (uses_bad_set) */
+                v = NAN;
+                ok = true;
+            }
             break;
         }
         bool from_set = false;
@@ -1320,6 +1349,48 @@ static const char *scalar_string(fe *f, const yaml_node_t *v, const char *what)
     return copy;
 }
 
+/* Values of the train section that parse but make no sense. */
+static void check_train(fe *f, const yaml_node_t *m, const lipc_train_spec *t)
+{
+    static const struct {
+        const char *key;
+        size_t offset;
+        double lo, hi;
+        bool lo_open;
+    } range[] = {
+        {"lr", offsetof(lipc_train_spec, lr), 0.0, INFINITY, true},
+        {"eps", offsetof(lipc_train_spec, eps), 0.0, INFINITY, false},
+        {"eps_start", offsetof(lipc_train_spec, eps_start), 0.0, INFINITY, false},
+        {"eps_end", offsetof(lipc_train_spec, eps_end), 0.0, INFINITY, false},
+        {"eps_ramp", offsetof(lipc_train_spec, eps_ramp), 0.0, 1.0, false},
+        {"weight_decay", offsetof(lipc_train_spec, weight_decay), 0.0, INFINITY, false},
+        {"momentum", offsetof(lipc_train_spec, momentum), 0.0, 1.0, false},
+        {"warmup_epochs", offsetof(lipc_train_spec, warmup_epochs), 0.0, INFINITY, false},
+        {"clip", offsetof(lipc_train_spec, clip), 0.0, INFINITY, false},
+        {"trades_lambda", offsetof(lipc_train_spec, trades_lambda), 0.0, INFINITY, false},
+    };
+    if (m->type != YAML_MAPPING_NODE)
+        return;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        yaml_node_t *k = get(f, p->key), *v = get(f, p->value);
+        const char *key = k ? scalar(k) : NULL;
+        for (size_t i = 0; key && v && i < sizeof range / sizeof range[0]; i++) {
+            if (strcmp(key, range[i].key) != 0)
+                continue;
+            double x = *(const double *)((const char *)t + range[i].offset);
+            bool low = range[i].lo_open ? !(x > range[i].lo) : !(x >= range[i].lo);
+            if (low || x > range[i].hi) {
+                if (isinf(range[i].hi))
+                    fe_error(f, node_loc(f, v), "'%s' of train must be %s %g, got %g", key,
+                             range[i].lo_open ? ">" : ">=", range[i].lo, x);
+                else
+                    fe_error(f, node_loc(f, v), "'%s' of train must be between %g and %g, got %g",
+                             key, range[i].lo, range[i].hi, x);
+            }
+        }
+    }
+}
+
 static void load_model(fe *f, const yaml_node_t *root, const char *path)
 {
     kv items[32];
@@ -1370,6 +1441,15 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
     }
     if ((it = find_item(items, n, "description")))
         f->g->description = scalar_string(f, it->value, "the description");
+    /* classes first: a number, which params and layers may use */
+    it = find_item(items, n, "classes");
+    if (!it) {
+        lipc_diag_msg *m =
+            fe_error(f, node_loc(f, root), "the model needs 'classes' (the number of classes)");
+        lipc_diag_hint(m, "e.g. `classes: 10`");
+    } else if (read_int(f, it->value, "classes", 2, &f->g->classes)) {
+        add_var(f, "classes", f->g->classes, node_loc(f, it->key_node));
+    }
     if ((it = find_item(items, n, "params")) && !is_null(it->value)) {
         if (enter(f, it->value))
             load_params(f, it->value, set_used);
@@ -1392,15 +1472,6 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
             lipc_diag_note(m, LIPC_NO_LOC, "the model declares no `params:`");
     }
     lipc_free(set_used);
-
-    it = find_item(items, n, "classes");
-    if (!it) {
-        lipc_diag_msg *m =
-            fe_error(f, node_loc(f, root), "the model needs 'classes' (the number of classes)");
-        lipc_diag_hint(m, "e.g. `classes: 10`");
-    } else if (read_int(f, it->value, "classes", 2, &f->g->classes)) {
-        add_var(f, "classes", f->g->classes, node_loc(f, it->key_node));
-    }
 
     lipc_node *x = NULL;
     it = find_item(items, n, "input");
@@ -1439,6 +1510,7 @@ static void load_model(fe *f, const yaml_node_t *root, const char *path)
         for (int k = 0; k < 64 && lipc_train_fields[k].key; k++)
             if (seen[k])
                 f->g->train.given |= 1ull << k;
+        check_train(f, it->value, &f->g->train);
         leave(f);
     }
 }
@@ -1486,6 +1558,21 @@ static bool tab_at(const fe *f, int line, int col)
         if (*q == '\t')
             return true;
     return col >= 1 && p + col - 1 < end && p[col - 1] == '\t';
+}
+
+/* Does line `line` (1-based) hold `word` at byte `col` (1-based)? */
+static bool text_at(const fe *f, int line, int col, const char *word)
+{
+    const char *p = f->text, *end = f->text + f->len;
+    for (int l = 1; l < line && p < end; l++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return false;
+        p = nl + 1;
+    }
+    size_t len = strlen(word);
+    p += col - 1;
+    return p >= f->text && p + len <= end && memcmp(p, word, len) == 0;
 }
 
 /* libyaml's context words ("while parsing a flow mapping") in the language of
@@ -1549,6 +1636,10 @@ static void report_yaml_error(fe *f, const yaml_parser_t *p)
     }
     lipc_diag_msg *m = fe_error(f, loc, "YAML syntax error: %s", problem);
     yaml_context(f, m, p);
+    /* `{out: ${2 * width}}`: the braces of ${...} are YAML's own flow syntax. */
+    if (loc.col >= 2 && text_at(f, loc.line, loc.col - 1, "${"))
+        lipc_diag_hint(m, "inside {...} write the expression without ${ }, e.g. "
+                          "`out: 2 * width`, or quote it: `out: \"${2 * width}\"`");
 }
 
 lipc_status lipc_frontend_load_string(const char *name, const char *text, size_t len,
