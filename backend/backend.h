@@ -116,6 +116,14 @@ lipc_status lipc_ref_loss(const lipc_loss_spec *spec, int n, int m, int d,
 lipc_status lipc_ref_predict(const lipc_program *p, const float *params, int n, const float *x,
                              double *logits);
 
+/* The same logits, and logit_err [n, classes]: a rigorous elementwise bound
+ * |logits - f(x)| <= logit_err, f the exact real-number network with these
+ * float parameters on these float inputs, by running error analysis: each
+ * op's ref_error after its ref_forward (ir/ir.h; the argument is in
+ * docs/soundness.md). Costs about three forward passes. */
+lipc_status lipc_ref_predict_bounded(const lipc_program *p, const float *params, int n,
+                                     const float *x, double *logits, double *logit_err);
+
 /* Power iteration to convergence on every operator-norm factor of a TRAIN or
  * LIPSCHITZ program, warm-started from vec (updated): stops when sigma moves
  * less than tol (relative) over 10 iterations, or after max_iters.

@@ -91,6 +91,13 @@ static lipc_status ref_predict(void *ctx, const float *params, int n, const floa
     return lipc_ref_predict(c->forward, params, n, x, logits);
 }
 
+static lipc_status ref_predict_bounded(void *ctx, const float *params, int n, const float *x,
+                                       double *logits, double *logit_err)
+{
+    const lipc_compiled *c = ctx;
+    return lipc_ref_predict_bounded(c->forward, params, n, x, logits, logit_err);
+}
+
 static lipc_status ref_input_grad(void *ctx, const float *params, int n, const float *x,
                                   const double *dlogits, double *dx)
 {
@@ -201,6 +208,7 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
         .ctx = c,
         .train_step = ref_train_step,
         .predict = ref_predict,
+        .predict_bounded = ref_predict_bounded,
         .input_grad = ref_input_grad,
         .lipschitz = ref_lipschitz,
     };

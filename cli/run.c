@@ -743,6 +743,12 @@ int cli_certify(int argc, char **argv)
                 printf("  bound: K_sub = %.6g by power iteration -- an ESTIMATE from below, "
                        "as the published code uses: these certificates are not guaranteed\n",
                        k);
+            if (cs.rounding_accounted)
+                printf("  logits' rounding: accounted (largest error bound %.3g)\n",
+                       cs.max_logit_err);
+            else
+                printf("  logits' rounding: not accounted (the backend gives no error "
+                       "bounds)\n");
             printf("  clean accuracy  %.4f\n", lipc_cert_clean_accuracy(&cs));
             for (int e = 0; e < cs.n_eps; e++)
                 printf("  VRA at eps %-6g %.4f\n", cs.eps[e], lipc_cert_vra(&cs, e));

@@ -466,6 +466,23 @@ typedef struct lipc_op_desc {
      * A v / ||A v|| this is d sigma / dW at convergence (METHOD.md section 4). */
     void (*ref_weight_grad)(const lipc_node *n, int n_batch, const double *x,
                             const double *dy, double scale, double *dweight);
+    /* Running error analysis: a rigorous bound on how far ref_forward's double
+     * result is from the op evaluated in exact real arithmetic on the exact
+     * inputs (docs/soundness.md). With the forward's
+     *   in[i]      [n_batch, numel(in i)]   the computed inputs x~
+     *   in_err[i]  [n_batch, numel(in i)]   e_in >= |x~ - x| elementwise, x the
+     *                                       exact inputs (>= 0; +inf: unknown)
+     *   out        [n_batch, numel(n->shape)]  ref_forward's result y~ on in
+     *   params     as ref_forward's (the float parameters widened: exact)
+     * it WRITES
+     *   out_err    [n_batch, numel(n->shape)]  e_out >= |y~ - op(x)| elementwise
+     * counting both the propagated e_in and the op's own rounding, every
+     * computation of the bound itself rounded so that it stays an upper bound
+     * (lipc_ops_err_up). Each op file derives its rule. NULL for the input (the
+     * data: e = 0). */
+    void (*ref_error)(const lipc_node *n, int n_batch, const double *const *in,
+                      const double *const *in_err, const double *out, double *out_err,
+                      const double *params);
 } lipc_op_desc;
 
 extern const lipc_op_desc *const lipc_op_descs[LIPC_OP_COUNT];

@@ -15,6 +15,15 @@
  * the logits or in the prediction's row of kpair makes the point invalid: not
  * certified, counted, and flagged in the summary so the caller fails loudly
  * instead of reporting a VRA over garbage.
+ *
+ * Rounding. With the logits' error bounds e (a backend's predict_bounded), the
+ * exact margin satisfies f_j - f_i >= f~_j - f~_i - e_j - e_i, so the radius
+ * uses that lower bound, computed rounding down: every operation is followed
+ * by nextafter towards -inf (a result rounded to nearest is within half a gap
+ * of the exact value, so the next double down is below it; the slack is
+ * rounded up the same way). Then fl(a / K) > eps implies a / K > eps for a
+ * double eps (rounding is monotone), hence exact margin >= a > eps K. The pair
+ * bounds themselves are rounded up by lipc_kpair_upper (at the end).
  */
 #include "runtime/runtime.h"
 
@@ -34,11 +43,16 @@ typedef struct logit_row {
 
 static double logit_at(logit_row f, int k) { return f.d ? f.d[k] : (double)f.s[k]; }
 
-static lipc_cert_point certify_row(int m, logit_row f, const double *kpair, double float_slack)
+static double up(double x) { return nextafter(x, INFINITY); }
+static double down(double x) { return nextafter(x, -INFINITY); }
+
+/* err [m]: the logits' rounding error bounds, or NULL (trust them as exact). */
+static lipc_cert_point certify_row(int m, logit_row f, const double *err, const double *kpair,
+                                   double float_slack)
 {
     lipc_cert_point pt = {.pred = -1, .radius = 0.0, .tie = false, .invalid = false};
     for (int k = 0; k < m; k++) {
-        if (!isfinite(logit_at(f, k))) {
+        if (!isfinite(logit_at(f, k)) || (err && !(err[k] >= 0.0))) {
             pt.invalid = true;
             return pt;
         }
@@ -73,7 +87,12 @@ static lipc_cert_point certify_row(int m, logit_row f, const double *kpair, doub
     for (int i = 0; i < m; i++) {
         if (i == j)
             continue;
-        double a = (fj - logit_at(f, i)) - float_slack;
+        double a;
+        if (err) /* a lower bound on the exact margin minus the slack; +inf
+                  * error bounds give -inf: not certified */
+            a = down(down(fj - logit_at(f, i)) - up(up(err[j] + err[i]) + float_slack));
+        else
+            a = (fj - logit_at(f, i)) - float_slack;
         double ri;
         if (kj[i] > 0.0)
             ri = a / kj[i];
@@ -95,14 +114,21 @@ lipc_cert_point lipc_certify_point(int m, const double *f, const double *kpair,
                                    double float_slack)
 {
     LIPC_ASSERT(m >= 1);
-    return certify_row(m, (logit_row){f, NULL}, kpair, float_slack);
+    return certify_row(m, (logit_row){f, NULL}, NULL, kpair, float_slack);
 }
 
 lipc_cert_point lipc_certify_point_f32(int m, const float *f, const double *kpair,
                                        double float_slack)
 {
     LIPC_ASSERT(m >= 1);
-    return certify_row(m, (logit_row){NULL, f}, kpair, float_slack);
+    return certify_row(m, (logit_row){NULL, f}, NULL, kpair, float_slack);
+}
+
+lipc_cert_point lipc_certify_point_slack(int m, const double *f, const double *err,
+                                         const double *kpair, double float_slack)
+{
+    LIPC_ASSERT(m >= 1 && err);
+    return certify_row(m, (logit_row){f, NULL}, err, kpair, float_slack);
 }
 
 /* ---- a whole evaluation -------------------------------------------------------- */
@@ -136,15 +162,25 @@ static int radius_bin(double r)
     return (int)q;
 }
 
+/* le [n, m]: the logits' error bounds, or NULL. */
 static void certify_rows(lipc_cert_summary *s, int n, int m, const double *ld, const float *lf,
-                         const int32_t *labels, const double *kpair, double *radius)
+                         const double *le, const int32_t *labels, const double *kpair,
+                         double *radius)
 {
     LIPC_ASSERT(n >= 0 && m >= 1);
     for (int b = 0; b < n; b++) {
         logit_row row = ld ? (logit_row){ld + (size_t)b * m, NULL}
                            : (logit_row){NULL, lf + (size_t)b * m};
-        lipc_cert_point pt = certify_row(m, row, kpair, s->float_slack);
+        const double *err = le ? le + (size_t)b * m : NULL;
+        lipc_cert_point pt = certify_row(m, row, err, kpair, s->float_slack);
         s->n++;
+        if (err) {
+            s->n_err_bounded++;
+            for (int k = 0; k < m; k++)
+                if (err[k] > s->max_logit_err) /* NaN never compares greater */
+                    s->max_logit_err = err[k];
+        }
+        s->rounding_accounted = s->n_err_bounded == s->n;
         if (radius)
             radius[b] = pt.radius;
         if (pt.invalid || labels[b] < 0 || labels[b] >= m) {
@@ -182,13 +218,21 @@ static void certify_rows(lipc_cert_summary *s, int n, int m, const double *ld, c
 void lipc_certify_batch(lipc_cert_summary *s, int n, int m, const double *logits,
                         const int32_t *labels, const double *kpair, double *radius)
 {
-    certify_rows(s, n, m, logits, NULL, labels, kpair, radius);
+    certify_rows(s, n, m, logits, NULL, NULL, labels, kpair, radius);
 }
 
 void lipc_certify_batch_f32(lipc_cert_summary *s, int n, int m, const float *logits,
                             const int32_t *labels, const double *kpair, double *radius)
 {
-    certify_rows(s, n, m, NULL, logits, labels, kpair, radius);
+    certify_rows(s, n, m, NULL, logits, NULL, labels, kpair, radius);
+}
+
+void lipc_certify_batch_slack(lipc_cert_summary *s, int n, int m, const double *logits,
+                              const double *logit_err, const int32_t *labels,
+                              const double *kpair, double *radius)
+{
+    LIPC_ASSERT(logit_err);
+    certify_rows(s, n, m, logits, NULL, logit_err, labels, kpair, radius);
 }
 
 double lipc_cert_clean_accuracy(const lipc_cert_summary *s)
@@ -235,6 +279,9 @@ void lipc_cert_summary_json(const lipc_cert_summary *s, lipc_buf *out)
     lipc_buf_printf(out, ", \"ties\": %ld, \"invalid\": %ld, \"error\": %s, \"float_slack\": ",
                     s->n_tie, s->n_invalid, s->error ? "true" : "false");
     put_num(out, s->float_slack);
+    lipc_buf_printf(out, ", \"rounding_accounted\": %s, \"max_logit_err\": ",
+                    s->rounding_accounted ? "true" : "false");
+    put_num(out, s->max_logit_err);
 
     lipc_buf_puts(out, ", \"eps\": [");
     for (int k = 0; k < s->n_eps; k++) {
@@ -276,6 +323,41 @@ void lipc_kpair(int m, int d, const double *r, double k_sub, double *kpair)
             }
             /* exactly symmetric: (a - b)^2 == (b - a)^2 in floating point */
             kpair[j * m + i] = k_sub * sqrt(s);
+        }
+    }
+}
+
+/* kpair[j, i] >= k_sub ||r_j - r_i||_2 for the exact rows r, from the computed
+ * rows r~ with ||r~_o - r_o|| <= row_err.
+ *
+ * The distance. Let S = ||r~_j - r~_i||^2 exactly, s~ its computed value:
+ * each difference rounds once, each square once (plus an absolute h <= 2^-1022
+ * under underflow), d - 1 additions: s~ >= S (1 - u)^(d+2) - 2 d 2^-1022. With
+ * dist~ = fl(sqrt(s~)) >= sqrt(s~)(1 - u):
+ *   sqrt(S) <= (dist~ + sqrt(2 d 2^-1022)) (1 - u)^-((d + 4)/2)
+ *           <= (dist~ + 2^-480) (1 + 2 (d + 4) u)            (d < 2^59).
+ * The rows. ||r_j - r_i|| <= sqrt(S) + 2 row_err (triangle inequality).
+ * Every operation of the assembly on these nonnegative numbers is followed by
+ * nextafter towards +inf, and 1 + 2 (d + 4) u = 1 + (d + 4) 2^-52 is exact. */
+void lipc_kpair_upper(int m, int d, const double *r, double row_err, double k_sub,
+                      double *kpair)
+{
+    LIPC_ASSERT(m >= 1 && d >= 1 && d < (1 << 30));
+    double c = 1.0 + ((double)d + 4.0) * 0x1p-52;
+    for (int j = 0; j < m; j++) {
+        for (int i = 0; i < m; i++) {
+            if (i == j) {
+                kpair[j * m + i] = 0.0;
+                continue;
+            }
+            double s = 0.0;
+            for (int t = 0; t < d; t++) {
+                double diff = r[(size_t)j * d + t] - r[(size_t)i * d + t];
+                s += diff * diff;
+            }
+            double dist = up(up(sqrt(s) + 0x1p-480) * c);
+            /* symmetric: (a - b)^2 == (b - a)^2, and the rest depends on s only */
+            kpair[j * m + i] = up(k_sub * up(dist + up(2.0 * row_err)));
         }
     }
 }

@@ -378,6 +378,14 @@ typedef struct lipc_model_ops {
     /* logits [n, classes] */
     lipc_status (*predict)(void *ctx, const float *params, int n, const float *x,
                            double *logits);
+    /* logits [n, classes] as predict, and logit_err [n, classes]: a rigorous
+     * elementwise bound |logits - f(x)| <= logit_err against the exact
+     * real-number network with these (float) parameters on this (float)
+     * input, by running error analysis (docs/soundness.md). NULL when the
+     * backend has none: certification then trusts the logits as exact and
+     * says so (lipc_cert_summary.rounding_accounted). */
+    lipc_status (*predict_bounded)(void *ctx, const float *params, int n, const float *x,
+                                   double *logits, double *logit_err);
     /* The gradient of <dlogits, logits> w.r.t. the input: x [n, in numel],
      * dlogits [n, classes] -> dx [n, in numel] (a vector-Jacobian product). */
     lipc_status (*input_grad)(void *ctx, const float *params, int n, const float *x,
@@ -418,9 +426,18 @@ typedef struct lipc_model_ops {
  * exponents differ by up to 29 have an exact double difference); the rest of
  * the rounding (f_j - f_i - float_slack) is far below any useful slack.
  *
- * float_slack is the allowance for the floating-point error of the logits
- * themselves (float forward passes): 0 means "trust the logits as exact". The
- * sound-bounds work fills it in; it must be >= 0.
+ * float_slack is a uniform allowance subtracted from every margin (>= 0; 0:
+ * none). The rounding of the logits themselves is accounted per point by the
+ * _slack variants below: given logit_err [m] with |f_k - f_k(exact)| <=
+ * logit_err[k] (a backend's predict_bounded), the pair (j, i) needs
+ *
+ *   f_j - f_i - (logit_err[j] + logit_err[i]) - float_slack > eps * kpair[j, i]
+ *
+ * (per pair, not 2 max_k e_k: exact f_j - f_i >= f~_j - f~_i - e_j - e_i is
+ * all the argument uses). There the margin is computed rounding DOWN
+ * (nextafter towards -inf after each operation), so the test is rigorous for
+ * double logits too; then r > eps implies the exact margin exceeds eps K.
+ * A NaN or negative logit_err makes the point invalid; +inf only uncertifiable.
  */
 /* ---- one point ---------------------------------------------------------------- */
 
@@ -441,6 +458,9 @@ lipc_cert_point lipc_certify_point(int m, const double *f, const double *kpair,
  * widened to double exactly. */
 lipc_cert_point lipc_certify_point_f32(int m, const float *f, const double *kpair,
                                        double float_slack);
+/* The same with the logits' rounding error bounds err [m] (see above). */
+lipc_cert_point lipc_certify_point_slack(int m, const double *f, const double *err,
+                                         const double *kpair, double float_slack);
 
 /* ---- a whole evaluation -------------------------------------------------------- */
 
@@ -469,6 +489,11 @@ typedef struct lipc_cert_summary {
     double sum_radius_correct;               /* finite radii only (for the mean) */
     long n_inf_radius;                       /* correct points with radius +inf */
     bool error;                              /* n_invalid > 0: the caller must fail loudly */
+    long n_err_bounded;                      /* points whose logits came with rounding
+                                              * error bounds (lipc_certify_batch_slack) */
+    bool rounding_accounted;                 /* n > 0 and every point seen had them: the
+                                              * certificates hold for the exact network */
+    double max_logit_err;                    /* the largest logit error bound seen (0: none) */
 } lipc_cert_summary;
 
 /* Starts an empty summary. LIPC_ERR_INPUT when n_eps is outside
@@ -487,6 +512,12 @@ void lipc_certify_batch(lipc_cert_summary *s, int n, int m, const double *logits
                         const int32_t *labels, const double *kpair, double *radius);
 void lipc_certify_batch_f32(lipc_cert_summary *s, int n, int m, const float *logits,
                             const int32_t *labels, const double *kpair, double *radius);
+/* The same with logit_err [n, m], the logits' rounding error bounds (a
+ * backend's predict_bounded): each pair's margin loses e_j + e_i on top of
+ * s->float_slack, computed rounding down. */
+void lipc_certify_batch_slack(lipc_cert_summary *s, int n, int m, const double *logits,
+                              const double *logit_err, const int32_t *labels,
+                              const double *kpair, double *radius);
 
 /* Fractions over the points seen (0 when none). */
 double lipc_cert_clean_accuracy(const lipc_cert_summary *s);
@@ -494,7 +525,8 @@ double lipc_cert_vra(const lipc_cert_summary *s, int k);
 
 /* Appends s as one JSON object:
  *   {"n": .., "correct": .., "clean_accuracy": .., "ties": .., "invalid": ..,
- *    "error": .., "float_slack": .., "eps": [..], "certified": [..], "vra_count": [..],
+ *    "error": .., "float_slack": .., "rounding_accounted": .., "max_logit_err": ..,
+ *    "eps": [..], "certified": [..], "vra_count": [..],
  *    "vra": [..], "radius_histogram": {"bin_width": .., "counts": [..]},
  *    "min_radius_correct": .., "mean_finite_radius_correct": .., "infinite_radius": ..}
  * Non-finite numbers (an infinite minimum radius) are written as null. */
@@ -506,6 +538,13 @@ void lipc_cert_summary_json(const lipc_cert_summary *s, lipc_buf *out);
  *   r      [m, d]   effective head rows
  *   kpair  [m, m]   written */
 void lipc_kpair(int m, int d, const double *r, double k_sub, double *kpair);
+/* The same, rounded UP for certification: kpair[j, i] >= k_sub ||r_j - r_i||_2
+ * for the EXACT rows r, given the computed rows r~ [m, d] with
+ * ||r~_o - r_o||_2 <= row_err for every row (0: r~ is exact, e.g. float
+ * weights widened; lipc_head_kpair passes the bound of a row normalisation).
+ * The diagonal is 0. runtime/certify.c states the argument. */
+void lipc_kpair_upper(int m, int d, const double *r, double row_err, double k_sub,
+                      double *kpair);
 
 /* ---- checkpoints (runtime/checkpoint.c) ---------------------------------- */
 
@@ -567,13 +606,17 @@ lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
 /* Does the dataset fit the model's input and classes? (An error in d if not.) */
 bool lipc_dataset_fits(const lipc_model_desc *m, const lipc_dataset *ds, lipc_diags *d);
 
-/* The head's pair bounds [classes, classes] for a given K_sub. */
+/* The head's pair bounds [classes, classes] for a given K_sub, rounded up
+ * (lipc_kpair_upper): upper bounds on K_sub ||r_j - r_i|| for the exact
+ * (normalised) rows of the float head weights. */
 lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, double k_sub,
                             double *kpair);
 
 /* Predicts every example of ds in batches and adds them to s (initialised by
  * the caller with its radii); radius [ds->n] gets each certified radius
- * (NULL: not kept). */
+ * (NULL: not kept). With ops->predict_bounded the logits' rounding is
+ * accounted (lipc_certify_batch_slack; s->rounding_accounted); without it,
+ * ops->predict's logits are trusted as exact. */
 lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops *ops,
                                  const float *params, double k_sub, const lipc_dataset *ds,
                                  int batch, lipc_cert_summary *s, double *radius);

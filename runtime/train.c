@@ -55,11 +55,20 @@ lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, doubl
     }
     for (size_t i = 0; i < len; i++)
         w[i] = params[m->head_offset + i];
-    if (m->head_normalize)
+    /* Rounded up for the exact rows. Normalised rows r~ = fl(s~ w) with
+     * s~ = s (1 + t), |t| <= (d + 4) u (ir/ops/dense.c derives it), so
+     * |r~ - r| <= ((d + 4) u + u + (d + 4) u^2) |r| <= (d + 6) u |r| elementwise
+     * (no underflow: |w| >= 2^-149 and s~ >= 2^-129 / sqrt(d) for float
+     * weights), hence ||r~ - r|| <= (d + 6) u ||r|| = (d + 6) u; we pass twice
+     * that. Raw float weights widened to double are exact: 0. */
+    double row_err = 0.0;
+    if (m->head_normalize) {
         lipc_rownorm_forward(m->classes, m->head_in, w, r);
-    else
+        row_err = ((double)m->head_in + 6.0) * 0x1p-52;
+    } else {
         memcpy(r, w, sizeof(double) * len);
-    lipc_kpair(m->classes, m->head_in, r, k_sub, kpair);
+    }
+    lipc_kpair_upper(m->classes, m->head_in, r, row_err, k_sub, kpair);
     lipc_free(w);
     lipc_free(r);
     return LIPC_OK;
@@ -73,21 +82,33 @@ lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops 
     int mc = m->classes;
     if (ops->max_batch > 0 && batch > ops->max_batch)
         batch = ops->max_batch;
+    /* With predict_bounded the logits come with rounding error bounds and the
+     * certificate holds for the exact network; without, they are trusted
+     * (s->rounding_accounted says which). */
+    bool bounded = ops->predict_bounded != NULL;
     double *kpair = lipc_malloc(sizeof(double) * (size_t)mc * (size_t)mc);
     double *logits = lipc_malloc(sizeof(double) * (size_t)batch * (size_t)mc);
+    double *err = bounded ? lipc_malloc(sizeof(double) * (size_t)batch * (size_t)mc) : NULL;
     int32_t *labels = lipc_malloc(sizeof(int32_t) * (size_t)batch);
-    lipc_status st = kpair && logits && labels ? lipc_head_kpair(m, params, k_sub, kpair)
-                                               : LIPC_ERR_NOMEM;
+    lipc_status st = kpair && logits && labels && (err || !bounded)
+                         ? lipc_head_kpair(m, params, k_sub, kpair)
+                         : LIPC_ERR_NOMEM;
     for (int start = 0; st == LIPC_OK && start < ds->n; start += batch) {
         int n = ds->n - start < batch ? ds->n - start : batch;
-        st = ops->predict(ops->ctx, params, n, ds->x + (size_t)start * in, logits);
+        const float *x = ds->x + (size_t)start * in;
+        st = bounded ? ops->predict_bounded(ops->ctx, params, n, x, logits, err)
+                     : ops->predict(ops->ctx, params, n, x, logits);
         for (int i = 0; i < n; i++)
             labels[i] = ds->y[start + i];
-        if (st == LIPC_OK)
-            lipc_certify_batch(s, n, mc, logits, labels, kpair, radius ? radius + start : NULL);
+        double *rad = radius ? radius + start : NULL;
+        if (st == LIPC_OK && bounded)
+            lipc_certify_batch_slack(s, n, mc, logits, err, labels, kpair, rad);
+        else if (st == LIPC_OK)
+            lipc_certify_batch(s, n, mc, logits, labels, kpair, rad);
     }
     lipc_free(kpair);
     lipc_free(logits);
+    lipc_free(err);
     lipc_free(labels);
     return st;
 }

@@ -232,6 +232,55 @@ lipc_status lipc_ref_predict(const lipc_program *p, const float *params, int n, 
     return LIPC_OK;
 }
 
+/* Logits with a running error analysis (docs/soundness.md): each FORWARD
+ * step runs the op's ref_forward and then its ref_error, which bounds how far
+ * the double result is from the exact real-number op on the exact inputs,
+ * given the inputs' bounds. The bounds live in a second arena laid out by the
+ * same memory plan: a node's bound is live exactly when its activation is (the
+ * plan never lets a step's output share memory with its inputs), so offsets
+ * can be reused as they are. The input is float data widened exactly: e = 0. */
+lipc_status lipc_ref_predict_bounded(const lipc_program *p, const float *params, int n,
+                                     const float *x, double *logits, double *logit_err)
+{
+    exec e;
+    lipc_status st = exec_init(&e, p, n, params, NULL, false);
+    if (st != LIPC_OK)
+        return st;
+    double *err = lipc_malloc(sizeof(double) * (p->arena_per_example * (size_t)n + 1));
+    if (!err) {
+        exec_free(&e);
+        return LIPC_ERR_NOMEM;
+    }
+    const lipc_graph *g = p->g;
+    double *xin = act(&e, g->input);
+    double *ein = err + p->act_offset[g->input->id] * (size_t)n;
+    for (size_t i = 0; i < numel(g->input) * (size_t)n; i++) {
+        xin[i] = x[i];
+        ein[i] = 0.0;
+    }
+    for (int s = 0; s < p->n_steps; s++) {
+        if (p->steps[s].op != LIPC_STEP_FORWARD)
+            continue;
+        const lipc_node *nd = p->steps[s].node;
+        const lipc_op_desc *desc = lipc_op_info(nd->op);
+        LIPC_ASSERT(desc->ref_error);
+        const double *in[LIPC_MAX_INPUTS], *in_err[LIPC_MAX_INPUTS];
+        for (int i = 0; i < nd->n_in; i++) {
+            in[i] = act(&e, nd->in[i]);
+            in_err[i] = err + p->act_offset[nd->in[i]->id] * (size_t)n;
+        }
+        desc->ref_forward(nd, n, in, act(&e, nd), node_params(&e, nd));
+        desc->ref_error(nd, n, in, in_err, act(&e, nd), err + p->act_offset[nd->id] * (size_t)n,
+                        node_params(&e, nd));
+    }
+    size_t n_out = numel(g->output) * (size_t)n;
+    memcpy(logits, act(&e, g->output), sizeof(double) * n_out);
+    memcpy(logit_err, err + p->act_offset[g->output->id] * (size_t)n, sizeof(double) * n_out);
+    lipc_free(err);
+    exec_free(&e);
+    return LIPC_OK;
+}
+
 lipc_status lipc_ref_lipschitz(const lipc_program *p, const float *params, float *vec,
                                int max_iters, double tol, lipc_bound_report *report)
 {

@@ -72,6 +72,24 @@ static void add_ref_backward(const lipc_node *n, int n_batch, const double *cons
                 din[k][i] += dout[i];
 }
 
+/* Running error analysis. Exact y = a + b; computed y~ = fl(a~ + b~) =
+ * (a~ + b~)(1 + d), so |a~ + b~| <= |y~| / (1 - u) and
+ *   |y~ - y| <= e_a + e_b + u |a~ + b~| <= (e_a + e_b + u |y~|) / (1 - u).
+ * raw = fl(fl(e_a + e_b) + u |y~|) (three roundings) is >= that bound times
+ * (1 - u)^4: lipc_ops_err_up(raw, 4) is rigorous; we pass 5.
+ * in_err[0], in_err[1], out, out_err [n_batch, numel]. */
+static void add_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                          const double *const *in_err, const double *out, double *out_err,
+                          const double *params)
+{
+    (void)in;
+    (void)params;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        out_err[i] = lipc_ops_err_up(in_err[0][i] + in_err[1][i] + LIPC_OPS_U * fabs(out[i]),
+                                     5);
+}
+
 const lipc_op_desc lipc_op_desc_add = {
     .name = "add",
     .summary = "residual join: skip + body output",
@@ -86,4 +104,5 @@ const lipc_op_desc lipc_op_desc_add = {
     .lipschitz = add_lipschitz,
     .ref_forward = add_ref_forward,
     .ref_backward = add_ref_backward,
+    .ref_error = add_ref_error,
 };

@@ -144,6 +144,45 @@ static void avgpool_ref_backward(const lipc_node *n, int n_batch, const double *
         }
 }
 
+/* Running error analysis. Exact y = (1/K) sum x over the window, K = kh kw;
+ * computed y~ = fl(fl(sum x~) inv~) with inv~ = fl(1/K) = (1/K)(1 + d0): each
+ * term passes at most K - 1 additions, then inv~ and the product, so
+ *   |y~ - (1/K) sum x~| <= gamma(K + 1) (1/K) sum |x~|   and
+ *   |y~ - y| <= (1/K) sum e + gamma(K + 1) (1/K) sum |x~| = P + gamma Q.
+ * P and Q are computed as the forward computes an average (K + 1 roundings on
+ * a path), then gamma (1), its product (1) and the sum (1): at most K + 3, and
+ * lipc_ops_err_up(raw, K + 8) covers the bound's own rounding.
+ * in, in_err [n_batch, c, h, w]; out_err [n_batch, c, oh, ow]. */
+static void avgpool_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                              const double *const *in_err, const double *out,
+                              double *out_err, const double *params)
+{
+    (void)out;
+    (void)params;
+    int c = n->shape.d[0], h = n->in[0]->shape.d[1], w = n->in[0]->shape.d[2];
+    int oh = n->shape.d[1], ow = n->shape.d[2];
+    int kh = n->a.kernel[0], kw = n->a.kernel[1], sh = n->a.stride[0], sw = n->a.stride[1];
+    long kk = (long)kh * kw;
+    double inv = 1.0 / ((double)kh * kw), g = lipc_ops_gamma(kk + 1);
+    for (int b = 0; b < n_batch; b++)
+        for (int i = 0; i < c; i++) {
+            const double *x = in[0] + ((size_t)b * c + i) * h * w;
+            const double *e = in_err[0] + ((size_t)b * c + i) * h * w;
+            double *ey = out_err + ((size_t)b * c + i) * oh * ow;
+            for (int p = 0; p < oh; p++)
+                for (int q = 0; q < ow; q++) {
+                    double pe = 0.0, qx = 0.0;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                            size_t at = (size_t)(p * sh + ky) * w + q * sw + kx;
+                            pe += e[at];
+                            qx += fabs(x[at]);
+                        }
+                    ey[(size_t)p * ow + q] = lipc_ops_err_up(pe * inv + g * (qx * inv), kk + 8);
+                }
+        }
+}
+
 const lipc_op_desc lipc_op_desc_avgpool = {
     .name = "avgpool",
     .summary = "average pooling, no padding",
@@ -158,4 +197,5 @@ const lipc_op_desc lipc_op_desc_avgpool = {
     .lipschitz = avgpool_lipschitz,
     .ref_forward = avgpool_ref_forward,
     .ref_backward = avgpool_ref_backward,
+    .ref_error = avgpool_ref_error,
 };

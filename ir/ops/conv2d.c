@@ -367,6 +367,72 @@ static void conv2d_ref_weight_grad(const lipc_node *n, int n_batch, const double
     conv_weight_grad_add(&c, n_batch, x, dy, scale, dweight);
 }
 
+/* ---- running error analysis (ref_error) --------------------------------------
+ *
+ * Exact: y = b + sum_t W_t x_t (+ x_o when folded), over the taps t that read
+ * inside the input, on the exact inputs x; computed: y~ = conv_apply's loop on
+ * x~ with |x~ - x| <= e. Let k = c_in kh kw (+ 1 when folded) bound the terms,
+ * and y^ = b + sum_t W_t x~_t (+ x~_o) in exact arithmetic. Then
+ *   |y^ - y|  <= sum_t |W_t| e_t (+ e_o)                      = P  (propagated)
+ *   |y~ - y^| <= gamma(k + 2) (|b| + sum_t |W_t| |x~_t| (+ |x~_o|)) = gamma Q
+ * The second is the recursive-summation bound (Higham eq. 3.4): acc starts at
+ * b and adds each product (rounded once) and then the identity tap, so a
+ * product passes through at most k + 1 roundings and b through at most k
+ * (gamma(k + 2) is generous by one). So
+ *   e_out = P + gamma(k + 2) Q.
+ * P and Q are computed by the same loop on nonnegative numbers (at most k + 1
+ * roundings on a path), then gamma (1), its product (1) and the sum (1):
+ * lipc_ops_err_up(raw, k + 4) covers the bound's own rounding; we pass k + 8. */
+static void conv_error(const conv_dims *c, int n_batch, const double *xs, const double *es,
+                       const double *wt, const double *bias, double *eys)
+{
+    long k = (long)c->c_in * c->kh * c->kw + (c->fold ? 1 : 0);
+    double g = lipc_ops_gamma(k + 2);
+    for (int b = 0; b < n_batch; b++) {
+        const double *x_b = xs + (size_t)b * c->c_in * c->h * c->w;
+        const double *e_b = es + (size_t)b * c->c_in * c->h * c->w;
+        double *ey_b = eys + (size_t)b * c->c_out * c->oh * c->ow;
+        for (int o = 0; o < c->c_out; o++)
+            for (int y = 0; y < c->oh; y++)
+                for (int x = 0; x < c->ow; x++) {
+                    double p = 0.0, q = bias ? fabs(bias[o]) : 0.0;
+                    for (int i = 0; i < c->c_in; i++)
+                        for (int ky = 0; ky < c->kh; ky++) {
+                            int iy = y * c->sh + ky - c->top;
+                            if (iy < 0 || iy >= c->h)
+                                continue;
+                            for (int kx = 0; kx < c->kw; kx++) {
+                                int ix = x * c->sw + kx - c->left;
+                                if (ix < 0 || ix >= c->w)
+                                    continue;
+                                double aw = fabs(wt[conv_widx(c, o, i, ky, kx)]);
+                                size_t at = ((size_t)i * c->h + iy) * c->w + ix;
+                                p += aw * e_b[at];
+                                q += aw * fabs(x_b[at]);
+                            }
+                        }
+                    if (c->fold) {
+                        size_t at = ((size_t)o * c->h + y) * c->w + x;
+                        p += e_b[at];
+                        q += fabs(x_b[at]);
+                    }
+                    ey_b[((size_t)o * c->oh + y) * c->ow + x] = lipc_ops_err_up(p + g * q, k + 8);
+                }
+    }
+}
+
+/* in, in_err [n_batch, c_in, h, w]; out, out_err [n_batch, c_out, oh, ow];
+ * params as the forward's. */
+static void conv2d_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                             const double *const *in_err, const double *out, double *out_err,
+                             const double *params)
+{
+    (void)out;
+    conv_dims c = conv_dims_of(n);
+    const double *bias = n->a.bias ? params + (size_t)c.c_out * c.c_in * c.kh * c.kw : NULL;
+    conv_error(&c, n_batch, in[0], in_err[0], params, bias, out_err);
+}
+
 const lipc_op_desc lipc_op_desc_conv2d = {
     .name = "conv2d",
     .summary = "2-D convolution with zero padding",
@@ -383,4 +449,5 @@ const lipc_op_desc lipc_op_desc_conv2d = {
     .ref_backward = conv2d_ref_backward,
     .ref_linear = conv2d_ref_linear,
     .ref_weight_grad = conv2d_ref_weight_grad,
+    .ref_error = conv2d_ref_error,
 };

@@ -243,6 +243,80 @@ static void dense_ref_weight_grad(const lipc_node *n, int n_batch, const double 
     dense_weight_grad_add(n, n_batch, x, dy, NULL, scale, dweight);
 }
 
+/* ---- running error analysis (ref_error) ----------------------------------------
+ *
+ * Exact: y_o = b_o + s_o w_o . x (+ x_o when folded) on the exact inputs x,
+ * with s_o = 1 / ||w_o|| (normalize; 0 for a zero row) or 1. Computed, by
+ * dense_apply on x~ (|x~ - x| <= e): acc = w_o . x~ (d = in_f terms), acc *= s~_o,
+ * += x~_o, += b_o. Let k = d (+ 1 when folded).
+ *
+ * The row scale. The squares of float weights are exact in double, so
+ * fl(sum w^2) = ss (1 + t1), |t1| <= gamma(d - 1); then a rounded sqrt and a
+ * rounded division: s~ = s (1 + d2) / ((1 + t1)^(1/2) (1 + d1)). For d u tiny
+ * (d < 2^31) this gives s~ = s (1 + t), |t| <= ((d - 1)/2 + 2.01) u <= tau =
+ * (d + 4) u (generous by about 2). Hence, with nu = 2 tau (0 without
+ * normalize, where s~ = s = 1):
+ *   s <= s~ / (1 - tau) <= s~ (1 + nu),    |s~ - s| = |t| s <= nu s~.
+ * A zero row has s~ = s = 0 exactly.
+ *
+ * The bound. With y^ = b + s~ w . x~ (+ x~_o) in exact arithmetic (s~ the
+ * computed number, a coefficient), y' = the same with s, and y exact:
+ *   |y~ - y^| <= gamma(k + 2) (|b| + s~ |w| |x~| (+ |x~_o|))   rounding: acc's
+ *                d terms pass at most d roundings; the scaling (normalize
+ *                only), the identity and the bias add one each:
+ *                d + normalize + fold + bias <= d + fold + 2 = k + 2
+ *   |y^ - y'| = |s~ - s| |w . x~| <= nu s~ |w| |x~|                the row scale
+ *   |y' - y|  <= s |w| e (+ e_o) <= (1 + nu) (s~ |w| e (+ e_o))      propagated
+ * so, with P = s~ |w| e (+ e_o) and Q = |b| + s~ |w| |x~| (+ |x~_o|),
+ *   e_out = (1 + nu) P + (gamma(k + 2) + nu) Q.
+ * P and Q mirror dense_apply's loop on nonnegative numbers (at most k + 2
+ * roundings on a path); 1 + nu is exact, gamma + nu costs 2 roundings, then a
+ * product and the sum: at most k + 4 on a path, and lipc_ops_err_up(raw, k + 8)
+ * covers the bound's own rounding with room to spare. */
+static void dense_error(const lipc_node *n, int n_batch, const double *xs, const double *es,
+                        const double *wt, const double *bias, double *eys)
+{
+    int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
+    long k = (long)in_f + (n->a.fold_identity ? 1 : 0);
+    double nu = n->a.normalize ? 2.0 * ((double)in_f + 4.0) * LIPC_OPS_U : 0.0;
+    double c_p = 1.0 + nu;                      /* exact: a multiple of 2^-52 */
+    double c_q = lipc_ops_gamma(k + 2) + nu;
+    for (int o = 0; o < out_f; o++) {
+        const double *row = wt + (size_t)o * in_f;
+        double s = dense_row_scale(n, row, in_f);   /* s~, as the forward's */
+        for (int b = 0; b < n_batch; b++) {
+            const double *x = xs + (size_t)b * in_f, *e = es + (size_t)b * in_f;
+            double p = 0.0, q = 0.0;
+            for (int i = 0; i < in_f; i++) {
+                double aw = fabs(row[i]);
+                p += aw * e[i];
+                q += aw * fabs(x[i]);
+            }
+            p *= s;
+            q *= s;
+            if (n->a.fold_identity) {
+                p += e[o];
+                q += fabs(x[o]);
+            }
+            if (bias)
+                q += fabs(bias[o]);
+            eys[(size_t)b * out_f + o] = lipc_ops_err_up(c_p * p + c_q * q, k + 8);
+        }
+    }
+}
+
+/* in, in_err [n_batch, in_f]; out, out_err [n_batch, out_f]; params as the
+ * forward's. */
+static void dense_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                            const double *const *in_err, const double *out, double *out_err,
+                            const double *params)
+{
+    (void)out;
+    int in_f = n->in[0]->shape.d[0], out_f = n->shape.d[0];
+    const double *bias = n->a.bias ? params + (size_t)out_f * in_f : NULL;
+    dense_error(n, n_batch, in[0], in_err[0], params, bias, out_err);
+}
+
 const lipc_op_desc lipc_op_desc_dense = {
     .name = "dense",
     .summary = "fully connected layer y = W x + b (optionally unit-norm rows)",
@@ -259,4 +333,5 @@ const lipc_op_desc lipc_op_desc_dense = {
     .ref_backward = dense_ref_backward,
     .ref_linear = dense_ref_linear,
     .ref_weight_grad = dense_ref_weight_grad,
+    .ref_error = dense_ref_error,
 };

@@ -55,6 +55,19 @@ static void flatten_ref_backward(const lipc_node *n, int n_batch, const double *
         din[0][i] += dout[i];
 }
 
+/* Running error analysis: the same numbers, moved: e_out = e_in.
+ * in_err, out_err [n_batch, c*h*w]. */
+static void flatten_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                              const double *const *in_err, const double *out,
+                              double *out_err, const double *params)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    memcpy(out_err, in_err[0], total * sizeof *out_err);
+}
+
 const lipc_op_desc lipc_op_desc_flatten = {
     .name = "flatten",
     .summary = "feature map (c, h, w) to a flat vector (c*h*w)",
@@ -69,4 +82,5 @@ const lipc_op_desc lipc_op_desc_flatten = {
     .lipschitz = flatten_lipschitz,
     .ref_forward = flatten_ref_forward,
     .ref_backward = flatten_ref_backward,
+    .ref_error = flatten_ref_error,
 };

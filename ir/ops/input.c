@@ -58,4 +58,5 @@ const lipc_op_desc lipc_op_desc_input = {
     .lipschitz = input_lipschitz,
     .ref_forward = NULL,
     .ref_backward = NULL,   /* the data: the interpreter hands its gradient back */
+    .ref_error = NULL,      /* the data: exact (e = 0), set by the interpreter */
 };

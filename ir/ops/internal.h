@@ -30,4 +30,26 @@ bool lipc_ops_check_dims(const lipc_node *n, lipc_diags *d, const char *what,
 bool lipc_ops_declare_weight_bias(lipc_graph *g, lipc_node *n, int rank,
                                   const int *wd, lipc_diags *d);
 
+/* ---- running error analysis (each op's ref_error; ir/registry.c proves it) ----
+ *
+ * u = 2^-53, the unit roundoff of double (round to nearest); gamma(k) =
+ * k u / (1 - k u) bounds the relative error of a sum of k rounded terms
+ * (Higham, Accuracy and Stability, Lemma 3.1). */
+#define LIPC_OPS_U 0x1p-53
+
+/* gamma(k), rounded to nearest: the result is >= gamma(k) (1 - u), one
+ * rounding that the caller counts. 1 <= k < 2^32. */
+double lipc_ops_gamma(long k);
+
+/* Turns raw, a bound computed in round to nearest, into a rigorous one: for
+ * the real number T that raw approximates,
+ *     lipc_ops_err_up(raw, n) >= T        (also under underflow, also FTZ)
+ * provided raw >= T (1 - u)^n - A with A the underflow term of the Lemma in
+ * ir/registry.c. The Lemma gives exactly that when raw evaluates T's formula
+ * on nonnegative data by + and x (and lipc_ops_gamma) with at most n roundings
+ * on any path from a datum to raw, fewer than 2^40 n operations in all. The
+ * result is raw (1 + 4 n u) + n 2^-800 (rounded). NaN or overflow give +inf:
+ * no bound, so nothing downstream is certified. 1 <= n < 2^32. */
+double lipc_ops_err_up(double raw, long n);
+
 #endif

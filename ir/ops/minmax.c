@@ -11,6 +11,8 @@
 #include "ir/ir.h"
 #include "ir/ops/internal.h"
 
+#include <math.h>
+
 static const lipc_field minmax_fields[] = {
     {"pairing", LIPC_FIELD_ENUM, offsetof(lipc_attrs, pairing), false, 0,
      lipc_pairing_names, "which channels are paired: halves | adjacent (default halves)"},
@@ -112,6 +114,37 @@ static void minmax_ref_backward(const lipc_node *n, int n_batch, const double *c
     }
 }
 
+/* Running error analysis: max and min are exact in floating point, and each is
+ * 1-Lipschitz in the max norm of the pair:
+ *   |max(a~, b~) - max(a, b)| <= max(|a~ - a|, |b~ - b|),  the same for min,
+ * so both outputs of a pair get max(e_a, e_b), with no rounding of their own
+ * (a NaN bound becomes +inf: no bound). Shapes as in the forward. */
+static void minmax_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                             const double *const *in_err, const double *out, double *out_err,
+                             const double *params)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    int c = n->shape.d[0];
+    size_t hw = n->shape.rank == 3 ? (size_t)n->shape.d[1] * n->shape.d[2] : 1;
+    for (int b = 0; b < n_batch; b++) {
+        const double *e = in_err[0] + (size_t)b * c * hw;
+        double *eo = out_err + (size_t)b * c * hw;
+        for (int k = 0; k < c / 2; k++) {
+            int ia = n->a.pairing == LIPC_PAIR_HALVES ? k : 2 * k;
+            int ib = n->a.pairing == LIPC_PAIR_HALVES ? k + c / 2 : 2 * k + 1;
+            for (size_t p = 0; p < hw; p++) {
+                double ea = e[ia * hw + p], eb = e[ib * hw + p];
+                double m = ea >= eb ? ea : eb;
+                if (isnan(ea) || isnan(eb))
+                    m = INFINITY;
+                eo[ia * hw + p] = eo[ib * hw + p] = m;
+            }
+        }
+    }
+}
+
 const lipc_op_desc lipc_op_desc_minmax = {
     .name = "minmax",
     .summary = "MinMax activation: sort channel pairs (1-Lipschitz, gradient-norm preserving)",
@@ -126,4 +159,5 @@ const lipc_op_desc lipc_op_desc_minmax = {
     .lipschitz = minmax_lipschitz,
     .ref_forward = minmax_ref_forward,
     .ref_backward = minmax_ref_backward,
+    .ref_error = minmax_ref_error,
 };

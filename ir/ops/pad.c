@@ -147,6 +147,19 @@ static void pad_ref_backward(const lipc_node *n, int n_batch, const double *cons
                         dout[(((size_t)b * c + i) * oh + y + top) * ow + x + left];
 }
 
+/* Running error analysis: inside, the input's numbers moved (e_out = e_in);
+ * the border holds exact zeros (e_out = 0).
+ * in_err [n_batch, c, h, w], out_err [n_batch, c, oh, ow]. */
+static void pad_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                          const double *const *in_err, const double *out, double *out_err,
+                          const double *params)
+{
+    (void)in;
+    (void)out;
+    /* the error map is the forward's map of the errors, zeros in the border */
+    pad_ref_forward(n, n_batch, in_err, out_err, params);
+}
+
 const lipc_op_desc lipc_op_desc_pad = {
     .name = "pad",
     .summary = "zero padding of a feature map (an isometry)",
@@ -161,4 +174,5 @@ const lipc_op_desc lipc_op_desc_pad = {
     .lipschitz = pad_lipschitz,
     .ref_forward = pad_ref_forward,
     .ref_backward = pad_ref_backward,
+    .ref_error = pad_ref_error,
 };

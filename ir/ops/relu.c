@@ -5,6 +5,8 @@
 #include "ir/ir.h"
 #include "ir/ops/internal.h"
 
+#include <string.h>
+
 static const lipc_field relu_fields[] = {
     {0},
 };
@@ -45,6 +47,20 @@ static void relu_ref_backward(const lipc_node *n, int n_batch, const double *con
             din[0][i] += dout[i];
 }
 
+/* Running error analysis: max(x, 0) is exact in floating point and
+ * 1-Lipschitz, |max(x~, 0) - max(x, 0)| <= |x~ - x|, so e_out = e_in.
+ * in_err, out_err [n_batch, numel]. */
+static void relu_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                           const double *const *in_err, const double *out, double *out_err,
+                           const double *params)
+{
+    (void)in;
+    (void)out;
+    (void)params;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    memcpy(out_err, in_err[0], total * sizeof *out_err);
+}
+
 const lipc_op_desc lipc_op_desc_relu = {
     .name = "relu",
     .summary = "elementwise max(x, 0)",
@@ -59,4 +75,5 @@ const lipc_op_desc lipc_op_desc_relu = {
     .lipschitz = relu_lipschitz,
     .ref_forward = relu_ref_forward,
     .ref_backward = relu_ref_backward,
+    .ref_error = relu_ref_error,
 };

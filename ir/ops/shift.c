@@ -47,6 +47,24 @@ static void shift_ref_backward(const lipc_node *n, int n_batch, const double *co
         din[0][i] += dout[i];
 }
 
+/* Running error analysis. Exact y = x + by (by the double attribute, as the
+ * exact network adds it); computed y~ = fl(x~ + by) = (x~ + by)(1 + d), so
+ * |x~ + by| <= |y~| / (1 - u) and
+ *   |y~ - y| <= |x~ - x| + u |x~ + by| <= (e_in + u |y~|) / (1 - u).
+ * raw = fl(e_in + u |y~|) (two roundings) is then >= that bound times
+ * (1 - u)^3: lipc_ops_err_up(raw, 3) is rigorous; we pass 4.
+ * in_err, out, out_err [n_batch, numel]. */
+static void shift_ref_error(const lipc_node *n, int n_batch, const double *const *in,
+                            const double *const *in_err, const double *out, double *out_err,
+                            const double *params)
+{
+    (void)in;
+    (void)params;
+    size_t total = (size_t)n_batch * (size_t)lipc_shape_numel(n->shape);
+    for (size_t i = 0; i < total; i++)
+        out_err[i] = lipc_ops_err_up(in_err[0][i] + LIPC_OPS_U * fabs(out[i]), 4);
+}
+
 const lipc_op_desc lipc_op_desc_shift = {
     .name = "shift",
     .summary = "add a constant to every element: y = x + by",
@@ -61,4 +79,5 @@ const lipc_op_desc lipc_op_desc_shift = {
     .lipschitz = shift_lipschitz,
     .ref_forward = shift_ref_forward,
     .ref_backward = shift_ref_backward,
+    .ref_error = shift_ref_error,
 };
