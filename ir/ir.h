@@ -146,8 +146,9 @@ typedef struct lipc_lip {
      *                        max over frequencies of sigma_max(P(u,v))
      *   "reshaped-kernel"    kernel == stride, no padding: block diagonal,
      *                        exact sigma_max of W reshaped c_out x (c_in kh kw)
-     *   "power-iteration+fft-upper"  strided conv with padding: estimate by
-     *                        power iteration, sound bound by the stride-1 conv
+     *   "polyphase-fft"      strided conv with padding: the circulant bound of
+     *                        its polyphase rewrite (a stride-1 conv on the
+     *                        stacked phases of the input); runtime/bounds.c
      * for CONST / LOOSE: a short formula ("1/k", "1 + K(body)"). */
     const char *method;
     bool exact;          /* the method yields the norm itself, not only a bound */

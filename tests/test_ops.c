@@ -1031,10 +1031,10 @@ Test(lipschitz, classification)
     } convs[] = {
         {4, 4, LIPC_PAD_VALID, "reshaped-kernel", true},
         {4, 4, LIPC_PAD_SAME, "reshaped-kernel", true}, /* 8 = 2*4: no padding */
-        {3, 3, LIPC_PAD_SAME, "power-iteration+fft-upper", false}, /* 8 -> pads 1 */
+        {3, 3, LIPC_PAD_SAME, "polyphase-fft", false}, /* 8 -> pads 1 */
         {3, 1, LIPC_PAD_SAME, "conv-fft", false},
         {3, 1, LIPC_PAD_VALID, "conv-fft", false},
-        {5, 2, LIPC_PAD_SAME, "power-iteration+fft-upper", false},
+        {5, 2, LIPC_PAD_SAME, "polyphase-fft", false},
     };
     for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++) {
         lipc_node *c = mk_conv(g, x, 4, convs[i].k, convs[i].k, convs[i].s, convs[i].s);

@@ -141,9 +141,10 @@ static void conv2d_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *
          * max over frequencies of sigma_max(P(u, v)) bounds it from above. */
         out->method = "conv-fft";
     } else {
-        /* Strided with padding: power iteration estimates it from below; the
-         * stride-1 conv (subsampling is a projection) bounds it from above. */
-        out->method = "power-iteration+fft-upper";
+        /* Strided with padding: a stride-1 conv on the stack of the input's
+         * polyphase components, so the circulant bound applies to that
+         * rewrite (runtime/bounds.c). */
+        out->method = "polyphase-fft";
     }
 }
 
