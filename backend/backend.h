@@ -161,7 +161,8 @@ typedef struct lipc_compiled {
 /* The runtime's description of one parameter of g. */
 void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_desc *out);
 
-/* Compiles g (after the pass pipeline) for a target: "ref" (this backend);
+/* Compiles g (after the pass pipeline) for a target: "ref" (this backend, in
+ * double) or "ref-f32" (the same, storing every value in float);
  * "cpu" and "cuda" report that they are not available in this build. User
  * errors (a model that cannot train) go to d as LIPC_ERR_INPUT. */
 lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out);

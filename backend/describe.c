@@ -139,8 +139,9 @@ void lipc_compiled_free(lipc_compiled *c)
 lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out)
 {
     *out = NULL;
-    if (strcmp(target, "ref") != 0) {
-        static const char *const targets[] = {"ref", "cpu", "cuda", NULL};
+    bool f32 = strcmp(target, "ref-f32") == 0;
+    if (strcmp(target, "ref") != 0 && !f32) {
+        static const char *const targets[] = {"ref", "ref-f32", "cpu", "cuda", NULL};
         bool known = false;
         for (int i = 0; targets[i]; i++)
             known |= strcmp(targets[i], target) == 0;
@@ -151,7 +152,7 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
             if (best)
                 lipc_diag_hint(m, "did you mean '%s'?", best);
             else
-                lipc_diag_note(m, LIPC_NO_LOC, "targets: ref, cpu, cuda");
+                lipc_diag_note(m, LIPC_NO_LOC, "targets: ref, ref-f32, cpu, cuda");
         } else if (strcmp(target, "cuda") == 0 && !LIPC_HAVE_CUDA) {
             m = lipc_diag_error(d, LIPC_NO_LOC,
                                 "target 'cuda': this lipc was built without the CUDA toolkit");
@@ -173,6 +174,8 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
         lipc_compiled_free(c);
         return d->n_errors > errors ? LIPC_ERR_INPUT : LIPC_ERR_NOMEM;
     }
+    if (f32)
+        c->train->dtype = c->forward->dtype = LIPC_DTYPE_F32;
     const lipc_program *p = c->train;
     c->params = lipc_calloc((size_t)g->n_params + 1, sizeof *c->params);
     c->factors = lipc_calloc((size_t)p->n_bounds + 1, sizeof *c->factors);
@@ -204,7 +207,7 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
     m->head_normalize = p->head->a.normalize;
 
     c->ops = (lipc_model_ops){
-        .backend = "ref",
+        .backend = f32 ? "ref-f32" : "ref",
         .ctx = c,
         .train_step = ref_train_step,
         .predict = ref_predict,

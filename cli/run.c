@@ -278,7 +278,8 @@ static const char *usage_train =
     "  --out PATH          checkpoint (default: NAME.safetensors)\n"
     "  --metrics PATH      JSON lines, one per epoch (default: OUT with .metrics.jsonl)\n"
     "  --resume PATH       continue a run from its checkpoint\n"
-    "  --target ref        the backend (ref: the reference interpreter)\n"
+    "  --target ref|ref-f32  the backend: the reference interpreter, storing values\n"
+    "                      in double (ref) or in float (ref-f32)\n"
     "  --set KEY=VALUE     override a parameter of the model\n"
     "  --json              print the results as one JSON object on stdout\n";
 
@@ -478,7 +479,7 @@ static const char *usage_bound =
     "  --tol T             stop when sigma moves less than T (default 1e-7)\n"
     "  --lower N           empirical lower bound over the first N test points\n"
     "  --data NAME|PATH    the data for --lower (default fashion-mnist)\n"
-    "  --set KEY=VALUE, --target ref, --json\n";
+    "  --set KEY=VALUE, --target ref|ref-f32, --json\n";
 
 /* K_sub and the per-factor report, by power iteration to convergence. */
 static lipc_status run_bound(const lipc_compiled *c, lipc_train_state *st, int iters, double tol,
@@ -655,7 +656,7 @@ static const char *usage_certify =
     "  --bound estimate    K_sub by power iteration, as the published code does: an\n"
     "                      estimate from below, for comparison only; the output\n"
     "                      says the certificates are then not guaranteed\n"
-    "  --set KEY=VALUE, --target ref, --json\n";
+    "  --set KEY=VALUE, --target ref|ref-f32, --json\n";
 
 int cli_certify(int argc, char **argv)
 {

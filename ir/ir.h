@@ -391,9 +391,16 @@ typedef enum lipc_entry {
     LIPC_ENTRY_LIPSCHITZ,   /* power iteration and K_sub only */
 } lipc_entry;
 
+/* The precision values are stored in while a program runs. */
+typedef enum lipc_dtype {
+    LIPC_DTYPE_F64,
+    LIPC_DTYPE_F32,
+} lipc_dtype;
+
 typedef struct lipc_program {
     lipc_graph *g;          /* the forward graph it was built from (not owned) */
     lipc_entry entry;
+    lipc_dtype dtype;       /* activations, gradients and vectors (F64 unless set) */
     lipc_step *steps;
     int n_steps, cap_steps;
     lipc_bound *bounds;

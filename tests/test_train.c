@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "runtime/runtime.h"
 #include "frontend/frontend.h"
 #include "passes/passes.h"
 #include "testutil.h"
@@ -362,4 +363,61 @@ Test(train_step, adamw_lowers_the_loss)
     cr_expect_lt(s.loss, 0.6 * first, "loss %g -> %g", first, s.loss);
     cr_expect_eq(f.st.step, 60);
     teardown(&f);
+}
+
+/* The float-storage mode of the reference backend ("ref-f32") follows the
+ * double one to float accuracy, and really stores floats. */
+Test(train_step, float_storage_tracks_double)
+{
+    lipc_graph *g = compile(liresnet);
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_compiled *c64 = NULL, *c32 = NULL;
+    cr_assert_eq(lipc_compile(g, "ref", &d, &c64), LIPC_OK);
+    cr_assert_eq(lipc_compile(g, "ref-f32", &d, &c32), LIPC_OK);
+    cr_assert_eq(c32->train->dtype, LIPC_DTYPE_F32);
+    lipc_train_state s64, s32;
+    cr_assert_eq(lipc_train_state_alloc(&c64->desc, &s64), LIPC_OK);
+    cr_assert_eq(lipc_train_state_alloc(&c32->desc, &s32), LIPC_OK);
+    cr_assert_eq(lipc_init_params(&c64->desc, test_seed(), s64.params), LIPC_OK);
+    size_t np = c64->desc.n_param_elems;
+    memcpy(s32.params, s64.params, sizeof(float) * np);
+
+    int n = 6;
+    float x[6 * 64];
+    int32_t y[6];
+    lipc_rng r;
+    lipc_rng_seed(&r, test_seed());
+    for (int i = 0; i < n * 64; i++)
+        x[i] = (float)lipc_rng_uniform(&r);
+    for (int i = 0; i < n; i++)
+        y[i] = i % 3;
+    lipc_hyper h = hyper(LIPC_LOSS_EMMA);
+    h.power_iters = 20;
+    lipc_step_stats a, b;
+    for (int step = 0; step < 3; step++) {
+        cr_assert_eq(c64->ops.train_step(c64->ops.ctx, &s64, n, x, y, &h, &a), LIPC_OK);
+        cr_assert_eq(c32->ops.train_step(c32->ops.ctx, &s32, n, x, y, &h, &b), LIPC_OK);
+        cr_expect(fabs(a.loss - b.loss) <= 1e-5 * fabs(a.loss), "step %d: loss %.9g vs %.9g",
+                  step, a.loss, b.loss);
+    }
+    double worst = 0.0;
+    for (size_t i = 0; i < np; i++)
+        worst = fmax(worst, fabs((double)s64.params[i] - (double)s32.params[i]));
+    cr_expect_lt(worst, 1e-4, "parameters drift apart by %g", worst);
+
+    double l64[18], l32[18];
+    cr_assert_eq(c64->ops.predict(c64->ops.ctx, s64.params, n, x, l64), LIPC_OK);
+    cr_assert_eq(c32->ops.predict(c32->ops.ctx, s64.params, n, x, l32), LIPC_OK);
+    for (int i = 0; i < n * 3; i++) {
+        cr_expect_eq(l32[i], (double)(float)l32[i], "logit %d is not a float", i);
+        cr_expect(fabs(l32[i] - l64[i]) <= 1e-5 * (1 + fabs(l64[i])), "logit %d: %.9g vs %.9g",
+                  i, l32[i], l64[i]);
+    }
+    lipc_train_state_free(&s64);
+    lipc_train_state_free(&s32);
+    lipc_compiled_free(c64);
+    lipc_compiled_free(c32);
+    lipc_diags_free(&d);
+    lipc_graph_free(g);
 }

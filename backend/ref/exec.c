@@ -9,6 +9,14 @@
  *   arena + offset(v) * n_batch + b * numel(v)
  * so each value is one contiguous [n_batch, numel] block, as the op kernels
  * expect.
+ *
+ * Precision: each kernel computes in double. With p->dtype == LIPC_DTYPE_F32
+ * every value a step stores (activations, gradients, power-iteration vectors,
+ * parameter gradients) is rounded to float right after the step, so the
+ * program runs on float tensors as the fast backends do, while each kernel's
+ * own arithmetic stays exact enough to be the oracle. Certification
+ * (lipc_ref_predict_bounded) always runs in double: its error analysis is for
+ * double arithmetic.
  */
 #include "backend/backend.h"
 
@@ -87,12 +95,30 @@ static double *node_grads(const exec *e, const lipc_node *n)
     return n->n_param && e->grads ? e->grads + e->g->params[n->param[0]].offset : NULL;
 }
 
+/* Rounds a stored block to float when the program runs in float. */
+static void store(const exec *e, double *v, size_t len)
+{
+    if (e->p->dtype != LIPC_DTYPE_F32 || !v)
+        return;
+    for (size_t i = 0; i < len; i++)
+        v[i] = (float)v[i];
+}
+
+static size_t node_param_numel(const exec *e, const lipc_node *n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n->n_param; i++)
+        total += e->g->params[n->param[i]].numel;
+    return total;
+}
+
 static void run_forward(exec *e, const lipc_node *n)
 {
     const double *in[LIPC_MAX_INPUTS];
     for (int i = 0; i < n->n_in; i++)
         in[i] = act(e, n->in[i]);
     lipc_op_info(n->op)->ref_forward(n, e->n, in, act(e, n), node_params(e, n));
+    store(e, act(e, n), numel(n) * (size_t)e->n);
 }
 
 static void run_backward(exec *e, const lipc_step *s)
@@ -110,6 +136,9 @@ static void run_backward(exec *e, const lipc_step *s)
     }
     lipc_op_info(n->op)->ref_backward(n, e->n, in, act(e, n), grad(e, n), din, node_params(e, n),
                                       node_grads(e, n));
+    for (int i = 0; i < n->n_in; i++)
+        store(e, din[i], din[i] ? numel(n->in[i]) * (size_t)e->n : 0);
+    store(e, node_grads(e, n), node_param_numel(e, n));
 }
 
 static double norm2(const double *v, size_t len)
@@ -152,6 +181,7 @@ static double power_iter(exec *e, int b, int iters, double *scratch)
             break; /* A v = 0: v is in the null space; sigma stays from below */
         for (size_t i = 0; i < bd->v_len; i++)
             v[i] = scratch[i] / s;
+        store(e, v, bd->v_len);
         /* ||A^T A v|| = sigma^2 at convergence; track sigma for the change */
         double est = sqrt(s);
         change = sigma > 0.0 ? fabs(est - sigma) / est : 1.0;
@@ -161,6 +191,7 @@ static double power_iter(exec *e, int b, int iters, double *scratch)
     double s = norm2(u, bd->u_len);
     for (size_t i = 0; i < bd->u_len; i++)
         u[i] = s > 0.0 ? u[i] / s : 0.0;
+    store(e, u, bd->u_len);
     e->sigma[b] = s;
     return change;
 }
@@ -431,6 +462,8 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
             else
                 for (size_t i = 0; i < (size_t)m * (size_t)d; i++)
                     dw[i] += dr[i];
+            store(&e, grad(&e, g->output), (size_t)n * (size_t)m);
+            store(&e, dw, (size_t)m * (size_t)d);
             break;
         }
         case LIPC_STEP_BACKWARD:
@@ -443,6 +476,7 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
                 lipc_op_info(bd->node->op)
                     ->ref_weight_grad(bd->node, 1, e.vec + bd->v_offset, e.vec + bd->u_offset,
                                       scale, node_grads(&e, bd->node));
+            store(&e, node_grads(&e, bd->node), node_param_numel(&e, bd->node));
             break;
         }
         case LIPC_STEP_CLIP:
