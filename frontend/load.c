@@ -1543,36 +1543,38 @@ static lipc_loc offset_loc(const char *file, const char *text, size_t len, size_
     return loc;
 }
 
-/* Does line `line` (1-based) of the text hold a tab in its indentation, or at
- * byte `col`? libyaml's messages about tabs rarely say "tab". */
-static bool tab_at(const fe *f, int line, int col)
+/* The start of line `line` (1-based) of the text, or NULL past its end. */
+static const char *line_start(const fe *f, int line)
 {
     const char *p = f->text, *end = f->text + f->len;
     for (int l = 1; l < line && p < end; l++) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         if (!nl)
-            return false;
+            return NULL;
         p = nl + 1;
     }
+    return p;
+}
+
+/* Does line `line` of the text hold a tab in its indentation, or at byte
+ * `col`? libyaml's messages about tabs rarely say "tab". */
+static bool tab_at(const fe *f, int line, int col)
+{
+    const char *p = line_start(f, line), *end = f->text + f->len;
+    if (!p)
+        return false;
     for (const char *q = p; q < end && (*q == ' ' || *q == '\t'); q++)
         if (*q == '\t')
             return true;
     return col >= 1 && p + col - 1 < end && p[col - 1] == '\t';
 }
 
-/* Does line `line` (1-based) hold `word` at byte `col` (1-based)? */
+/* Does line `line` hold `word` at byte `col` (1-based)? */
 static bool text_at(const fe *f, int line, int col, const char *word)
 {
-    const char *p = f->text, *end = f->text + f->len;
-    for (int l = 1; l < line && p < end; l++) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl)
-            return false;
-        p = nl + 1;
-    }
+    const char *p = line_start(f, line), *end = f->text + f->len;
     size_t len = strlen(word);
-    p += col - 1;
-    return p >= f->text && p + len <= end && memcmp(p, word, len) == 0;
+    return p && col >= 1 && p + col - 1 + len <= end && memcmp(p + col - 1, word, len) == 0;
 }
 
 /* libyaml's context words ("while parsing a flow mapping") in the language of

@@ -29,40 +29,16 @@
 #include "frontend/frontend.h"
 #include "passes/passes.h"
 #include "runtime/runtime.h"
+#include "testutil.h"
 
 #define SYN LIPC_SOURCE_DIR "/tests/models/syn.yaml"
 #define MLP LIPC_SOURCE_DIR "/tests/models/mlp.yaml"
 
 /* ---- a temporary directory per test, and running the binary ---------------- */
 
-static char tmp_dir[64];
+static void make_tmp(void) { test_tmp_make("/tmp/lipc-clirun"); }
 
-static void make_tmp(void)
-{
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/lipc-clirun-XXXXXX");
-    cr_assert(mkdtemp(tmp_dir), "mkdtemp failed");
-}
-
-static void rm_tmp(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (tmp_dir[0] && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmp_dir);
-}
-
-TestSuite(cli_run, .init = make_tmp, .fini = rm_tmp, .timeout = 30);
-
-/* tmp/NAME, in one of 64 rotating buffers: enough for the paths a test
- * keeps (run_lipc uses its own). */
-static char *path_in(const char *name)
-{
-    static char buf[64][256];
-    static int k;
-    char *p = buf[k++ % 64];
-    snprintf(p, 256, "%s/%s", tmp_dir, name);
-    return p;
-}
+TestSuite(cli_run, .init = make_tmp, .fini = test_tmp_remove, .timeout = 30);
 
 static char *slurp(const char *path)
 {
@@ -96,12 +72,12 @@ static result run_lipc(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >'%s/.stdout' 2>'%s/.stderr'", tmp_dir,
-             LIPC_BINARY, args, tmp_dir, tmp_dir);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >'%s/.stdout' 2>'%s/.stderr'", test_tmp_dir,
+             LIPC_BINARY, args, test_tmp_dir, test_tmp_dir);
     int st = system(cmd);
     char out[256], err[256];
-    snprintf(out, sizeof out, "%s/.stdout", tmp_dir);
-    snprintf(err, sizeof err, "%s/.stderr", tmp_dir);
+    snprintf(out, sizeof out, "%s/.stdout", test_tmp_dir);
+    snprintf(err, sizeof err, "%s/.stderr", test_tmp_dir);
     result r = {WIFEXITED(st) ? WEXITSTATUS(st) : 128, slurp(out), slurp(err)};
     return r;
 }
@@ -132,7 +108,7 @@ static double num(const json_t *o, const char *key)
 /* Trains syn on synthetic:n for some epochs into tmp/NAME; asserts success. */
 static const char *train_syn(const char *name, int n, int epochs)
 {
-    const char *out = path_in(name);
+    const char *out = test_tmp_path(name);
     result r = run_lipc("train %s --data synthetic:%d --epochs %d --out %s", SYN, n, epochs, out);
     cr_assert_eq(r.rc, 0, "training failed:\n%s", r.err);
     free_result(&r);
@@ -210,7 +186,7 @@ static int count_lines(const char *s, const char *prefix)
 
 Test(cli_run, train_json_metrics_and_plain_progress)
 {
-    const char *ckpt = path_in("syn.safetensors");
+    const char *ckpt = test_tmp_path("syn.safetensors");
     result r = run_lipc("train %s --data synthetic:1024 --val 256 --out %s --json", SYN, ckpt);
     cr_assert_eq(r.rc, 0, "%s", r.err);
 
@@ -240,7 +216,7 @@ Test(cli_run, train_json_metrics_and_plain_progress)
     cr_expect(strstr(r.err, "lipc train: validation: accuracy"), "%s", r.err);
 
     /* the metrics log next to the checkpoint: loss down, certified share up */
-    char *log = slurp(path_in("syn.metrics.jsonl"));
+    char *log = slurp(test_tmp_path("syn.metrics.jsonl"));
     cr_assert_eq(count_lines(log, "{\"epoch\":"), 8, "%s", log);
     json_error_t err;
     json_t *first = json_loadb(log, (size_t)(strchr(log, '\n') - log), 0, &err);
@@ -266,10 +242,10 @@ Test(cli_run, train_errors)
               r.err);
     free_result(&r);
 
-    cr_assert_eq(mkdir(path_in("empty"), 0755), 0);
-    r = run_lipc("train %s --data %s", SYN, path_in("empty"));
+    cr_assert_eq(mkdir(test_tmp_path("empty"), 0755), 0);
+    r = run_lipc("train %s --data %s", SYN, test_tmp_path("empty"));
     cr_expect_eq(r.rc, 1, "%s", r.err);
-    cr_expect(strstr(r.err, path_in("empty")) && strstr(r.err, "no dataset files found"), "%s",
+    cr_expect(strstr(r.err, test_tmp_path("empty")) && strstr(r.err, "no dataset files found"), "%s",
               r.err);
     free_result(&r);
 
@@ -279,7 +255,7 @@ Test(cli_run, train_errors)
     free_result(&r);
 
     r = run_lipc("train %s --data synthetic:64 --batch 16 --resume %s", SYN,
-                 path_in("absent.safetensors"));
+                 test_tmp_path("absent.safetensors"));
     cr_expect_neq(r.rc, 0);
     cr_expect(strstr(r.err, "absent.safetensors: error: cannot open"), "%s", r.err);
     free_result(&r);
@@ -301,7 +277,7 @@ Test(cli_run, train_errors)
     free_result(&r);
 
     /* the last layer is not a dense head */
-    FILE *f = fopen(path_in("pool.yaml"), "w");
+    FILE *f = fopen(test_tmp_path("pool.yaml"), "w");
     cr_assert(f);
     fputs("input: {shape: [1, 8, 8]}\nclasses: 4\nlayers:\n"
           "  - conv2d: {out: 4, kernel: 3}\n  - minmax\n  - avgpool: {kernel: 8}\n"
@@ -353,7 +329,7 @@ Test(cli_run, resume_continues_the_run)
     cr_expect_str_eq(lipc_st_meta_get(&f, "epoch"), "4");
     lipc_st_free(&f);
     /* the metrics log was appended to */
-    char *log = slurp(path_in("r.metrics.jsonl"));
+    char *log = slurp(test_tmp_path("r.metrics.jsonl"));
     cr_expect(strstr(log, "{\"epoch\":1,") && strstr(log, "{\"epoch\":2,") &&
                   strstr(log, "{\"epoch\":3,") && strstr(log, "{\"epoch\":4,"),
               "%s", log);
@@ -374,7 +350,7 @@ Test(cli_run, ctrl_c_saves_and_resume_is_bit_for_bit)
     pid_t pid = fork();
     cr_assert(pid >= 0);
     if (pid == 0) {
-        if (chdir(tmp_dir) != 0)
+        if (chdir(test_tmp_dir) != 0)
             _exit(127);
         int out = open(".stdout", O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int err = open(".stderr", O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -389,7 +365,7 @@ Test(cli_run, ctrl_c_saves_and_resume_is_bit_for_bit)
     int status = 0;
     bool exited = false;
     for (int i = 0; i < 4000; i++) {
-        if (stat(path_in("cut.metrics.jsonl"), &sb) == 0 && sb.st_size > 0)
+        if (stat(test_tmp_path("cut.metrics.jsonl"), &sb) == 0 && sb.st_size > 0)
             break;
         if (waitpid(pid, &status, WNOHANG) == pid) {
             exited = true;
@@ -403,7 +379,7 @@ Test(cli_run, ctrl_c_saves_and_resume_is_bit_for_bit)
     }
     cr_assert(WIFEXITED(status), "lipc died of a signal");
     char errp[256];
-    snprintf(errp, sizeof errp, "%s/.stderr", tmp_dir);
+    snprintf(errp, sizeof errp, "%s/.stderr", test_tmp_dir);
     char *err = slurp(errp);
     int rc = WEXITSTATUS(status);
     cr_assert(rc == 130 || rc == 0, "exit %d:\n%s", rc, err);
@@ -417,7 +393,7 @@ Test(cli_run, ctrl_c_saves_and_resume_is_bit_for_bit)
                  SYN);
     cr_assert_eq(r.rc, 0, "%s", r.err);
     free_result(&r);
-    expect_same_checkpoint(path_in("straight.safetensors"), path_in("cut.safetensors"));
+    expect_same_checkpoint(test_tmp_path("straight.safetensors"), test_tmp_path("cut.safetensors"));
 }
 
 /* ---- certify -------------------------------------------------------------------- */
@@ -506,11 +482,11 @@ Test(cli_run, certify_json_and_text)
 /* Writes an IDX dataset of n h x w images (labels i % 10) into tmp/NAME. */
 static void write_idx(const char *name, int n, int h, int w)
 {
-    cr_assert_eq(mkdir(path_in(name), 0755), 0);
+    cr_assert_eq(mkdir(test_tmp_path(name), 0755), 0);
     static const char *const split[] = {"train", "t10k"};
     for (int s = 0; s < 2; s++) {
         char p[512];
-        snprintf(p, sizeof p, "%s/%s-images-idx3-ubyte", path_in(name), split[s]);
+        snprintf(p, sizeof p, "%s/%s-images-idx3-ubyte", test_tmp_path(name), split[s]);
         FILE *f = fopen(p, "wb");
         cr_assert(f);
         uint8_t head[16] = {0, 0, 8, 3, 0, 0, 0, (uint8_t)n, 0, 0, 0, (uint8_t)h,
@@ -519,7 +495,7 @@ static void write_idx(const char *name, int n, int h, int w)
         for (int i = 0; i < n * h * w; i++)
             fputc(i * 37 % 256, f);
         fclose(f);
-        snprintf(p, sizeof p, "%s/%s-labels-idx1-ubyte", path_in(name), split[s]);
+        snprintf(p, sizeof p, "%s/%s-labels-idx1-ubyte", test_tmp_path(name), split[s]);
         f = fopen(p, "wb");
         cr_assert(f);
         uint8_t lh[8] = {0, 0, 8, 1, 0, 0, 0, (uint8_t)n};
@@ -559,7 +535,7 @@ Test(cli_run, certify_errors)
 
     /* images of another size: 6x6 IDX files */
     write_idx("idx6", 20, 6, 6);
-    r = run_lipc("certify %s --weights %s --data %s --eps 0.1", SYN, w, path_in("idx6"));
+    r = run_lipc("certify %s --weights %s --data %s --eps 0.1", SYN, w, test_tmp_path("idx6"));
     cr_expect_eq(r.rc, 1, "%s", r.err);
     cr_expect(strstr(r.err, "has 1x6x6 images in 10 classes, but the model 'syn' takes 1x8x8 "
                             "inputs and has 4 classes"),
@@ -602,7 +578,7 @@ static void equal_values(float *v, const int64_t *dims, size_t n)
 Test(cli_run, nan_weights_are_an_error)
 {
     const char *w = train_syn("n.safetensors", 64, 1);
-    const char *head = path_in("nan-head.safetensors"), *fc = path_in("nan-fc.safetensors");
+    const char *head = test_tmp_path("nan-head.safetensors"), *fc = test_tmp_path("nan-fc.safetensors");
     patch_tensor(w, head, "head.weight", put_nan);
     patch_tensor(w, fc, "fc.weight", put_nan);
     result r;
@@ -634,7 +610,7 @@ Test(cli_run, nan_weights_are_an_error)
 Test(cli_run, ties_are_never_certified)
 {
     const char *w = train_syn("t.safetensors", 64, 1);
-    const char *tmp = path_in("t1.safetensors"), *tied = path_in("tied.safetensors");
+    const char *tmp = test_tmp_path("t1.safetensors"), *tied = test_tmp_path("tied.safetensors");
     patch_tensor(w, tmp, "head.weight", equal_rows);
     patch_tensor(tmp, tied, "head.bias", equal_values);
     /* every logit equal: the pair bounds are 0, and still nothing is certified */
@@ -811,7 +787,7 @@ Test(cli_run, bound_estimates_match_exact_singular_values)
     lipc_train_state st;
     cr_assert_eq(lipc_train_state_alloc(&c->desc, &st), LIPC_OK);
     cr_assert_eq(lipc_init_params(&c->desc, 7, st.params), LIPC_OK);
-    const char *w = path_in("mlp.safetensors");
+    const char *w = test_tmp_path("mlp.safetensors");
     cr_assert_eq(lipc_checkpoint_save(w, &c->desc, &st, NULL, 0, &d), LIPC_OK);
     lipc_diags_free(&d);
     lipc_train_state_free(&st);

@@ -68,31 +68,6 @@ static unsigned long long seed_ull(uint64_t s) { return (unsigned long long)s; }
 
 /* ---- one node, built by hand ---------------------------------------------- */
 
-static lipc_node *mk(lipc_graph *g, lipc_op op, lipc_node *in0, lipc_node *in1)
-{
-    char name[32];
-    snprintf(name, sizeof name, "n%d", g->next_id);
-    lipc_node *n = lipc_graph_add_node(g, op, name, (lipc_loc){"grad.yaml", g->next_id + 1, 3});
-    cr_assert_not_null(n);
-    const lipc_op_desc *desc = lipc_op_info(op);
-    if (desc->defaults)
-        desc->defaults(&n->a);
-    n->in[0] = in0;
-    n->in[1] = in1;
-    n->n_in = desc->n_inputs;
-    return n;
-}
-
-static void infer_ok(lipc_graph *g, lipc_node *n)
-{
-    lipc_diags d;
-    lipc_diags_init(&d);
-    bool ok = lipc_op_info(n->op)->infer(g, n, &d);
-    cr_assert(ok && d.n_errors == 0, "infer of %s failed: %s", lipc_op_info(n->op)->name,
-              d.first ? d.first->text : "(no message)");
-    lipc_diags_free(&d);
-}
-
 /* How a case draws its inputs. */
 enum {
     DRAW_NORMAL,    /* N(0, 1) */
@@ -102,24 +77,6 @@ enum {
 
 /* One node to differentiate: its op, the shape of each of its inputs, and the
  * attributes that differ from the op's defaults (zero: keep the default). */
-typedef struct op_case {
-    const char *label;
-    lipc_op op;
-    lipc_shape in;
-    int out;                  /* conv2d, dense */
-    int kernel[2];            /* conv2d, avgpool */
-    int stride[2];            /* conv2d, avgpool */
-    lipc_padding padding;     /* conv2d ({0}: same, the default) */
-    bool no_bias, normalize, fold;
-    int pairing;              /* minmax */
-    double by;                /* shift */
-    lipc_intlist pad_by;      /* pad */
-    int draw;
-} op_case;
-
-#define S3(c, h, w) ((lipc_shape){3, {(c), (h), (w)}})
-#define S1(f) ((lipc_shape){1, {(f), 0, 0}})
-
 static const op_case op_cases[] = {
     {.label = "shift", .op = LIPC_OP_SHIFT, .in = S3(2, 3, 4), .by = -0.5},
     {.label = "pad by 1", .op = LIPC_OP_PAD, .in = S3(2, 2, 3), .pad_by = {1, {1}}},
@@ -174,37 +131,6 @@ static const op_case op_cases[] = {
     {.label = "add (f)", .op = LIPC_OP_ADD, .in = S1(5)},
 };
 #define N_OP_CASES (sizeof op_cases / sizeof op_cases[0])
-
-/* A graph holding the case's input node(s) and the node itself, inferred. */
-static lipc_node *build_case(lipc_graph *g, const op_case *c)
-{
-    g->input_shape = c->in;
-    lipc_node *in[LIPC_MAX_INPUTS] = {NULL};
-    for (int k = 0; k < lipc_op_info(c->op)->n_inputs; k++) {
-        in[k] = mk(g, LIPC_OP_INPUT, NULL, NULL);
-        infer_ok(g, in[k]);
-    }
-    g->input = in[0];
-    lipc_node *n = mk(g, c->op, in[0], in[1]);
-    lipc_attrs *a = &n->a;
-    a->out = c->out;
-    if (c->kernel[0])
-        memcpy(a->kernel, c->kernel, sizeof a->kernel);
-    if (c->stride[0])
-        memcpy(a->stride, c->stride, sizeof a->stride);
-    a->padding = c->padding;
-    if (c->op == LIPC_OP_CONV2D || c->op == LIPC_OP_DENSE)
-        a->bias = !c->no_bias;
-    a->normalize = c->normalize;
-    a->fold_identity = c->fold;
-    a->pairing = c->pairing;
-    a->by = c->by;
-    a->pad_by = c->pad_by;
-    infer_ok(g, n);
-    g->output = n;
-    g->shapes_known = true;
-    return n;
-}
 
 static void draw(lipc_rng *r, int how, double *x, size_t n)
 {
@@ -265,7 +191,7 @@ static bool check_op_case(const op_case *c, uint64_t seed)
     const int n_batch = 2;
     lipc_graph *g = lipc_graph_new();
     cr_assert_not_null(g);
-    lipc_node *n = build_case(g, c);
+    lipc_node *n = test_op_build(g, c);
     const lipc_op_desc *desc = lipc_op_info(n->op);
     cr_assert_not_null(desc->ref_backward, "%s has no ref_backward", desc->name);
     lipc_rng r;
@@ -396,7 +322,7 @@ Test(grad, minmax_ties_and_relu_at_zero)
     for (int pairing = 0; pairing < 2; pairing++) {
         lipc_graph *g = lipc_graph_new();
         op_case c = {.label = "ties", .op = LIPC_OP_MINMAX, .in = S1(4), .pairing = pairing};
-        lipc_node *n = build_case(g, &c);
+        lipc_node *n = test_op_build(g, &c);
         /* both pairs tie: halves pairs (0, 2), (1, 3); adjacent (0, 1), (2, 3) */
         double halves[4] = {0.5, -1.0, 0.5, -1.0}, adjacent[4] = {0.5, 0.5, -1.0, -1.0};
         double *x = pairing == LIPC_PAIR_HALVES ? halves : adjacent;
@@ -414,7 +340,7 @@ Test(grad, minmax_ties_and_relu_at_zero)
     }
     lipc_graph *g = lipc_graph_new();
     op_case c = {.label = "relu", .op = LIPC_OP_RELU, .in = S1(3)};
-    lipc_node *n = build_case(g, &c);
+    lipc_node *n = test_op_build(g, &c);
     double x[3] = {0.0, 1.0, -1.0}, dout[3] = {5.0, 6.0, 7.0}, out[3], din[3] = {0};
     const double *in[2] = {x, NULL};
     double *dinp[2] = {din, NULL};
@@ -456,7 +382,7 @@ Test(grad, linear_is_forward_without_bias_and_adjoint)
     for (size_t k = 0; k < sizeof linear_cases / sizeof linear_cases[0]; k++) {
         const op_case *c = &linear_cases[k];
         lipc_graph *g = lipc_graph_new();
-        lipc_node *n = build_case(g, c);
+        lipc_node *n = test_op_build(g, c);
         const lipc_op_desc *desc = lipc_op_info(n->op);
         lipc_rng r;
         lipc_rng_seed(&r, seed + k);
@@ -524,7 +450,7 @@ Test(grad, weight_grad_matches_central_differences)
         if (c->normalize)
             continue; /* ref_weight_grad is for operator-norm layers only */
         lipc_graph *g = lipc_graph_new();
-        lipc_node *n = build_case(g, c);
+        lipc_node *n = test_op_build(g, c);
         const lipc_op_desc *desc = lipc_op_info(n->op);
         lipc_rng r;
         lipc_rng_seed(&r, seed + 100 + k);
@@ -647,7 +573,7 @@ Test(grad, dense_normalized_matches_rownorm_helper)
     lipc_graph *g = lipc_graph_new();
     op_case c = {.label = "head", .op = LIPC_OP_DENSE, .in = S1(in_f), .out = out_f,
                  .normalize = true};
-    lipc_node *n = build_case(g, &c);
+    lipc_node *n = test_op_build(g, &c);
     double params[5 * 4 + 4], x[3 * 5], dy[3 * 4], out[3 * 4], din[3 * 5] = {0};
     double dparams[5 * 4 + 4] = {0}, dr[5 * 4] = {0}, want[5 * 4] = {0};
     test_fill_normal(&r, params, 24);

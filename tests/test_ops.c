@@ -20,22 +20,6 @@
 
 static lipc_loc at_line(int line) { return (lipc_loc){"test.yaml", line, 3}; }
 
-/* A node of op `op` reading in0 (and in1), attributes at the op's defaults,
- * written at line = its id + 1 of test.yaml. */
-static lipc_node *mk(lipc_graph *g, lipc_op op, lipc_node *in0, lipc_node *in1)
-{
-    char name[32];
-    snprintf(name, sizeof name, "n%d", g->next_id);
-    lipc_node *n = lipc_graph_add_node(g, op, name, at_line(g->next_id + 1));
-    cr_assert_not_null(n);
-    const lipc_op_desc *desc = lipc_op_info(op);
-    if (desc->defaults)
-        desc->defaults(&n->a);
-    n->in[0] = in0;
-    n->in[1] = in1;
-    n->n_in = desc->n_inputs;
-    return n;
-}
 
 static lipc_shape shape3(int c, int h, int w) { return (lipc_shape){3, {c, h, w}}; }
 static lipc_shape shape1(int f) { return (lipc_shape){1, {f, 0, 0}}; }
@@ -49,7 +33,7 @@ static bool infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
 static lipc_node *mk_input(lipc_graph *g, lipc_shape s)
 {
     g->input_shape = s;
-    lipc_node *n = mk(g, LIPC_OP_INPUT, NULL, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_INPUT, NULL, NULL);
     g->input = n;
     lipc_diags d;
     lipc_diags_init(&d);
@@ -269,7 +253,7 @@ static const conv_case conv_cases[] = {
 static lipc_node *mk_conv(lipc_graph *g, lipc_node *in, int c_out, int kh, int kw,
                           int sh, int sw)
 {
-    lipc_node *n = mk(g, LIPC_OP_CONV2D, in, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_CONV2D, in, NULL);
     n->a.out = c_out;
     n->a.kernel[0] = kh;
     n->a.kernel[1] = kw;
@@ -453,7 +437,7 @@ Test(conv2d, unknown_input_is_silent)
     lipc_diags d;
     lipc_diags_init(&d);
     lipc_graph *g = lipc_graph_new();
-    lipc_node *x = mk(g, LIPC_OP_INPUT, NULL, NULL); /* never inferred */
+    lipc_node *x = test_op_node(g, LIPC_OP_INPUT, NULL, NULL); /* never inferred */
     lipc_node *n = mk_conv(g, x, 4, 3, 3, 1, 1);
     cr_assert(!infer(g, n, &d));
     cr_assert_eq(d.n_errors, 0);
@@ -478,7 +462,7 @@ Test(conv2d, infer_twice_keeps_params)
 
 static lipc_node *mk_dense(lipc_graph *g, lipc_node *in, int out)
 {
-    lipc_node *n = mk(g, LIPC_OP_DENSE, in, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_DENSE, in, NULL);
     n->a.out = out;
     return n;
 }
@@ -612,8 +596,8 @@ Test(minmax, both_pairings)
 {
     lipc_graph *g = lipc_graph_new();
     lipc_node *x = mk_input(g, shape3(4, 1, 2));
-    lipc_node *halves = mk(g, LIPC_OP_MINMAX, x, NULL);
-    lipc_node *adjacent = mk(g, LIPC_OP_MINMAX, x, NULL);
+    lipc_node *halves = test_op_node(g, LIPC_OP_MINMAX, x, NULL);
+    lipc_node *adjacent = test_op_node(g, LIPC_OP_MINMAX, x, NULL);
     cr_assert_eq(halves->a.pairing, LIPC_PAIR_HALVES);
     adjacent->a.pairing = LIPC_PAIR_ADJACENT;
     infer_ok(g, halves);
@@ -635,8 +619,8 @@ Test(minmax, both_pairings)
     /* flat features, batch of 2 */
     g = lipc_graph_new();
     x = mk_input(g, shape1(4));
-    halves = mk(g, LIPC_OP_MINMAX, x, NULL);
-    adjacent = mk(g, LIPC_OP_MINMAX, x, NULL);
+    halves = test_op_node(g, LIPC_OP_MINMAX, x, NULL);
+    adjacent = test_op_node(g, LIPC_OP_MINMAX, x, NULL);
     adjacent->a.pairing = LIPC_PAIR_ADJACENT;
     infer_ok(g, halves);
     infer_ok(g, adjacent);
@@ -656,7 +640,7 @@ Test(minmax, odd_channels_is_an_error)
     lipc_diags_init(&d);
     lipc_graph *g = lipc_graph_new();
     lipc_node *x = mk_input(g, shape3(3, 4, 4));
-    lipc_node *n = mk(g, LIPC_OP_MINMAX, x, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_MINMAX, x, NULL);
     cr_assert(!infer(g, n, &d));
     cr_assert_eq(d.n_errors, 1);
     cr_assert(strstr(d.first->text, "3x4x4"), "%s", d.first->text);
@@ -667,7 +651,7 @@ Test(minmax, odd_channels_is_an_error)
     lipc_diags_init(&d);
     g = lipc_graph_new();
     x = mk_input(g, shape1(5));
-    n = mk(g, LIPC_OP_MINMAX, x, NULL);
+    n = test_op_node(g, LIPC_OP_MINMAX, x, NULL);
     cr_assert(!infer(g, n, &d));
     cr_assert(strstr(d.first->text, "features"), "%s", d.first->text);
     lipc_graph_free(g);
@@ -680,11 +664,11 @@ Test(elementwise, shift_relu_flatten)
 {
     lipc_graph *g = lipc_graph_new();
     lipc_node *x = mk_input(g, shape3(2, 1, 2));
-    lipc_node *sh = mk(g, LIPC_OP_SHIFT, x, NULL);
+    lipc_node *sh = test_op_node(g, LIPC_OP_SHIFT, x, NULL);
     sh->a.by = -0.5;
-    lipc_node *re = mk(g, LIPC_OP_RELU, sh, NULL);
-    lipc_node *fl = mk(g, LIPC_OP_FLATTEN, re, NULL);
-    lipc_node *fl2 = mk(g, LIPC_OP_FLATTEN, fl, NULL);
+    lipc_node *re = test_op_node(g, LIPC_OP_RELU, sh, NULL);
+    lipc_node *fl = test_op_node(g, LIPC_OP_FLATTEN, re, NULL);
+    lipc_node *fl2 = test_op_node(g, LIPC_OP_FLATTEN, fl, NULL);
     infer_ok(g, sh);
     infer_ok(g, re);
     infer_ok(g, fl);
@@ -710,7 +694,7 @@ Test(elementwise, shift_relu_flatten)
 static lipc_node *mk_pad(lipc_graph *g, lipc_node *in, int n_to, const int *to,
                          int n_by, const int *by)
 {
-    lipc_node *n = mk(g, LIPC_OP_PAD, in, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_PAD, in, NULL);
     n->a.pad_to.n = n_to;
     for (int i = 0; i < n_to; i++)
         n->a.pad_to.v[i] = to[i];
@@ -800,7 +784,7 @@ Test(pad, errors)
 
 static lipc_node *mk_pool(lipc_graph *g, lipc_node *in, int kh, int kw, int sh, int sw)
 {
-    lipc_node *n = mk(g, LIPC_OP_AVGPOOL, in, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_AVGPOOL, in, NULL);
     n->a.kernel[0] = kh;
     n->a.kernel[1] = kw;
     if (sh) {
@@ -948,8 +932,8 @@ Test(add, forward_and_shape_error)
 {
     lipc_graph *g = lipc_graph_new();
     lipc_node *x = mk_input(g, shape1(3));
-    lipc_node *body = mk(g, LIPC_OP_RELU, x, NULL);
-    lipc_node *n = mk(g, LIPC_OP_ADD, x, body);
+    lipc_node *body = test_op_node(g, LIPC_OP_RELU, x, NULL);
+    lipc_node *n = test_op_node(g, LIPC_OP_ADD, x, body);
     infer_ok(g, body);
     infer_ok(g, n);
     const double a[3] = {1, 2, 3}, b[3] = {10, 20, 30}, want[3] = {11, 22, 33};
@@ -969,7 +953,7 @@ Test(add, forward_and_shape_error)
     res->skip = x;
     lipc_node *conv = mk_conv(g, x, 32, 3, 3, 1, 1);
     infer_ok(g, conv);
-    n = mk(g, LIPC_OP_ADD, x, conv);
+    n = test_op_node(g, LIPC_OP_ADD, x, conv);
     n->closes = res;
     res->add = n;
     cr_assert(!infer(g, n, &d));
@@ -1009,9 +993,9 @@ Test(lipschitz, classification)
     cr_assert_eq(l.kind, LIPC_LIP_NONE);
 
     lipc_node *ones[] = {
-        mk(g, LIPC_OP_SHIFT, x, NULL), mk_pad(g, x, 0, NULL, 1, (const int[]){1}),
-        mk(g, LIPC_OP_FLATTEN, x, NULL), mk(g, LIPC_OP_MINMAX, x, NULL),
-        mk(g, LIPC_OP_RELU, x, NULL),
+        test_op_node(g, LIPC_OP_SHIFT, x, NULL), mk_pad(g, x, 0, NULL, 1, (const int[]){1}),
+        test_op_node(g, LIPC_OP_FLATTEN, x, NULL), test_op_node(g, LIPC_OP_MINMAX, x, NULL),
+        test_op_node(g, LIPC_OP_RELU, x, NULL),
     };
     for (size_t i = 0; i < sizeof ones / sizeof ones[0]; i++) {
         infer_ok(g, ones[i]);
@@ -1047,7 +1031,7 @@ Test(lipschitz, classification)
         cr_assert(isnan(l.value));
     }
 
-    lipc_node *flat = mk(g, LIPC_OP_FLATTEN, x, NULL);
+    lipc_node *flat = test_op_node(g, LIPC_OP_FLATTEN, x, NULL);
     infer_ok(g, flat);
     lipc_node *dn = mk_dense(g, flat, 10);
     infer_ok(g, dn);
@@ -1060,7 +1044,7 @@ Test(lipschitz, classification)
     cr_assert_eq(l.kind, LIPC_LIP_HEAD);
     cr_assert_str_eq(l.method, "pairwise-rows");
 
-    lipc_node *add = mk(g, LIPC_OP_ADD, x, ones[3]);
+    lipc_node *add = test_op_node(g, LIPC_OP_ADD, x, ones[3]);
     infer_ok(g, add);
     l = classify(g, add);
     cr_assert_eq(l.kind, LIPC_LIP_LOOSE);
@@ -1084,18 +1068,18 @@ static small_model build_small_model(void)
     small_model sm;
     lipc_graph *g = sm.g = lipc_graph_new();
     lipc_node *x = mk_input(g, shape3(4, 6, 6));
-    lipc_node *s = mk(g, LIPC_OP_SHIFT, x, NULL);
+    lipc_node *s = test_op_node(g, LIPC_OP_SHIFT, x, NULL);
     s->a.by = -0.5;
     lipc_node *c1 = mk_conv(g, s, 4, 3, 3, 1, 1);
-    lipc_node *m1 = mk(g, LIPC_OP_MINMAX, c1, NULL);
+    lipc_node *m1 = test_op_node(g, LIPC_OP_MINMAX, c1, NULL);
     lipc_node *c2 = mk_conv(g, m1, 4, 3, 3, 1, 1);
     c2->a.init = LIPC_INIT_LIRESNET;
-    lipc_node *ad = mk(g, LIPC_OP_ADD, m1, c2);
+    lipc_node *ad = test_op_node(g, LIPC_OP_ADD, m1, c2);
     lipc_node *p = mk_pool(g, ad, 2, 2, 0, 0);
-    lipc_node *f = mk(g, LIPC_OP_FLATTEN, p, NULL);
+    lipc_node *f = test_op_node(g, LIPC_OP_FLATTEN, p, NULL);
     lipc_node *d1 = mk_dense(g, f, 6);
     d1->a.init = LIPC_INIT_ORTHOGONAL;
-    lipc_node *m2 = mk(g, LIPC_OP_MINMAX, d1, NULL);
+    lipc_node *m2 = test_op_node(g, LIPC_OP_MINMAX, d1, NULL);
     m2->a.pairing = LIPC_PAIR_ADJACENT;
     lipc_node *head = mk_dense(g, m2, 3);
     head->a.normalize = true;
@@ -1215,7 +1199,7 @@ Test(init, rules)
     c_orth->a.init = LIPC_INIT_ORTHOGONAL;
     lipc_node *c_wide = mk_conv(g, x, 40, 1, 1, 1, 1);      /* 40 x 3: columns */
     c_wide->a.init = LIPC_INIT_ORTHOGONAL;
-    lipc_node *flat = mk(g, LIPC_OP_FLATTEN, x, NULL);
+    lipc_node *flat = test_op_node(g, LIPC_OP_FLATTEN, x, NULL);
     lipc_node *kaiming = mk_dense(g, flat, 200);            /* default: kaiming */
     lipc_node *xavier = mk_dense(g, flat, 100);
     xavier->a.init = LIPC_INIT_XAVIER;

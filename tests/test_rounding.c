@@ -198,46 +198,6 @@ static void ld_op(const lipc_node *n, int nb, const ld *const *in, ld *out, cons
 
 /* ---- one node, built by hand ------------------------------------------------ */
 
-static lipc_node *mk(lipc_graph *g, lipc_op op, lipc_node *in0, lipc_node *in1)
-{
-    char name[32];
-    snprintf(name, sizeof name, "n%d", g->next_id);
-    lipc_node *n = lipc_graph_add_node(g, op, name, (lipc_loc){"round.yaml", g->next_id + 1, 3});
-    cr_assert_not_null(n);
-    const lipc_op_desc *desc = lipc_op_info(op);
-    if (desc->defaults)
-        desc->defaults(&n->a);
-    n->in[0] = in0;
-    n->in[1] = in1;
-    n->n_in = desc->n_inputs;
-    return n;
-}
-
-static void infer_ok(lipc_graph *g, lipc_node *n)
-{
-    lipc_diags d;
-    lipc_diags_init(&d);
-    bool ok = lipc_op_info(n->op)->infer(g, n, &d);
-    cr_assert(ok && d.n_errors == 0, "infer of %s failed", lipc_op_info(n->op)->name);
-    lipc_diags_free(&d);
-}
-
-typedef struct op_case {
-    const char *label;
-    lipc_op op;
-    lipc_shape in;
-    int out;
-    int kernel[2], stride[2];
-    lipc_padding padding;
-    bool no_bias, normalize, fold;
-    int pairing;
-    double by;
-    lipc_intlist pad_by;
-} op_case;
-
-#define S3(c, h, w) ((lipc_shape){3, {(c), (h), (w)}})
-#define S1(f) ((lipc_shape){1, {(f), 0, 0}})
-
 static const op_case op_cases[] = {
     {.label = "shift", .op = LIPC_OP_SHIFT, .in = S3(2, 3, 4), .by = -0.5},
     {.label = "shift by 1/3", .op = LIPC_OP_SHIFT, .in = S1(17), .by = 1.0 / 3.0},
@@ -294,36 +254,6 @@ static const op_case op_cases[] = {
 };
 #define N_OP_CASES (sizeof op_cases / sizeof op_cases[0])
 
-static lipc_node *build_case(lipc_graph *g, const op_case *c)
-{
-    g->input_shape = c->in;
-    lipc_node *in[LIPC_MAX_INPUTS] = {NULL};
-    for (int k = 0; k < lipc_op_info(c->op)->n_inputs; k++) {
-        in[k] = mk(g, LIPC_OP_INPUT, NULL, NULL);
-        infer_ok(g, in[k]);
-    }
-    g->input = in[0];
-    lipc_node *n = mk(g, c->op, in[0], in[1]);
-    lipc_attrs *a = &n->a;
-    a->out = c->out;
-    if (c->kernel[0])
-        memcpy(a->kernel, c->kernel, sizeof a->kernel);
-    if (c->stride[0])
-        memcpy(a->stride, c->stride, sizeof a->stride);
-    a->padding = c->padding;
-    if (c->op == LIPC_OP_CONV2D || c->op == LIPC_OP_DENSE)
-        a->bias = !c->no_bias;
-    a->normalize = c->normalize;
-    a->fold_identity = c->fold;
-    a->pairing = c->pairing;
-    a->by = c->by;
-    a->pad_by = c->pad_by;
-    infer_ok(g, n);
-    g->output = n;
-    g->shapes_known = true;
-    return n;
-}
-
 /* How the exact input departs from the computed one. */
 enum {
     EXACT,        /* x = x~, e_in = 0 */
@@ -338,7 +268,7 @@ static bool check_case(const op_case *c, int mode, double scale, uint64_t seed, 
     const int nb = 2;
     lipc_graph *g = lipc_graph_new();
     cr_assert_not_null(g);
-    lipc_node *n = build_case(g, c);
+    lipc_node *n = test_op_build(g, c);
     const lipc_op_desc *desc = lipc_op_info(n->op);
     cr_assert_not_null(desc->ref_error, "%s has no ref_error", desc->name);
     lipc_rng r;
@@ -473,7 +403,7 @@ Test(rounding, catastrophic_cancellation_is_covered)
 {
     lipc_graph *g = lipc_graph_new();
     op_case c = {.label = "dense 3", .op = LIPC_OP_DENSE, .in = S1(3), .out = 1, .no_bias = true};
-    lipc_node *n = build_case(g, &c);
+    lipc_node *n = test_op_build(g, &c);
     double w[3] = {1.0, 1.0, -1.0}, x[3] = {1e16, 1.0, 1e16}, e0[3] = {0, 0, 0};
     double y, e;
     const double *in[2] = {x, NULL}, *ein[2] = {e0, NULL};
@@ -490,7 +420,7 @@ Test(rounding, unknown_input_errors_propagate_as_infinity)
 {
     lipc_graph *g = lipc_graph_new();
     op_case c = {.label = "dense", .op = LIPC_OP_DENSE, .in = S1(2), .out = 2};
-    lipc_node *n = build_case(g, &c);
+    lipc_node *n = test_op_build(g, &c);
     double w[6] = {0.0, 1.0, 0.0, 0.0, 0.5, 0.5}, x[2] = {1.0, 2.0}, ein0[2] = {INFINITY, 0.0};
     double y[2], e[2];
     const double *in[2] = {x, NULL}, *ein[2] = {ein0, NULL};
@@ -501,7 +431,7 @@ Test(rounding, unknown_input_errors_propagate_as_infinity)
 
     op_case cm = {.label = "minmax", .op = LIPC_OP_MINMAX, .in = S1(2)};
     lipc_graph *g2 = lipc_graph_new();
-    lipc_node *mm = build_case(g2, &cm);
+    lipc_node *mm = test_op_build(g2, &cm);
     double xm[2] = {1.0, 0.0}, em[2] = {NAN, 1e-9}, ym[2], eo[2];
     const double *inm[2] = {xm, NULL}, *einm[2] = {em, NULL};
     lipc_op_info(mm->op)->ref_forward(mm, 1, inm, ym, NULL);

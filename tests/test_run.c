@@ -34,32 +34,9 @@
 
 /* ---- a temporary directory per test -------------------------------------- */
 
-static char tmp_dir[64];
+static void make_tmp(void) { test_tmp_make("/tmp/lipc-run"); }
 
-static void make_tmp(void)
-{
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/lipc-run-XXXXXX");
-    cr_assert(mkdtemp(tmp_dir), "mkdtemp failed");
-}
-
-static void rm_tmp(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (tmp_dir[0] && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmp_dir);
-}
-
-TestSuite(run, .init = make_tmp, .fini = rm_tmp, .timeout = 30);
-
-static char *path_in(const char *name)
-{
-    static char buf[8][256];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 256, "%s/%s", tmp_dir, name);
-    return p;
-}
+TestSuite(run, .init = make_tmp, .fini = test_tmp_remove, .timeout = 30);
 
 /* The diagnostics as one string (caller frees). */
 static char *diag_text(const lipc_diags *d)
@@ -286,7 +263,7 @@ static bool same_state(const lipc_model_desc *m, const lipc_train_state *a,
 /* No "*.tmp-*" left behind by the atomic writes. */
 static void expect_no_temporaries(void)
 {
-    DIR *dir = opendir(tmp_dir);
+    DIR *dir = opendir(test_tmp_dir);
     cr_assert(dir);
     struct dirent *e;
     while ((e = readdir(dir)))
@@ -365,8 +342,8 @@ Test(run, training_lowers_loss_and_certifies_more)
     lipc_dataset all, tr, val;
     load_synthetic(1024, 256, &all, &tr, &val);
     lipc_train_options o = options_for(m.g, &tr);
-    o.out = path_in("syn.safetensors");
-    o.metrics = path_in("syn.metrics.jsonl");
+    o.out = test_tmp_path("syn.safetensors");
+    o.metrics = test_tmp_path("syn.metrics.jsonl");
     o.val = &val;
     o.val_every = 4;
     lipc_train_state st;
@@ -484,12 +461,12 @@ static void stop_and_resume(long k)
     lipc_dataset ds, unused1, unused2;
     load_synthetic(RESUME_N, 0, &ds, &unused1, &unused2);
     lipc_train_state ref;
-    straight_run(&m, &ds, path_in("straight.safetensors"), path_in("straight.jsonl"), &ref);
+    straight_run(&m, &ds, test_tmp_path("straight.safetensors"), test_tmp_path("straight.jsonl"), &ref);
 
     lipc_train_options o = options_for(m.g, &ds);
     o.epochs = RESUME_EPOCHS;
-    o.out = path_in("stopped.safetensors");
-    o.metrics = path_in("stopped.jsonl");
+    o.out = test_tmp_path("stopped.safetensors");
+    o.metrics = test_tmp_path("stopped.jsonl");
     long per_epoch = RESUME_N / o.batch, total = per_epoch * RESUME_EPOCHS;
     cr_assert_lt(k, total);
 
@@ -527,18 +504,18 @@ static void stop_and_resume(long k)
     /* Resumed in a fresh state, to the end, without the stopper. */
     o.stop = NULL;
     cr_assert_eq(lipc_train_state_alloc(&m.c->desc, &st), LIPC_OK);
-    cr_assert_eq(train(&m, &m.c->ops, &ds, &o, path_in("stopped.safetensors"), &st, &res),
+    cr_assert_eq(train(&m, &m.c->ops, &ds, &o, test_tmp_path("stopped.safetensors"), &st, &res),
                  LIPC_OK);
     cr_expect(!res.interrupted);
     cr_expect_eq(res.steps, total - k);
     cr_expect_eq(res.epochs, RESUME_EPOCHS);
     cr_expect(same_state(&m.c->desc, &st, &ref), "resumed state differs from the straight run");
-    expect_same_checkpoint(path_in("straight.safetensors"), path_in("stopped.safetensors"));
+    expect_same_checkpoint(test_tmp_path("straight.safetensors"), test_tmp_path("stopped.safetensors"));
     expect_no_temporaries();
 
     /* The metrics log was appended to: one line per epoch, in order; the
      * epochs after the one cut in two report the straight run's numbers. */
-    json_t *a = read_jsonl(path_in("straight.jsonl")), *b = read_jsonl(path_in("stopped.jsonl"));
+    json_t *a = read_jsonl(test_tmp_path("straight.jsonl")), *b = read_jsonl(test_tmp_path("stopped.jsonl"));
     cr_assert_eq(json_array_size(b), (size_t)RESUME_EPOCHS);
     for (int e = 0; e < RESUME_EPOCHS; e++) {
         const json_t *la = json_array_get(a, (size_t)e), *lb = json_array_get(b, (size_t)e);
@@ -573,10 +550,10 @@ Test(run, resume_of_a_finished_run_takes_no_step)
     lipc_dataset ds, u1, u2;
     load_synthetic(RESUME_N, 0, &ds, &u1, &u2);
     lipc_train_state ref, st;
-    straight_run(&m, &ds, path_in("a.safetensors"), NULL, &ref);
+    straight_run(&m, &ds, test_tmp_path("a.safetensors"), NULL, &ref);
     lipc_train_options o = options_for(m.g, &ds);
     o.epochs = RESUME_EPOCHS;
-    o.out = path_in("a.safetensors");
+    o.out = test_tmp_path("a.safetensors");
     cr_assert_eq(lipc_train_state_alloc(&m.c->desc, &st), LIPC_OK);
     lipc_train_result res;
     cr_assert_eq(train(&m, &m.c->ops, &ds, &o, o.out, &st, &res), LIPC_OK);
@@ -609,7 +586,7 @@ static model one_epoch(const char *path, lipc_train_state *st)
 
 Test(run, checkpoint_round_trip_is_exact_and_atomic)
 {
-    const char *p = path_in("rt.safetensors");
+    const char *p = test_tmp_path("rt.safetensors");
     lipc_train_state st;
     model m = one_epoch(p, &st);
     expect_no_temporaries();
@@ -696,7 +673,7 @@ static lipc_status load_for(const model *m, const char *p, bool train_state, cha
 
 Test(run, checkpoint_of_another_model_is_rejected)
 {
-    const char *p = path_in("w8.safetensors");
+    const char *p = test_tmp_path("w8.safetensors");
     lipc_train_state st;
     model m8 = one_epoch(p, &st);
     lipc_train_state_free(&st);
@@ -736,7 +713,7 @@ Test(run, checkpoint_of_another_model_is_rejected)
 
 Test(run, damaged_checkpoint_is_rejected)
 {
-    const char *p = path_in("good.safetensors");
+    const char *p = test_tmp_path("good.safetensors");
     lipc_train_state st;
     model m = one_epoch(p, &st);
     lipc_train_state_free(&st);
@@ -764,7 +741,7 @@ Test(run, damaged_checkpoint_is_rejected)
         {"header JSON broken", len, 8, '[', "bad.safetensors: error:"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *bad = path_in("bad.safetensors");
+        const char *bad = test_tmp_path("bad.safetensors");
         FILE *o = fopen(bad, "wb");
         cr_assert(o);
         uint8_t save = bytes[cases[i].at >= 0 ? cases[i].at : 0];
@@ -787,7 +764,7 @@ Test(run, python_reads_the_checkpoint)
 {
     if (system("python3 -c pass >/dev/null 2>&1") != 0)
         cr_skip_test("python3 is not available");
-    const char *p = path_in("py.safetensors");
+    const char *p = test_tmp_path("py.safetensors");
     lipc_train_state st;
     model m = one_epoch(p, &st);
     /* The C side: the sum of fc.weight and of the stem's power-iteration v,

@@ -17,32 +17,9 @@
 #include "runtime/runtime.h"
 #include "testutil.h"
 
-static char tmp_dir[64];
+static void make_tmp(void) { test_tmp_make("/tmp/lipc-rtckpt"); }
 
-static void make_tmp(void)
-{
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/lipc-rtckpt-XXXXXX");
-    cr_assert(mkdtemp(tmp_dir), "mkdtemp failed");
-}
-
-static void rm_tmp(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (tmp_dir[0] && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmp_dir);
-}
-
-TestSuite(runtime_ckpt, .init = make_tmp, .fini = rm_tmp);
-
-static char *path_in(const char *name)
-{
-    static char buf[4][256];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, 256, "%s/%s", tmp_dir, name);
-    return p;
-}
+TestSuite(runtime_ckpt, .init = make_tmp, .fini = test_tmp_remove);
 
 static void write_raw(const char *path, const void *data, size_t len)
 {
@@ -131,7 +108,7 @@ static void write_sample(const char *path)
 
 Test(runtime_ckpt, round_trip)
 {
-    const char *p = path_in("model.safetensors");
+    const char *p = test_tmp_path("model.safetensors");
     write_sample(p);
     lipc_diags d;
     lipc_diags_init(&d);
@@ -190,10 +167,10 @@ Test(runtime_ckpt, round_trip)
     lipc_diags_free(&d);
 }
 
-/* Names in tmp_dir that contain s. */
+/* Names in test_tmp_dir that contain s. */
 static int count_files_with(const char *s)
 {
-    DIR *dir = opendir(tmp_dir);
+    DIR *dir = opendir(test_tmp_dir);
     cr_assert(dir);
     int n = 0;
     struct dirent *e;
@@ -205,7 +182,7 @@ static int count_files_with(const char *s)
 
 Test(runtime_ckpt, atomic_write_replaces_and_cleans_up)
 {
-    const char *p = path_in("ckpt.safetensors");
+    const char *p = test_tmp_path("ckpt.safetensors");
     write_raw(p, "old contents", 12);
     write_sample(p);
     cr_assert_eq(count_files_with(".tmp-"), 0, "a temporary file was left behind");
@@ -229,7 +206,7 @@ Test(runtime_ckpt, atomic_write_replaces_and_cleans_up)
     cr_assert_eq(lipc_st_write(p, dup, 2, NULL, 0, &d), LIPC_ERR_INPUT);
     cr_assert_eq(read_raw(p, buf, sizeof buf), 68);
     /* A failed rename (the target is a directory) removes the temporary. */
-    char *dirp = path_in("adir");
+    char *dirp = test_tmp_path("adir");
     cr_assert(mkdir(dirp, 0777) == 0);
     cr_assert_eq(lipc_st_write(dirp, &t, 1, NULL, 0, &d), LIPC_ERR_IO);
     cr_assert_eq(count_files_with(".tmp-"), 0, "a temporary file was left behind");
@@ -251,7 +228,7 @@ Test(runtime_ckpt, atomic_write_replaces_and_cleans_up)
 
 Test(runtime_ckpt, damaged_files_are_rejected)
 {
-    const char *p = path_in("bad.safetensors");
+    const char *p = test_tmp_path("bad.safetensors");
     uint8_t data[64] = {0};
 
     write_raw(p, "", 0);
@@ -299,7 +276,7 @@ Test(runtime_ckpt, damaged_files_are_rejected)
     REJECT(p, "__metadata__ value of 'k' is not a string");
 
     /* A good file cut short: the last tensor runs past the end. */
-    const char *good = path_in("good.safetensors");
+    const char *good = test_tmp_path("good.safetensors");
     write_sample(good);
     uint8_t buf[4096];
     size_t n = read_raw(good, buf, sizeof buf);
@@ -313,7 +290,7 @@ Test(runtime_ckpt, damaged_files_are_rejected)
                 "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", data, 1);
     read_expect(p, LIPC_OK, (const char *const[]){NULL});
 
-    read_expect(path_in("absent.safetensors"), LIPC_ERR_IO,
+    read_expect(test_tmp_path("absent.safetensors"), LIPC_ERR_IO,
                 (const char *const[]){"absent.safetensors: error: cannot open: No such file",
                                       NULL});
 }
@@ -336,7 +313,7 @@ Test(runtime_ckpt, python_reads_our_files)
         {.name = "b", .dtype = LIPC_ST_U8, .rank = 1, .dims = {5}, .data = u},
     };
     lipc_st_meta m = {"epoch", "7"};
-    const char *p = path_in("py.safetensors");
+    const char *p = test_tmp_path("py.safetensors");
     lipc_diags d;
     lipc_diags_init(&d);
     cr_assert_eq(lipc_st_write(p, t, 3, &m, 1, &d), LIPC_OK);
@@ -383,7 +360,7 @@ Test(runtime_ckpt, python_reads_our_files)
 
 Test(runtime_ckpt, out_of_memory_paths)
 {
-    const char *p = path_in("oom.safetensors");
+    const char *p = test_tmp_path("oom.safetensors");
     write_sample(p);
     for (long k = 1; k < 60; k++) {
         lipc_diags d;

@@ -20,34 +20,25 @@
 
 /* ---- helpers -------------------------------------------------------------------- */
 
-static char tmp_dir[64];
-static char data_dir[128];      /* where write_bytes puts files: tmp_dir or below */
+static char data_dir[128];      /* where write_bytes puts files: test_tmp_dir or below */
 
 static void make_tmp(void)
 {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/lipc-rtdata-XXXXXX");
-    cr_assert(mkdtemp(tmp_dir), "mkdtemp failed");
-    snprintf(data_dir, sizeof data_dir, "%s", tmp_dir);
+    test_tmp_make("/tmp/lipc-rtdata");
+    snprintf(data_dir, sizeof data_dir, "%s", test_tmp_dir);
 }
 
-/* Makes tmp_dir/name and writes the following files there. */
+/* Makes test_tmp_dir/name and writes the following files there. */
 static void use_subdir(const char *name)
 {
-    snprintf(data_dir, sizeof data_dir, "%s/%s", tmp_dir, name);
+    snprintf(data_dir, sizeof data_dir, "%s/%s", test_tmp_dir, name);
     cr_assert(mkdir(data_dir, 0777) == 0, "mkdir %s", data_dir);
 }
 
-static void rm_tmp(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (tmp_dir[0] && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmp_dir);
-}
+TestSuite(runtime_data, .init = make_tmp, .fini = test_tmp_remove);
 
-TestSuite(runtime_data, .init = make_tmp, .fini = rm_tmp);
-
-static char *path_in(const char *name)
+/* data_dir/name */
+static char *data_path(const char *name)
 {
     static char buf[4][512];
     static int k;
@@ -56,10 +47,10 @@ static char *path_in(const char *name)
     return p;
 }
 
-/* Writes bytes to tmp_dir/name, gzipped when the name ends in ".gz". */
+/* Writes bytes to test_tmp_dir/name, gzipped when the name ends in ".gz". */
 static void write_bytes(const char *name, const void *data, size_t len)
 {
-    const char *path = path_in(name);
+    const char *path = data_path(name);
     size_t nl = strlen(name);
     if (nl > 3 && strcmp(name + nl - 3, ".gz") == 0) {
         gzFile g = gzopen(path, "wb");
@@ -124,7 +115,7 @@ static void write_idx_set(void)
     write_idx_labels("t10k-labels-idx1-ubyte", 2, labels5);
 }
 
-/* Loads tmp_dir and expects failure `want` with every substring in subs
+/* Loads test_tmp_dir and expects failure `want` with every substring in subs
  * (NULL-terminated) in the formatted diagnostics. */
 static void expect_error(const char *spec, lipc_split split, lipc_status want,
                          const char *const *subs)
@@ -168,7 +159,7 @@ Test(runtime_data, idx_gz_and_raw)
 {
     write_idx_set();
     lipc_dataset ds;
-    load_ok(tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds);
     cr_assert_eq(ds.n, 5);
     cr_assert(ds.c == 1 && ds.h == 3 && ds.w == 4 && ds.classes == 10);
     cr_assert_str_eq(ds.name, "mnist");
@@ -180,7 +171,7 @@ Test(runtime_data, idx_gz_and_raw)
     lipc_dataset_free(&ds);
     cr_assert_eq(ds.x, NULL);
 
-    load_ok(tmp_dir, LIPC_SPLIT_TEST, 0, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TEST, 0, &ds);
     cr_assert_eq(ds.n, 2);
     cr_assert_float_eq(ds.x[12 + 5], pix(1, 5) / 255.0f, 1e-7);
     cr_assert_eq(ds.y[1], labels5[1]);
@@ -209,7 +200,7 @@ Test(runtime_data, idx_by_name_via_env)
 {
     use_subdir("mnist");
     write_idx_set();
-    setenv("LIPC_DATA_DIR", tmp_dir, 1);
+    setenv("LIPC_DATA_DIR", test_tmp_dir, 1);
     lipc_dataset ds;
     load_ok("mnist", LIPC_SPLIT_TEST, 0, &ds);
     cr_assert_eq(ds.n, 2);
@@ -221,15 +212,15 @@ Test(runtime_data, idx_bad_magic)
 {
     write_idx_set();
     write_idx_images("train-images-idx3-ubyte.gz", 0x12345678, 5, 5, 3, 4, -1);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-images-idx3-ubyte.gz: error: bad magic 0x12345678");
     /* A labels file where the images belong. */
     write_idx_labels("t10k-images-idx3-ubyte", 2, labels5);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
            "t10k-images-idx3-ubyte: error: this is an IDX labels file (magic 0x00000801)");
     /* IDX of bytes, wrong number of dimensions. */
     write_idx_images("t10k-images-idx3-ubyte", 0x802, 2, 2, 3, 4, -1);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT, "bad magic 0x00000802",
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT, "bad magic 0x00000802",
            "with 2 dimensions");
 }
 
@@ -238,14 +229,14 @@ Test(runtime_data, idx_truncated)
     write_idx_set();
     /* 5 images of 3x4 declared: 16 + 60 = 76 bytes; only 16 + 40 present. */
     write_idx_images("train-images-idx3-ubyte.gz", 0x803, 5, 5, 3, 4, 40);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-images-idx3-ubyte.gz: error: truncated at byte 56 of 76 "
            "(the header declares 5 images of 3x4)");
     /* The header itself cut short. */
     write_idx_images("t10k-images-idx3-ubyte", 0x803, 2, 2, 3, 4, -1);
     uint8_t hdr[10] = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0};
     write_bytes("t10k-images-idx3-ubyte", hdr, sizeof hdr);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
            "t10k-images-idx3-ubyte: error: truncated at byte 10 of the 16-byte IDX header");
 }
 
@@ -257,7 +248,7 @@ Test(runtime_data, idx_gzip_stream_cut)
     write_idx_labels("train-labels-idx1-ubyte.gz", 200, lab);
     free(lab);
     /* Cut the compressed file at 60 %: an interrupted download. */
-    const char *p = path_in("train-images-idx3-ubyte.gz");
+    const char *p = data_path("train-images-idx3-ubyte.gz");
     FILE *f = fopen(p, "rb");
     cr_assert(f);
     uint8_t buf[65536];
@@ -265,8 +256,8 @@ Test(runtime_data, idx_gzip_stream_cut)
     fclose(f);
     cr_assert(len > 100 && len < sizeof buf);
     write_bytes("train-images-idx3-ubyte.raw", buf, len * 6 / 10);
-    cr_assert(rename(path_in("train-images-idx3-ubyte.raw"), p) == 0);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    cr_assert(rename(data_path("train-images-idx3-ubyte.raw"), p) == 0);
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-images-idx3-ubyte.gz: error: truncated at byte", "of 156816",
            "the gzip stream itself ends early");
 }
@@ -274,7 +265,7 @@ Test(runtime_data, idx_gzip_stream_cut)
 Test(runtime_data, idx_gzip_corrupt)
 {
     write_idx_set();
-    const char *p = path_in("train-labels-idx1-ubyte.gz");
+    const char *p = data_path("train-labels-idx1-ubyte.gz");
     FILE *f = fopen(p, "rb");
     uint8_t buf[4096];
     size_t len = fread(buf, 1, sizeof buf, f);
@@ -282,8 +273,8 @@ Test(runtime_data, idx_gzip_corrupt)
     /* Damage the CRC-32 in the gzip trailer: the data decode, the check fails. */
     buf[len - 6] ^= 0xff;
     write_bytes("train-labels-idx1-ubyte.raw", buf, len);
-    cr_assert(rename(path_in("train-labels-idx1-ubyte.raw"), p) == 0);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    cr_assert(rename(data_path("train-labels-idx1-ubyte.raw"), p) == 0);
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-labels-idx1-ubyte.gz: error: corrupt gzip data");
 }
 
@@ -293,7 +284,7 @@ Test(runtime_data, idx_trailing_data)
     /* Header says 4 images, 5 follow. */
     write_idx_images("t10k-images-idx3-ubyte", 0x803, 4, 5, 3, 4, -1);
     write_idx_labels("t10k-labels-idx1-ubyte", 4, labels5);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
            "t10k-images-idx3-ubyte: error: unexpected data after byte 64");
 }
 
@@ -302,7 +293,7 @@ Test(runtime_data, idx_label_out_of_range)
     write_idx_set();
     const uint8_t bad[] = {3, 12, 4, 11, 5};
     write_idx_labels("train-labels-idx1-ubyte.gz", 5, bad);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-labels-idx1-ubyte.gz: error: label 12 out of range for 10 classes (example 1)",
            "note: 2 labels in all are out of range");
 }
@@ -311,7 +302,7 @@ Test(runtime_data, idx_count_mismatch)
 {
     write_idx_set();
     write_idx_labels("train-labels-idx1-ubyte.gz", 4, labels5);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-labels-idx1-ubyte.gz: error: image count mismatch:",
            "train-images-idx3-ubyte.gz has 5 images but this file has 4 labels");
 }
@@ -319,13 +310,13 @@ Test(runtime_data, idx_count_mismatch)
 Test(runtime_data, idx_missing_and_empty_files)
 {
     write_idx_images("train-images-idx3-ubyte.gz", 0x803, 5, 5, 3, 4, -1);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_IO,
-           "error: missing train-labels-idx1-ubyte[.gz]", tmp_dir);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_IO,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_IO,
+           "error: missing train-labels-idx1-ubyte[.gz]", test_tmp_dir);
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_IO,
            "error: missing t10k-images-idx3-ubyte[.gz]: this IDX dataset has no test images");
     write_idx_labels("train-labels-idx1-ubyte.gz", 5, labels5);
     write_bytes("train-images-idx3-ubyte.gz", "", 0);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train-images-idx3-ubyte.gz: error: file is empty; expected IDX images");
 }
 
@@ -333,20 +324,20 @@ Test(runtime_data, idx_both_files_reported)
 {
     write_idx_images("train-images-idx3-ubyte", 0x1, 5, 5, 3, 4, -1);
     write_bytes("train-labels-idx1-ubyte", "", 0);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT, "train-images-idx3-ubyte: error: bad magic",
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT, "train-images-idx3-ubyte: error: bad magic",
            "train-labels-idx1-ubyte: error: file is empty", "2 errors generated");
 }
 
 Test(runtime_data, bad_paths_and_names)
 {
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT, ": error: no dataset files found here",
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT, ": error: no dataset files found here",
            "note: expected IDX files", "CIFAR-10 binary");
     char missing[300];
-    snprintf(missing, sizeof missing, "%s/nope", tmp_dir);
+    snprintf(missing, sizeof missing, "%s/nope", test_tmp_dir);
     EXPECT(missing, LIPC_SPLIT_TRAIN, LIPC_ERR_IO,
            "nope: error: cannot open dataset directory: No such file or directory");
     write_idx_set();
-    EXPECT(path_in("t10k-images-idx3-ubyte"), LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(data_path("t10k-images-idx3-ubyte"), LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "t10k-images-idx3-ubyte: error: not a directory", "hint: try /tmp/lipc-rtdata-");
     EXPECT("fashion_mnist", LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "error: unknown dataset 'fashion_mnist'", "did you mean 'fashion-mnist'?");
@@ -356,7 +347,7 @@ Test(runtime_data, bad_paths_and_names)
 
 Test(runtime_data, named_dataset_absent)
 {
-    setenv("LIPC_DATA_DIR", tmp_dir, 1);
+    setenv("LIPC_DATA_DIR", test_tmp_dir, 1);
     const char *others[] = {"data/mnist", "/usr/share/datasets/mnist",
                             "/usr/local/share/datasets/mnist"};
     for (int i = 0; i < 3; i++) {
@@ -405,7 +396,7 @@ Test(runtime_data, cifar10)
 {
     write_cifar10_set();
     lipc_dataset ds;
-    load_ok(tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds);
     cr_assert(ds.n == 10 && ds.c == 3 && ds.h == 32 && ds.w == 32 && ds.classes == 10);
     cr_assert_str_eq(ds.name, "cifar10");
     for (int k = 0; k < 10; k++) {
@@ -417,12 +408,12 @@ Test(runtime_data, cifar10)
     }
     lipc_dataset_free(&ds);
     /* A limit spanning two batch files. */
-    load_ok(tmp_dir, LIPC_SPLIT_TRAIN, 3, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TRAIN, 3, &ds);
     cr_assert_eq(ds.n, 3);
     cr_assert_eq(ds.y[2], 1);
     cr_assert_float_eq(ds.x[2 * 3072 + 1000], cpix(1, 0, 1000) / 255.0f, 1e-7);
     lipc_dataset_free(&ds);
-    load_ok(tmp_dir, LIPC_SPLIT_TEST, 0, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TEST, 0, &ds);
     cr_assert_eq(ds.n, 3);
     cr_assert_eq(ds.y[2], 9);
     lipc_dataset_free(&ds);
@@ -433,7 +424,7 @@ Test(runtime_data, cifar10_in_archive_subdir)
     use_subdir("cifar-10-batches-bin");
     write_cifar10_set();
     lipc_dataset ds;
-    load_ok(tmp_dir, LIPC_SPLIT_TEST, 0, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TEST, 0, &ds);
     cr_assert_eq(ds.n, 3);
     lipc_dataset_free(&ds);
 }
@@ -444,7 +435,7 @@ Test(runtime_data, cifar100_fine_labels)
     write_cifar("train.bin", 0, 3, 2, lab, -1);
     write_cifar("test.bin", 1, 1, 2, lab, -1);
     lipc_dataset ds;
-    load_ok(tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds);
+    load_ok(test_tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds);
     cr_assert(ds.n == 3 && ds.classes == 100);
     cr_assert_str_eq(ds.name, "cifar100");
     cr_assert(ds.y[0] == 90 && ds.y[1] == 91 && ds.y[2] == 99);
@@ -453,7 +444,7 @@ Test(runtime_data, cifar100_fine_labels)
 
     uint8_t bad[6] = {0, 90, 25, 91, 3, 100};
     write_cifar("train.bin", 0, 3, 2, bad, -1);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "train.bin: error: coarse label 25 out of range for 20 classes (record 1)",
            "note: 2 records of this file have a label out of range");
 }
@@ -464,17 +455,17 @@ Test(runtime_data, cifar_damage)
     uint8_t lab[2] = {1, 2};
     /* One and a half records: 3073 + 1536 bytes. */
     write_cifar("data_batch_1.bin", 0, 2, 1, lab, 3073 + 1536);
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_INPUT,
            "data_batch_1.bin: error: truncated at byte 4609 of 6146: record 1 is incomplete");
     uint8_t bad[3] = {7, 10, 9};
     write_cifar("test_batch.bin", 5, 3, 1, bad, -1);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
            "test_batch.bin: error: label 10 out of range for 10 classes (record 1)");
     write_bytes("test_batch.bin", "", 0);
-    EXPECT(tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TEST, LIPC_ERR_INPUT,
            "test_batch.bin: error: file is empty; expected CIFAR-10 records of 3073 bytes");
-    remove(path_in("data_batch_3.bin"));
-    EXPECT(tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_IO, "error: missing data_batch_3.bin",
+    remove(data_path("data_batch_3.bin"));
+    EXPECT(test_tmp_dir, LIPC_SPLIT_TRAIN, LIPC_ERR_IO, "error: missing data_batch_3.bin",
            "this CIFAR-10 dataset has no training split");
 }
 
@@ -559,7 +550,7 @@ Test(runtime_data, out_of_memory_paths)
         lipc_diags_init(&d);
         lipc_dataset ds;
         lipc_alloc_fail_after(k);
-        lipc_status st = lipc_dataset_load(tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds, &d);
+        lipc_status st = lipc_dataset_load(test_tmp_dir, LIPC_SPLIT_TRAIN, 0, &ds, &d);
         lipc_alloc_fail_after(0);
         lipc_diags_free(&d);
         if (st == LIPC_OK) {
