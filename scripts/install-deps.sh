@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages lipc needs to build and test. Idempotent: when every
+# Installs the Debian 12 packages lipc needs to build and test (and the
+# Fashion-MNIST dataset, which training, certification and some tests read). Idempotent: when every
 # package is already present it does nothing; otherwise it runs `apt-get update` once and
 # installs what is missing. Run as root (or through sudo).
 #
@@ -13,6 +14,7 @@ packages=(
   libyaml-dev libjansson-dev zlib1g-dev
   liblapacke-dev libopenblas-dev
   libcriterion-dev
+  dataset-fashion-mnist
 )
 for arg in "$@"; do
   case "$arg" in
