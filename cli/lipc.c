@@ -47,7 +47,7 @@ static const char *usage_check =
 
 static const char *usage_dump =
     "usage: lipc dump FILE [--print-after=PASS|all] [--format=text|dot|json]\n"
-    "                      [--set KEY=VALUE]...\n"
+    "                      [--emit=ir|train|forward] [--set KEY=VALUE]...\n"
     "\n"
     "Prints the IR of a model after a pass of the pipeline (default: after the\n"
     "last one). Passes, in order:\n"
@@ -288,6 +288,7 @@ static int cmd_dump(int argc, char **argv)
     int n_sets = 0;
     const char *file = NULL;
     const char *after = NULL;
+    const char *emit = "ir";
     lipc_format format = LIPC_FORMAT_TEXT;
     for (int i = 0; i < argc; i++) {
         char *a = argv[i];
@@ -300,9 +301,16 @@ static int cmd_dump(int argc, char **argv)
                    "options:\n"
                    "  --print-after=PASS   the stage to print (default: %s)\n"
                    "  --format=FORMAT      text (default), dot (Graphviz) or json\n"
+                   "  --emit=WHAT          ir (default); train or forward: the program of\n"
+                   "                       that entry point (steps, K_sub factors, memory plan)\n"
                    "  --set KEY=VALUE      override a parameter declared under `params:`\n",
                    lipc_pipeline[lipc_pipeline_len - 1].name);
             return 0;
+        } else if (!strncmp(a, "--emit=", 7)) {
+            emit = a + 7;
+            if (strcmp(emit, "ir") && strcmp(emit, "train") && strcmp(emit, "forward"))
+                return cli_usage_error("dump", "--emit takes ir, train or forward, got '%s'",
+                                       emit);
         } else if (!strncmp(a, "--print-after=", 14)) {
             after = a + 14;
         } else if (!strcmp(a, "--print-after") && i + 1 < argc) {
@@ -361,8 +369,24 @@ static int cmd_dump(int argc, char **argv)
         .verify = true, .print_after = after, .format = format, .print_out = &out,
         .stop_after = strcmp(after, "all") && strcmp(after, "frontend") ? after : NULL,
     };
+    bool program = strcmp(emit, "ir") != 0;
+    if (program) /* the program is built from the final IR: run every pass quietly */
+        po = (lipc_pipeline_options){.verify = true};
     lipc_graph *g;
     lipc_status st = cli_compile(file, sets, n_sets, &po, &g);
+    if (st == LIPC_OK && program) {
+        lipc_diags d;
+        lipc_diags_init(&d);
+        lipc_program *p = lipc_build_program(
+            g, strcmp(emit, "train") == 0 ? LIPC_ENTRY_TRAIN : LIPC_ENTRY_FORWARD, &d);
+        if (p)
+            lipc_program_print(p, &out);
+        else
+            st = d.n_errors ? LIPC_ERR_INPUT : LIPC_ERR_NOMEM;
+        lipc_diags_print(&d, stderr);
+        lipc_diags_free(&d);
+        lipc_program_free(p);
+    }
     if (out.failed) {
         fprintf(stderr, "lipc: error: out of memory while printing\n");
         st = LIPC_ERR_NOMEM;

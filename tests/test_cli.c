@@ -150,3 +150,19 @@ Test(cli, dump_formats)
               "%.300s", out);
     free(out);
 }
+
+Test(cli, dump_programs)
+{
+    char *out;
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=train", &out), 0);
+    cr_expect(strstr(out, "program train of syn") && strstr(out, "power-iter") &&
+                  strstr(out, "sigma-grad") && strstr(out, "backward") &&
+                  strstr(out, "update") && strstr(out, "arena:"),
+              "%s", out);
+    free(out);
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=forward", &out), 0);
+    cr_expect(strstr(out, "program forward of syn") && !strstr(out, "backward"), "%s", out);
+    free(out);
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=llvm", &out), 2);
+    free(out);
+}
