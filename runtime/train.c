@@ -304,7 +304,7 @@ lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
             {"loss", sum_loss / (double)sum_n, NULL},
             {"acc", (double)sum_correct / (double)sum_n, NULL},
             {"cert", (double)sum_cert / (double)sum_n, NULL},
-            {"K", stats.k_sub, NULL},
+            {"K_sub", stats.k_sub, NULL},
             {"eps", h.eps, NULL},
             {"lr", h.lr, NULL},
         };
@@ -321,22 +321,29 @@ lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
                       ((o->val_every > 0 && epoch % o->val_every == 0) || st->step == total);
         if (do_val && (s = validate(m, ops, st, o, res)) != LIPC_OK)
             break;
+        /* The log's record; the progress line shows it without the step and
+         * the time, which the line itself carries. */
         lipc_metric line[] = {
             {"epoch", epoch, NULL},
-            {"step", (double)st->step, NULL},
             {"loss", res->train_loss, NULL},
             {"acc", res->train_acc, NULL},
             {"cert", res->train_cert, NULL},
             {"K_sub", stats.k_sub, NULL},
             {"eps", h.eps, NULL},
             {"lr", h.lr, NULL},
-            {"seconds", lipc_now() - t0, NULL},
             {"val_acc", do_val ? res->val_acc : NAN, NULL},
             {"val_vra", do_val ? res->val_vra : NAN, NULL},
+            {"step", (double)st->step, NULL},
+            {"seconds", lipc_now() - t0, NULL},
         };
-        int n_line = do_val ? 11 : 9;
-        lipc_progress_line(&prog, st->step, line, n_line);
-        if (log.f && (s = lipc_metrics_write(&log, line, n_line, d)) != LIPC_OK)
+        int n_shown = do_val ? 9 : 7;
+        lipc_progress_line(&prog, st->step, line, n_shown);
+        lipc_metric record[11];
+        int n_record = 0;
+        for (int k = 0; k < 11; k++)
+            if (do_val || (k != 7 && k != 8))
+                record[n_record++] = line[k];
+        if (log.f && (s = lipc_metrics_write(&log, record, n_record, d)) != LIPC_OK)
             break;
         if (o->out && (s = save(o->out, m, st, o, epoch, d)) != LIPC_OK)
             break;
