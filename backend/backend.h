@@ -168,4 +168,36 @@ void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_de
 lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out);
 void lipc_compiled_free(lipc_compiled *c);
 
+/* ==== LLVM CPU backend (backend/llvm/; the only part of lipc that links LLVM) ====
+ *
+ * A first slice: the FORWARD program as one function emitted through the LLVM
+ * C API, optimised for the host (default<O3>) and run through ORC's LLJIT.
+ * These functions live in the lipc_llvm library, not in lipc_core, so the
+ * runtime and everything else stay free of LLVM; lipc_compile's "cpu" target
+ * does not use them yet. */
+
+/* A JIT-compiled forward function; owns its machine code. */
+typedef struct lipc_llvm_fn lipc_llvm_fn;
+
+/* Compiles the FORWARD steps of p (a FORWARD or TRAIN program; shapes are
+ * baked in, the batch is not). LIPC_ERR_UNSUPPORTED with an error in d when a
+ * step's op has no emitter or LLVM fails; LIPC_ERR_NOMEM when memory ran out. */
+lipc_status lipc_llvm_forward_compile(const lipc_program *p, lipc_diags *d, lipc_llvm_fn **out);
+
+/* Logits of a batch, in float:
+ *   params  [g->n_param_elems]
+ *   x       [n, numel(input)]
+ *   logits  [n, classes]
+ * The activations' arena ([arena_per_example * n] floats, the program's memory
+ * plan) is allocated per call. LIPC_ERR_NOMEM when it cannot be. */
+lipc_status lipc_llvm_forward_run(lipc_llvm_fn *f, const float *params, int n, const float *x,
+                                  float *logits);
+void lipc_llvm_fn_free(lipc_llvm_fn *f);
+
+/* The emitted module as LLVM IR text, before optimisation (`lipc dump
+ * --emit=llvm`). Errors as lipc_llvm_forward_compile. */
+lipc_status lipc_llvm_forward_ir(const lipc_program *p, lipc_diags *d, lipc_buf *out);
+
+/* ==== end of the LLVM CPU backend ==== */
+
 #endif

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "cli/internal.h"
 
 static const char *usage_main =
@@ -47,7 +48,7 @@ static const char *usage_check =
 
 static const char *usage_dump =
     "usage: lipc dump FILE [--print-after=PASS|all] [--format=text|dot|json]\n"
-    "                      [--emit=ir|train|forward] [--set KEY=VALUE]...\n"
+    "                      [--emit=ir|train|forward|llvm] [--set KEY=VALUE]...\n"
     "\n"
     "Prints the IR of a model after a pass of the pipeline (default: after the\n"
     "last one). Passes, in order:\n"
@@ -302,15 +303,17 @@ static int cmd_dump(int argc, char **argv)
                    "  --print-after=PASS   the stage to print (default: %s)\n"
                    "  --format=FORMAT      text (default), dot (Graphviz) or json\n"
                    "  --emit=WHAT          ir (default); train or forward: the program of\n"
-                   "                       that entry point (steps, K_sub factors, memory plan)\n"
+                   "                       that entry point (steps, K_sub factors, memory plan);\n"
+                   "                       llvm: the forward function's LLVM IR, unoptimised\n"
                    "  --set KEY=VALUE      override a parameter declared under `params:`\n",
                    lipc_pipeline[lipc_pipeline_len - 1].name);
             return 0;
         } else if (!strncmp(a, "--emit=", 7)) {
             emit = a + 7;
-            if (strcmp(emit, "ir") && strcmp(emit, "train") && strcmp(emit, "forward"))
-                return cli_usage_error("dump", "--emit takes ir, train or forward, got '%s'",
-                                       emit);
+            if (strcmp(emit, "ir") && strcmp(emit, "train") && strcmp(emit, "forward") &&
+                strcmp(emit, "llvm"))
+                return cli_usage_error("dump",
+                                       "--emit takes ir, train, forward or llvm, got '%s'", emit);
         } else if (!strncmp(a, "--print-after=", 14)) {
             after = a + 14;
         } else if (!strcmp(a, "--print-after") && i + 1 < argc) {
@@ -379,7 +382,9 @@ static int cmd_dump(int argc, char **argv)
         lipc_diags_init(&d);
         lipc_program *p = lipc_build_program(
             g, strcmp(emit, "train") == 0 ? LIPC_ENTRY_TRAIN : LIPC_ENTRY_FORWARD, &d);
-        if (p)
+        if (p && strcmp(emit, "llvm") == 0)
+            st = lipc_llvm_forward_ir(p, &d, &out);
+        else if (p)
             lipc_program_print(p, &out);
         else
             st = d.n_errors ? LIPC_ERR_INPUT : LIPC_ERR_NOMEM;

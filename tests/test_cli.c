@@ -163,6 +163,9 @@ Test(cli, dump_programs)
     cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=forward", &out), 0);
     cr_expect(strstr(out, "program forward of syn") && !strstr(out, "backward"), "%s", out);
     free(out);
-    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=llvm", &out), 2);
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=llvm", &out), 0);
+    cr_expect(strstr(out, "define void @lipc_forward("), "%.300s", out);
+    free(out);
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=asm", &out), 2);
     free(out);
 }
