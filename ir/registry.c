@@ -94,6 +94,18 @@ bool lipc_ops_inputs_known(const lipc_node *n)
     return true;
 }
 
+bool lipc_ops_require_map(const lipc_node *n, lipc_diags *d, const char *hint)
+{
+    lipc_shape s = n->in[0]->shape;
+    if (s.rank == 3)
+        return true;
+    char sb[48];
+    lipc_diag_msg *m = lipc_diag_error(d, n->loc, "%s expects a feature map (c, h, w), got %s",
+                                       lipc_op_info(n->op)->name, lipc_shape_str(s, sb));
+    lipc_diag_hint(m, "%s", hint);
+    return false;
+}
+
 bool lipc_ops_infer_same_shape(lipc_graph *g, lipc_node *n, lipc_diags *d)
 {
     (void)g;

@@ -46,13 +46,8 @@ static bool avgpool_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
     lipc_shape s = n->in[0]->shape;
     lipc_attrs *a = &n->a;
     char sb[48];
-    if (s.rank != 3) {
-        lipc_diag_msg *m = lipc_diag_error(
-            d, n->loc, "avgpool expects a feature map (c, h, w), got %s",
-            lipc_shape_str(s, sb));
-        lipc_diag_hint(m, "pool before `flatten`, not after it");
+    if (!lipc_ops_require_map(n, d, "pool before `flatten`, not after it"))
         return false;
-    }
     for (int k = 0; k < 2; k++)
         if (a->stride[k] == 0)
             a->stride[k] = a->kernel[k];

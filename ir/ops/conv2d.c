@@ -82,13 +82,8 @@ static bool conv2d_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
     lipc_shape s = n->in[0]->shape;
     lipc_attrs *a = &n->a;
     char sb[48];
-    if (s.rank != 3) {
-        lipc_diag_msg *m = lipc_diag_error(
-            d, n->loc, "conv2d expects a feature map (c, h, w), got %s",
-            lipc_shape_str(s, sb));
-        lipc_diag_hint(m, "convolutions come before `flatten`; after it use dense layers");
+    if (!lipc_ops_require_map(n, d, "convolutions come before `flatten`; after it use dense layers"))
         return false;
-    }
     int c_in = s.d[0], h = s.d[1], w = s.d[2];
     int kh = a->kernel[0], kw = a->kernel[1], sh = a->stride[0], sw = a->stride[1];
     if (a->out < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1) {

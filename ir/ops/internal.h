@@ -13,6 +13,10 @@
  * reported why, so infer returns false without a second, confusing error. */
 bool lipc_ops_inputs_known(const lipc_node *n);
 
+/* True when input 0 is a feature map (c, h, w); else reports "<op> expects a
+ * feature map (c, h, w), got <shape>" at n->loc with the hint, and is false. */
+bool lipc_ops_require_map(const lipc_node *n, lipc_diags *d, const char *hint);
+
 /* The shape rule of elementwise ops (shift, relu): the output has the input's
  * shape. */
 bool lipc_ops_infer_same_shape(lipc_graph *g, lipc_node *n, lipc_diags *d);

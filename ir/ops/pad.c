@@ -30,13 +30,8 @@ static bool pad_infer(lipc_graph *g, lipc_node *n, lipc_diags *d)
     lipc_shape s = n->in[0]->shape;
     lipc_attrs *a = &n->a;
     char sb[48];
-    if (s.rank != 3) {
-        lipc_diag_msg *m = lipc_diag_error(
-            d, n->loc, "pad expects a feature map (c, h, w), got %s",
-            lipc_shape_str(s, sb));
-        lipc_diag_hint(m, "pad works on images; give the input `shape: [c, h, w]`");
+    if (!lipc_ops_require_map(n, d, "pad works on images; give the input `shape: [c, h, w]`"))
         return false;
-    }
     bool has_to = a->pad_to.n > 0, has_by = a->pad_by.n > 0;
     if (has_to == has_by) {
         lipc_diag_msg *m = lipc_diag_error(
