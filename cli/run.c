@@ -7,6 +7,7 @@
  * stdout at the end; progress and diagnostics go to stderr.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -112,6 +113,15 @@ static int parse_eps_list(run_args *r, const char *text)
     return 0;
 }
 
+/* A whole-number option in [lo, hi]: 0 with *out set, or the usage error. */
+static int count_value(const run_args *r, const char *opt, const char *v, long lo, long hi,
+                       const char *what, long *out)
+{
+    if (!parse_long(v, out) || *out < lo || *out > hi)
+        return cli_usage_error(r->cmd, "%s takes %s, got '%s'", opt, what, v);
+    return 0;
+}
+
 /* Parses argv; returns -1 to go on, or an exit status (help, usage error). */
 static int parse_args(run_args *r, int argc, char **argv, const char *usage)
 {
@@ -150,37 +160,37 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
         } else if ((v = opt_value(argc, argv, &i, "--bound", &missing))) {
             r->bound = v;
         } else if ((v = opt_value(argc, argv, &i, "--limit", &missing))) {
-            if (!parse_long(v, &l) || l < 1)
-                return cli_usage_error(r->cmd, "--limit takes a positive count, got '%s'", v);
+            if ((rc = count_value(r, "--limit", v, 1, LONG_MAX, "a positive count", &l)))
+                return rc;
             r->limit = l;
         } else if ((v = opt_value(argc, argv, &i, "--epochs", &missing))) {
-            if (!parse_long(v, &l) || l < 1 || l > 100000)
-                return cli_usage_error(r->cmd, "--epochs takes a positive count, got '%s'", v);
+            if ((rc = count_value(r, "--epochs", v, 1, 100000, "a positive count", &l)))
+                return rc;
             r->epochs = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--batch", &missing))) {
-            if (!parse_long(v, &l) || l < 1 || l > 1000000)
-                return cli_usage_error(r->cmd, "--batch takes a positive count, got '%s'", v);
+            if ((rc = count_value(r, "--batch", v, 1, 1000000, "a positive count", &l)))
+                return rc;
             r->batch = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
-            if (!parse_long(v, &l) || l < 0)
-                return cli_usage_error(r->cmd, "--seed takes a count >= 0, got '%s'", v);
+            if ((rc = count_value(r, "--seed", v, 0, LONG_MAX, "a count >= 0", &l)))
+                return rc;
             r->seed = l;
             r->seed_given = true;
         } else if ((v = opt_value(argc, argv, &i, "--val", &missing))) {
-            if (!parse_long(v, &l) || l < 0 || l > 10000000)
-                return cli_usage_error(r->cmd, "--val takes a count >= 0, got '%s'", v);
+            if ((rc = count_value(r, "--val", v, 0, 10000000, "a count >= 0", &l)))
+                return rc;
             r->val = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--val-every", &missing))) {
-            if (!parse_long(v, &l) || l < 1 || l > 100000)
-                return cli_usage_error(r->cmd, "--val-every takes a positive count, got '%s'", v);
+            if ((rc = count_value(r, "--val-every", v, 1, 100000, "a positive count", &l)))
+                return rc;
             r->val_every = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--lower", &missing))) {
-            if (!parse_long(v, &l) || l < 1 || l > 10000000)
-                return cli_usage_error(r->cmd, "--lower takes a positive count, got '%s'", v);
+            if ((rc = count_value(r, "--lower", v, 1, 10000000, "a positive count", &l)))
+                return rc;
             r->lower = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--iters", &missing))) {
-            if (!parse_long(v, &l) || l < 1 || l > 100000000)
-                return cli_usage_error(r->cmd, "--iters takes a positive count, got '%s'", v);
+            if ((rc = count_value(r, "--iters", v, 1, 100000000, "a positive count", &l)))
+                return rc;
             r->iters = (int)l;
         } else if ((v = opt_value(argc, argv, &i, "--tol", &missing))) {
             if (!parse_double(v, &x) || x < 0)
