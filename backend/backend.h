@@ -144,6 +144,19 @@ lipc_status lipc_ref_gradients(const lipc_program *p, lipc_train_state *st, int 
                                const float *x, const int32_t *y, const lipc_hyper *h,
                                lipc_step_stats *out, double *grads);
 
+/* K_sub from a program's factor tree, given the value of each OPNORM factor in
+ * sigma [n_bounds] (CONST and LOOSE values are filled in), and
+ * dk [n_bounds] = dK_sub / d value of each factor. */
+double lipc_program_eval_bound(const lipc_program *p, double *sigma, double *dk);
+
+/* ---- optimisers (backend/optim.c), shared by the CPU backends ---- */
+
+/* Scales g [n] to global norm <= clip (clip > 0); returns the norm before. */
+double lipc_grad_clip(double *g, size_t n, double clip);
+/* One AdamW or SGD-Nesterov step on st (parameters, moments, step count)
+ * with the gradient grads [np]. */
+void lipc_optim_step(const lipc_hyper *h, lipc_train_state *st, size_t np, const double *grads);
+
 /* ---- compiled models (backend/describe.c) ---- */
 
 /* What a target produced from a checked graph: the runtime's description of
@@ -156,6 +169,8 @@ typedef struct lipc_compiled {
     lipc_param_desc *params;
     lipc_factor_desc *factors;
     lipc_model_ops ops;
+    void *backend;                      /* the target's own state (cpu: lipc_cpu) */
+    void (*backend_free)(void *backend);
 } lipc_compiled;
 
 /* The runtime's description of one parameter of g. */
@@ -166,37 +181,59 @@ void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_de
  * "cpu" and "cuda" report that they are not available in this build. User
  * errors (a model that cannot train) go to d as LIPC_ERR_INPUT. */
 lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out);
+/* What every target shares: the programs (stored in dtype) and the tables,
+ * with no entry points yet. */
+lipc_status lipc_compile_tables(lipc_graph *g, lipc_dtype dtype, lipc_diags *d,
+                                lipc_compiled **out);
+/* Sets c->ops to the reference backend's entry points. */
+void lipc_compiled_use_ref(lipc_compiled *c);
 void lipc_compiled_free(lipc_compiled *c);
 
 /* ==== LLVM CPU backend (backend/llvm/; the only part of lipc that links LLVM) ====
  *
- * A first slice: the FORWARD program as one function emitted through the LLVM
- * C API, optimised for the host (default<O3>) and run through ORC's LLJIT.
- * These functions live in the lipc_llvm library, not in lipc_core, so the
- * runtime and everything else stay free of LLVM; lipc_compile's "cpu" target
- * does not use them yet. */
+ * The training program lowered to kernels emitted through the LLVM C API
+ * (backend/llvm/emit.c), optimised for the host (default<O3>) and compiled by
+ * ORC's LLJIT; a driver (backend/llvm/exec.c) runs the program's steps in
+ * float, handing each kernel to the runtime's thread pool. These functions
+ * live in the lipc_llvm library, not in lipc_core, so the runtime and the rest
+ * of lipc stay free of LLVM. */
 
-/* A JIT-compiled forward function; owns its machine code. */
-typedef struct lipc_llvm_fn lipc_llvm_fn;
+typedef struct lipc_cpu lipc_cpu;
 
-/* Compiles the FORWARD steps of p (a FORWARD or TRAIN program; shapes are
- * baked in, the batch is not). LIPC_ERR_UNSUPPORTED with an error in d when a
- * step's op has no emitter or LLVM fails; LIPC_ERR_NOMEM when memory ran out. */
-lipc_status lipc_llvm_forward_compile(const lipc_program *p, lipc_diags *d, lipc_llvm_fn **out);
+typedef struct lipc_cpu_options {
+    int threads;            /* < 1: one per core */
+    bool portable;          /* AVX2 code for any x86-64-v3 CPU, not the host's */
+} lipc_cpu_options;
 
-/* Logits of a batch, in float:
- *   params  [g->n_param_elems]
- *   x       [n, numel(input)]
- *   logits  [n, classes]
- * The activations' arena ([arena_per_example * n] floats, the program's memory
- * plan) is allocated per call. LIPC_ERR_NOMEM when it cannot be. */
-lipc_status lipc_llvm_forward_run(lipc_llvm_fn *f, const float *params, int n, const float *x,
-                                  float *logits);
-void lipc_llvm_fn_free(lipc_llvm_fn *f);
+/* Compiles a model's TRAIN and FORWARD programs (built from the same graph).
+ * LIPC_ERR_UNSUPPORTED with an error in d when an op has no emitter or LLVM
+ * fails; LIPC_ERR_NOMEM when memory ran out. */
+lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forward,
+                             const lipc_cpu_options *o, lipc_diags *d, lipc_cpu **out);
+void lipc_cpu_free(lipc_cpu *c);
+double lipc_cpu_compile_seconds(const lipc_cpu *c);
+int lipc_cpu_threads(const lipc_cpu *c);
 
-/* The emitted module as LLVM IR text, before optimisation (`lipc dump
- * --emit=llvm`). Errors as lipc_llvm_forward_compile. */
-lipc_status lipc_llvm_forward_ir(const lipc_program *p, lipc_diags *d, lipc_buf *out);
+/* The entry points, as the reference's (this file, above), in float. */
+lipc_status lipc_cpu_predict(lipc_cpu *c, const float *params, int n, const float *x,
+                             float *logits);
+lipc_status lipc_cpu_train_step(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
+                                const int32_t *y, const lipc_hyper *h, lipc_step_stats *out);
+/* The gradient before clipping and the update (tests); st is not modified. */
+lipc_status lipc_cpu_gradients(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
+                               const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
+                               double *grads);
+lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int max_iters,
+                               double tol, lipc_bound_report *report);
+
+/* The kernels of a TRAIN program as LLVM IR before optimisation, or as the
+ * assembly the host (or the portable CPU) gets (`lipc dump --emit=llvm|asm`). */
+lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool portable,
+                                  lipc_diags *d, lipc_buf *out);
+
+/* lipc_compile, plus the "cpu" target (this backend). */
+lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
+                                lipc_diags *d, lipc_compiled **out);
 
 /* ==== end of the LLVM CPU backend ==== */
 

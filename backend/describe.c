@@ -125,10 +125,25 @@ static lipc_status ref_lipschitz(void *ctx, const float *params, float *vec, int
     return lipc_ref_lipschitz(c->train, params, vec, max_iters, tol, report);
 }
 
+void lipc_compiled_use_ref(lipc_compiled *c)
+{
+    c->ops = (lipc_model_ops){
+        .backend = c->train->dtype == LIPC_DTYPE_F32 ? "ref-f32" : "ref",
+        .ctx = c,
+        .train_step = ref_train_step,
+        .predict = ref_predict,
+        .predict_bounded = ref_predict_bounded,
+        .input_grad = ref_input_grad,
+        .lipschitz = ref_lipschitz,
+    };
+}
+
 void lipc_compiled_free(lipc_compiled *c)
 {
     if (!c)
         return;
+    if (c->backend_free)
+        c->backend_free(c->backend);
     lipc_program_free(c->train);
     lipc_program_free(c->forward);
     lipc_free(c->params);
@@ -136,33 +151,10 @@ void lipc_compiled_free(lipc_compiled *c)
     lipc_free(c);
 }
 
-lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out)
+lipc_status lipc_compile_tables(lipc_graph *g, lipc_dtype dtype, lipc_diags *d,
+                                lipc_compiled **out)
 {
     *out = NULL;
-    bool f32 = strcmp(target, "ref-f32") == 0;
-    if (strcmp(target, "ref") != 0 && !f32) {
-        static const char *const targets[] = {"ref", "ref-f32", "cpu", "cuda", NULL};
-        bool known = false;
-        for (int i = 0; targets[i]; i++)
-            known |= strcmp(targets[i], target) == 0;
-        lipc_diag_msg *m;
-        if (!known) {
-            m = lipc_diag_error(d, LIPC_NO_LOC, "unknown target '%s'", target);
-            const char *best = lipc_closest_word(target, targets);
-            if (best)
-                lipc_diag_hint(m, "did you mean '%s'?", best);
-            else
-                lipc_diag_note(m, LIPC_NO_LOC, "targets: ref, ref-f32, cpu, cuda");
-        } else if (strcmp(target, "cuda") == 0 && !LIPC_HAVE_CUDA) {
-            m = lipc_diag_error(d, LIPC_NO_LOC,
-                                "target 'cuda': this lipc was built without the CUDA toolkit");
-            lipc_diag_hint(m, "use --target=ref, or rebuild lipc where the CUDA toolkit is installed");
-        } else {
-            m = lipc_diag_error(d, LIPC_NO_LOC, "target '%s' is not implemented yet", target);
-            lipc_diag_hint(m, "use --target=ref (the reference interpreter)");
-        }
-        return LIPC_ERR_UNSUPPORTED;
-    }
     lipc_compiled *c = lipc_calloc(1, sizeof *c);
     if (!c)
         return LIPC_ERR_NOMEM;
@@ -174,8 +166,7 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
         lipc_compiled_free(c);
         return d->n_errors > errors ? LIPC_ERR_INPUT : LIPC_ERR_NOMEM;
     }
-    if (f32)
-        c->train->dtype = c->forward->dtype = LIPC_DTYPE_F32;
+    c->train->dtype = c->forward->dtype = dtype;
     const lipc_program *p = c->train;
     c->params = lipc_calloc((size_t)g->n_params + 1, sizeof *c->params);
     c->factors = lipc_calloc((size_t)p->n_bounds + 1, sizeof *c->factors);
@@ -206,15 +197,44 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
     m->head_in = p->head->in[0]->shape.d[0];
     m->head_normalize = p->head->a.normalize;
 
-    c->ops = (lipc_model_ops){
-        .backend = f32 ? "ref-f32" : "ref",
-        .ctx = c,
-        .train_step = ref_train_step,
-        .predict = ref_predict,
-        .predict_bounded = ref_predict_bounded,
-        .input_grad = ref_input_grad,
-        .lipschitz = ref_lipschitz,
-    };
     *out = c;
+    return LIPC_OK;
+}
+
+lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_compiled **out)
+{
+    *out = NULL;
+    bool f32 = strcmp(target, "ref-f32") == 0;
+    if (strcmp(target, "ref") != 0 && !f32) {
+        static const char *const targets[] = {"ref", "ref-f32", "cpu", "cuda", NULL};
+        bool known = false;
+        for (int i = 0; targets[i]; i++)
+            known |= strcmp(targets[i], target) == 0;
+        lipc_diag_msg *m;
+        if (!known) {
+            m = lipc_diag_error(d, LIPC_NO_LOC, "unknown target '%s'", target);
+            const char *best = lipc_closest_word(target, targets);
+            if (best)
+                lipc_diag_hint(m, "did you mean '%s'?", best);
+            else
+                lipc_diag_note(m, LIPC_NO_LOC, "targets: ref, ref-f32, cpu, cuda");
+        } else if (strcmp(target, "cuda") == 0 && !LIPC_HAVE_CUDA) {
+            m = lipc_diag_error(d, LIPC_NO_LOC,
+                                "target 'cuda': this lipc was built without the CUDA toolkit");
+            lipc_diag_hint(m, "use --target=ref, or rebuild lipc where the CUDA toolkit is installed");
+        } else if (strcmp(target, "cpu") == 0) {
+            /* the LLVM backend compiles it: lipc_compile_target */
+            m = lipc_diag_error(d, LIPC_NO_LOC, "target 'cpu' is not linked into this program");
+            lipc_diag_hint(m, "use --target=ref (the reference interpreter)");
+        } else {
+            m = lipc_diag_error(d, LIPC_NO_LOC, "target '%s' is not implemented yet", target);
+            lipc_diag_hint(m, "use --target=ref (the reference interpreter), or --target=cpu");
+        }
+        return LIPC_ERR_UNSUPPORTED;
+    }
+    lipc_status st = lipc_compile_tables(g, f32 ? LIPC_DTYPE_F32 : LIPC_DTYPE_F64, d, out);
+    if (st != LIPC_OK)
+        return st;
+    lipc_compiled_use_ref(*out);
     return LIPC_OK;
 }

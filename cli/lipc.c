@@ -48,7 +48,7 @@ static const char *usage_check =
 
 static const char *usage_dump =
     "usage: lipc dump FILE [--print-after=PASS|all] [--format=text|dot|json]\n"
-    "                      [--emit=ir|train|forward|llvm] [--set KEY=VALUE]...\n"
+    "                      [--emit=ir|train|forward|llvm|asm] [--set KEY=VALUE]...\n"
     "\n"
     "Prints the IR of a model after a pass of the pipeline (default: after the\n"
     "last one). Passes, in order:\n"
@@ -290,6 +290,7 @@ static int cmd_dump(int argc, char **argv)
     const char *file = NULL;
     const char *after = NULL;
     const char *emit = "ir";
+    bool portable = false;
     lipc_format format = LIPC_FORMAT_TEXT;
     for (int i = 0; i < argc; i++) {
         char *a = argv[i];
@@ -304,16 +305,21 @@ static int cmd_dump(int argc, char **argv)
                    "  --format=FORMAT      text (default), dot (Graphviz) or json\n"
                    "  --emit=WHAT          ir (default); train or forward: the program of\n"
                    "                       that entry point (steps, K_sub factors, memory plan);\n"
-                   "                       llvm: the forward function's LLVM IR, unoptimised\n"
+                   "                       llvm: the cpu target's kernels (forward, backward,\n"
+                   "                       weight gradient per node) as LLVM IR, unoptimised;\n"
+                   "                       asm: the same as optimised host assembly\n"
+                   "  --portable           with --emit=asm: code for any AVX2 CPU (x86-64-v3)\n"
                    "  --set KEY=VALUE      override a parameter declared under `params:`\n",
                    lipc_pipeline[lipc_pipeline_len - 1].name);
             return 0;
+        } else if (!strcmp(a, "--portable")) {
+            portable = true;
         } else if (!strncmp(a, "--emit=", 7)) {
             emit = a + 7;
             if (strcmp(emit, "ir") && strcmp(emit, "train") && strcmp(emit, "forward") &&
-                strcmp(emit, "llvm"))
+                strcmp(emit, "llvm") && strcmp(emit, "asm"))
                 return cli_usage_error("dump",
-                                       "--emit takes ir, train, forward or llvm, got '%s'", emit);
+                                       "--emit takes ir, train, forward, llvm or asm, got '%s'", emit);
         } else if (!strncmp(a, "--print-after=", 14)) {
             after = a + 14;
         } else if (!strcmp(a, "--print-after") && i + 1 < argc) {
@@ -380,10 +386,11 @@ static int cmd_dump(int argc, char **argv)
     if (st == LIPC_OK && program) {
         lipc_diags d;
         lipc_diags_init(&d);
+        bool code = strcmp(emit, "llvm") == 0 || strcmp(emit, "asm") == 0;
         lipc_program *p = lipc_build_program(
-            g, strcmp(emit, "train") == 0 ? LIPC_ENTRY_TRAIN : LIPC_ENTRY_FORWARD, &d);
-        if (p && strcmp(emit, "llvm") == 0)
-            st = lipc_llvm_forward_ir(p, &d, &out);
+            g, strcmp(emit, "forward") == 0 ? LIPC_ENTRY_FORWARD : LIPC_ENTRY_TRAIN, &d);
+        if (p && code)
+            st = lipc_llvm_module_text(p, strcmp(emit, "asm") == 0, portable, &d, &out);
         else if (p)
             lipc_program_print(p, &out);
         else

@@ -26,6 +26,8 @@ typedef struct run_args {
     lipc_override sets[CLI_MAX_SETS];
     int n_sets;
     const char *target;
+    int threads;                /* cpu target: 0 = one per core */
+    bool portable;
     const char *data;
     long limit;
     const char *weights;        /* certify, bound */
@@ -184,6 +186,13 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
             if ((rc = count_value(r, "--val-every", v, 1, 100000, "a positive count", &l)))
                 return rc;
             r->val_every = (int)l;
+        } else if ((v = opt_value(argc, argv, &i, "--threads", &missing))) {
+            if ((rc = count_value(r, "--threads", v, 1, LIPC_POOL_MAX_THREADS, "a positive count",
+                                  &l)))
+                return rc;
+            r->threads = (int)l;
+        } else if (!strcmp(a, "--portable")) {
+            r->portable = true;
         } else if ((v = opt_value(argc, argv, &i, "--lower", &missing))) {
             if ((rc = count_value(r, "--lower", v, 1, 10000000, "a positive count", &l)))
                 return rc;
@@ -231,7 +240,8 @@ static lipc_compiled *compile_for(const run_args *r, lipc_graph **g, int *rc)
     lipc_diags d;
     lipc_diags_init(&d);
     lipc_compiled *c = NULL;
-    st = lipc_compile(*g, r->target, &d, &c);
+    lipc_cpu_options co = {.threads = r->threads, .portable = r->portable};
+    st = lipc_compile_target(*g, r->target, &co, &d, &c);
     lipc_diags_print(&d, stderr);
     lipc_diags_free(&d);
     if (st != LIPC_OK) {
@@ -288,8 +298,11 @@ static const char *usage_train =
     "  --out PATH          checkpoint (default: NAME.safetensors)\n"
     "  --metrics PATH      JSON lines, one per epoch (default: OUT with .metrics.jsonl)\n"
     "  --resume PATH       continue a run from its checkpoint\n"
-    "  --target ref|ref-f32  the backend: the reference interpreter, storing values\n"
-    "                      in double (ref) or in float (ref-f32)\n"
+    "  --target cpu|ref|ref-f32  the backend: cpu (default) compiles the model\n"
+    "                      with LLVM for this machine; ref is the reference\n"
+    "                      interpreter in double, ref-f32 the same storing floats\n"
+    "  --threads N         cpu target: threads (default: one per core)\n"
+    "  --portable          cpu target: code for any AVX2 CPU, not this one's features\n"
     "  --set KEY=VALUE     override a parameter of the model\n"
     "  --json              print the results as one JSON object on stdout\n";
 
@@ -362,7 +375,7 @@ static void print_train_json(const lipc_graph *g, const lipc_train_options *o,
 
 int cli_train(int argc, char **argv)
 {
-    run_args r = {.cmd = "train", .target = "ref", .data = "fashion-mnist"};
+    run_args r = {.cmd = "train", .target = "cpu", .data = "fashion-mnist"};
     int rc = parse_args(&r, argc, argv, usage_train);
     if (rc >= 0)
         return rc;
@@ -430,6 +443,9 @@ int cli_train(int argc, char **argv)
             "target %s\n",
             g->name, tr->name, tr->n, r.val > 0 ? ", held-out validation" : "", o.epochs,
             o.batch, lipc_loss_names[o.hyper.loss], o.hyper.eps, c->ops.backend);
+    if (strcmp(c->ops.backend, "cpu") == 0)
+        fprintf(stderr, "lipc train: compiled for this CPU in %.2f s, %d threads\n",
+                lipc_cpu_compile_seconds(c->backend), lipc_cpu_threads(c->backend));
     if (r.resume) {
         fprintf(stderr, "lipc train: resuming from %s at step %ld\n", r.resume, st.step);
         lipc_resume_check(&st, &o, &d);
@@ -489,7 +505,7 @@ static const char *usage_bound =
     "  --tol T             stop when sigma moves less than T (default 1e-7)\n"
     "  --lower N           empirical lower bound over the first N test points\n"
     "  --data NAME|PATH    the data for --lower (default fashion-mnist)\n"
-    "  --set KEY=VALUE, --target ref|ref-f32, --json\n";
+    "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable, --json\n";
 
 /* K_sub and the per-factor report, by power iteration to convergence. */
 static lipc_status run_bound(const lipc_compiled *c, lipc_train_state *st, int iters, double tol,
@@ -527,7 +543,7 @@ static lipc_status sound_k(const lipc_model_desc *m, const float *params,
 
 int cli_bound(int argc, char **argv)
 {
-    run_args r = {.cmd = "bound", .target = "ref", .iters = 2000, .tol = 1e-7,
+    run_args r = {.cmd = "bound", .target = "cpu", .iters = 2000, .tol = 1e-7,
                   .data = "fashion-mnist"};
     int rc = parse_args(&r, argc, argv, usage_bound);
     if (rc >= 0)
@@ -666,11 +682,11 @@ static const char *usage_certify =
     "  --bound estimate    K_sub by power iteration, as the published code does: an\n"
     "                      estimate from below, for comparison only; the output\n"
     "                      says the certificates are then not guaranteed\n"
-    "  --set KEY=VALUE, --target ref|ref-f32, --json\n";
+    "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable, --json\n";
 
 int cli_certify(int argc, char **argv)
 {
-    run_args r = {.cmd = "certify", .target = "ref", .data = "fashion-mnist",
+    run_args r = {.cmd = "certify", .target = "cpu", .data = "fashion-mnist",
                   .bound = "sound", .iters = 2000, .tol = 1e-7};
     int rc = parse_args(&r, argc, argv, usage_certify);
     if (rc >= 0)

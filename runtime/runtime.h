@@ -191,6 +191,26 @@ lipc_status lipc_st_copy(const lipc_st_file *f, const char *name, lipc_st_dtype 
 /* Seconds from an arbitrary origin; monotonic (CLOCK_MONOTONIC). */
 double lipc_now(void);
 
+/* ---- threads (runtime/pool.c) ------------------------------------------------ */
+
+#define LIPC_POOL_MAX_THREADS 256
+
+/* A task over [lo, hi) of a range; ctx is the caller's. */
+typedef void (*lipc_task_fn)(void *ctx, int64_t lo, int64_t hi);
+typedef struct lipc_pool lipc_pool;
+
+/* threads < 1: one per online core. NULL when out of memory. Sets FTZ/DAZ in
+ * the calling thread and in every worker. */
+lipc_pool *lipc_pool_new(int threads);
+int lipc_pool_threads(const lipc_pool *p);
+/* Runs fn on T contiguous ranges that cover [0, n), one per thread (the
+ * caller runs the first); returns when all are done. p may be NULL (serial). */
+void lipc_pool_run(lipc_pool *p, lipc_task_fn fn, void *ctx, int64_t n);
+void lipc_pool_free(lipc_pool *p);
+int lipc_cpu_count(void);
+/* Flush-to-zero and denormals-are-zero in this thread (x86; no-op elsewhere). */
+void lipc_fp_flush_denormals(void);
+
 /* One named value of a progress line or a metrics record. A record field is a
  * string when str is non-NULL, else the number value. */
 typedef struct lipc_metric {

@@ -1,22 +1,29 @@
-/* tests/test_llvm.c: the LLVM backend's forward function against the reference.
+/* tests/test_llvm.c: the cpu target (backend/llvm) against the reference.
  *
- * Each model is compiled from YAML through the pipeline to a FORWARD program,
- * JIT-compiled (backend/llvm) and run in float; the reference is
- * lipc_ref_forward in double on the same float parameters and inputs, widened.
- * Tolerance: atol 1e-4, rtol 1e-4. The JIT rounds every value to float and
- * sums in another order (FMA contraction, reassociated dense rows), so each
- * output carries a relative error of a few float ulps times the depth; these
- * models' logits are O(1), and 1e-4 leaves two orders of magnitude of margin
- * while any wrong index or missed tap shows up at O(0.01) or more.
+ * Each model is compiled from YAML through the pipeline, JIT-compiled
+ * (backend/llvm) and run in float; the reference runs in double on the same
+ * float parameters and inputs.
  *
- * The models cover every op a forward program holds: shift, pad (uneven),
- * conv2d (strides, explicit / same / valid padding, even and rectangular
- * kernels, 1x1 maps, a kernel larger than its map, no bias, folded identity),
- * dense (bias or not, folded, normalised head), minmax (both pairings), relu,
- * flatten, avgpool (overlapping windows) and add (kept residuals); odd channel
- * counts; batches of 1 and 5.
+ * Tolerances. Forward (logits): atol 1e-4, rtol 1e-4. The JIT rounds every
+ * value to float and sums in another order (FMA contraction, vector lanes),
+ * so each output carries a relative error of a few float ulps times the
+ * depth; these models' logits are O(1), and 1e-4 leaves two orders of
+ * magnitude of margin while any wrong index or missed tap shows up at O(0.01).
+ * Gradients of a training step: the whole parameter gradient within 1e-3 of
+ * the reference's in relative 2-norm, and each element within 1e-4 of the
+ * largest (float rounding through forward, loss and backward, including
+ * power iteration's vectors, which are float here and double there).
+ *
+ * The models cover every op: shift, pad (uneven), conv2d (strides, explicit /
+ * same / valid padding, even and rectangular kernels, 1x1 maps, a kernel
+ * larger than its map, no bias, folded identity; the fast stride-1 kernels
+ * and the general loop nests), dense (bias or not, folded, normalised head),
+ * minmax (both pairings), relu, flatten, avgpool (overlapping windows) and add
+ * (kept residuals); odd channel counts; batches of 1, 5 and 9 (register
+ * blocks of 4 examples with a tail); widths that leave partial vectors.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <string.h>
 
 #include "backend/backend.h"
@@ -95,6 +102,27 @@ static const char tiny[] =
     "  - dense: {out: classes}\n";
 
 /* Flat vectors: adjacent pairs, kept and folded dense residuals. */
+/* A LiResNet-like model whose maps are wider than one vector (20 columns:
+ * a full tile and a partial one) and whose channels leave a partial block. */
+static const char wide[] =
+    "input: {shape: [3, 20, 20]}\n"
+    "classes: 4\n"
+    "layers:\n"
+    "  - conv2d: {out: 10, kernel: 3}\n"
+    "  - minmax\n"
+    "  - repeat: 2\n"
+    "    layers:\n"
+    "      - residual:\n"
+    "          - conv2d: {out: 10, kernel: 3}\n"
+    "      - minmax\n"
+    "  - conv2d: {out: 6, kernel: 5, stride: 5, padding: valid}\n"
+    "  - flatten\n"
+    "  - dense: {out: 22}\n"
+    "  - minmax\n"
+    "  - dense: {out: 19}\n"
+    "  - relu\n"
+    "  - dense: {out: classes, normalize: true}\n";
+
 static const char mlp[] =
     "input: {shape: [11]}\n"
     "classes: 3\n"
@@ -129,60 +157,83 @@ static lipc_graph *load(const char *name, const char *text, const char *path,
     return g;
 }
 
-static lipc_program *forward_program(lipc_graph *g)
+static lipc_compiled *compile_cpu(lipc_graph *g, int threads)
 {
     lipc_diags d;
     lipc_diags_init(&d);
-    lipc_program *p = lipc_build_program(g, LIPC_ENTRY_FORWARD, &d);
-    if (!p)
-        lipc_diags_print(&d, stderr);
-    cr_assert(p);
-    lipc_diags_free(&d);
-    return p;
-}
-
-/* JIT logits against the reference on random parameters and inputs, for each
- * batch size. */
-static void check_model(const char *name, lipc_graph *g)
-{
-    lipc_program *p = forward_program(g);
-    lipc_diags d;
-    lipc_diags_init(&d);
-    lipc_llvm_fn *f = NULL;
-    lipc_status st = lipc_llvm_forward_compile(p, &d, &f);
+    lipc_compiled *c = NULL;
+    lipc_cpu_options o = {.threads = threads};
+    lipc_status st = lipc_compile_target(g, "cpu", &o, &d, &c);
     if (st != LIPC_OK)
         lipc_diags_print(&d, stderr);
-    cr_assert_eq(st, LIPC_OK, "%s: the JIT failed", name);
+    cr_assert_eq(st, LIPC_OK, "the cpu target failed");
     lipc_diags_free(&d);
+    return c;
+}
 
-    uint64_t seed = test_seed();
-    size_t np = g->n_param_elems, in = (size_t)lipc_shape_numel(g->input_shape);
-    size_t m = (size_t)lipc_shape_numel(g->output->shape);
+static lipc_compiled *compile_ref(lipc_graph *g)
+{
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_compiled *c = NULL;
+    cr_assert_eq(lipc_compile(g, "ref", &d, &c), LIPC_OK);
+    lipc_diags_free(&d);
+    return c;
+}
+
+/* Random parameters: the init rules leave biases at zero and residual
+ * branches tiny, so every parameter is perturbed and each term matters. */
+static float *random_params(const lipc_graph *g, uint64_t seed, double noise)
+{
+    size_t np = g->n_param_elems;
     double *pd = malloc(sizeof(double) * (np + 1));
     float *pf = malloc(sizeof(float) * (np + 1));
     lipc_ref_init_params(g, seed, pd);
-    /* init rules leave biases at zero and residual branches tiny: perturb
-     * every parameter so that each term of each op matters */
     lipc_rng r;
     lipc_rng_seed(&r, seed ^ 0x11f);
-    for (size_t i = 0; i < np; i++) {
-        pf[i] = (float)(pd[i] + 0.1 * lipc_rng_normal(&r));
+    for (size_t i = 0; i < np; i++)
+        pf[i] = (float)(pd[i] + noise * lipc_rng_normal(&r));
+    free(pd);
+    return pf;
+}
+
+static float *random_inputs(const lipc_graph *g, uint64_t seed, int n)
+{
+    size_t in = (size_t)lipc_shape_numel(g->input_shape) * (size_t)n;
+    float *x = malloc(sizeof(float) * in);
+    lipc_rng r;
+    lipc_rng_seed(&r, seed ^ 0x5eed);
+    for (size_t i = 0; i < in; i++)
+        x[i] = (float)lipc_rng_uniform(&r);
+    return x;
+}
+
+/* Compiled logits against lipc_ref_forward for batches 1, 5 and 9. */
+static void check_forward(const char *name, lipc_graph *g, int threads)
+{
+    lipc_compiled *c = compile_cpu(g, threads);
+    uint64_t seed = test_seed();
+    size_t np = g->n_param_elems, m = (size_t)lipc_shape_numel(g->output->shape);
+    size_t in = (size_t)lipc_shape_numel(g->input_shape);
+    float *pf = random_params(g, seed, 0.1);
+    double *pd = malloc(sizeof(double) * (np + 1));
+    for (size_t i = 0; i < np; i++)
         pd[i] = pf[i];
-    }
-    const int batches[] = {1, 5};
-    for (int k = 0; k < 2; k++) {
+    const int batches[] = {1, 5, 9};
+    for (int k = 0; k < 3; k++) {
         int n = batches[k];
+        float *xf = random_inputs(g, seed + (uint64_t)k, n);
         double *xd = malloc(sizeof(double) * in * (size_t)n);
-        float *xf = malloc(sizeof(float) * in * (size_t)n);
+        for (size_t i = 0; i < in * (size_t)n; i++)
+            xd[i] = 2.0 * xf[i] - 1.0;
+        for (size_t i = 0; i < in * (size_t)n; i++)
+            xf[i] = (float)xd[i];
         double *want = malloc(sizeof(double) * m * (size_t)n);
         float *got = malloc(sizeof(float) * m * (size_t)n);
-        test_fill_uniform(&r, xd, in * (size_t)n, -1.0, 1.0);
-        for (size_t i = 0; i < in * (size_t)n; i++)
-            xd[i] = xf[i] = (float)xd[i];
         cr_assert_eq(lipc_ref_forward(g, pd, n, xd, want, NULL), LIPC_OK);
-        cr_assert_eq(lipc_llvm_forward_run(f, pf, n, xf, got), LIPC_OK);
-        char label[96];
-        snprintf(label, sizeof label, "%s, batch %d (seed %llu)", name, n,
+        cr_assert_eq(lipc_cpu_predict(c->backend, pf, n, xf, got), LIPC_OK);
+        char label[128];
+        snprintf(label, sizeof label, "%s, batch %d, %d threads (seed %llu)", name, n, threads,
                  (unsigned long long)seed);
         cr_expect(test_allclose_f32(label, got, want, m * (size_t)n, ATOL, RTOL), "%s", label);
         free(xd);
@@ -192,20 +243,104 @@ static void check_model(const char *name, lipc_graph *g)
     }
     free(pd);
     free(pf);
-    lipc_llvm_fn_free(f);
-    lipc_program_free(p);
+    lipc_compiled_free(c);
+}
+
+static lipc_hyper hyper(lipc_loss loss)
+{
+    return (lipc_hyper){.loss = loss, .optimizer = LIPC_OPTIM_ADAMW, .lr = 1e-3, .eps = 0.3,
+                        .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-8, .momentum = 0.9,
+                        .clip = 3.0, .trades_lambda = 1.0, .power_iters = 30};
+}
+
+/* The whole parameter gradient of a training step (forward, power
+ * iteration, K_sub, loss, backward, sigma gradients) against the reference's,
+ * from the same state; then one whole step (clipping and AdamW) each. */
+static void check_training(const char *name, lipc_graph *g, lipc_loss loss, int n)
+{
+    lipc_compiled *cpu = compile_cpu(g, 2), *ref = compile_ref(g);
+    uint64_t seed = test_seed();
+    size_t np = g->n_param_elems;
+    lipc_train_state s_cpu, s_ref;
+    cr_assert_eq(lipc_train_state_alloc(&cpu->desc, &s_cpu), LIPC_OK);
+    cr_assert_eq(lipc_train_state_alloc(&ref->desc, &s_ref), LIPC_OK);
+    float *pf = random_params(g, seed, 0.05);
+    memcpy(s_cpu.params, pf, sizeof(float) * np);
+    memcpy(s_ref.params, pf, sizeof(float) * np);
+    float *x = random_inputs(g, seed, n);
+    int32_t *y = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        y[i] = (int32_t)((unsigned)i * 7u % (unsigned)g->classes);
+    lipc_hyper h = hyper(loss);
+    /* converge the power-iteration vectors first (as training does over
+     * steps), so that both backends start from the same fixed point */
+    lipc_bound_report *rep = malloc(sizeof *rep * (size_t)(cpu->desc.n_factors + 1));
+    cr_assert_eq(lipc_ref_lipschitz(ref->train, pf, s_ref.vec, 3000, 1e-10, rep), LIPC_OK);
+    memcpy(s_cpu.vec, s_ref.vec, sizeof(float) * cpu->desc.n_vec_elems);
+
+    double *g_cpu = malloc(sizeof(double) * np), *g_ref = malloc(sizeof(double) * np);
+    lipc_step_stats a, b;
+    cr_assert_eq(lipc_cpu_gradients(cpu->backend, &s_cpu, n, x, y, &h, &a, g_cpu), LIPC_OK);
+    cr_assert_eq(lipc_ref_gradients(ref->train, &s_ref, n, x, y, &h, &b, g_ref), LIPC_OK);
+    char label[128];
+    snprintf(label, sizeof label, "%s, loss %d, batch %d (seed %llu)", name, (int)loss, n,
+             (unsigned long long)seed);
+    cr_expect(fabs(a.loss - b.loss) <= 1e-4 * (1 + fabs(b.loss)), "%s: loss %.8g vs %.8g",
+              label, a.loss, b.loss);
+    cr_expect(fabs(a.k_sub - b.k_sub) <= 1e-4 * b.k_sub, "%s: K_sub %.8g vs %.8g", label,
+              a.k_sub, b.k_sub);
+    double diff = 0.0, norm = 0.0, big = 0.0;
+    for (size_t i = 0; i < np; i++) {
+        diff += (g_cpu[i] - g_ref[i]) * (g_cpu[i] - g_ref[i]);
+        norm += g_ref[i] * g_ref[i];
+        big = fmax(big, fabs(g_ref[i]));
+    }
+    cr_expect_gt(norm, 0.0, "%s: zero gradient", label);
+    cr_expect_leq(sqrt(diff), 1e-3 * sqrt(norm), "%s: gradient off by %g of its norm", label,
+                  sqrt(diff / norm));
+    for (size_t i = 0; i < np; i++)
+        if (fabs(g_cpu[i] - g_ref[i]) > 1e-4 * big) {
+            cr_expect(false, "%s: d/dparam[%zu] = %.8g, reference %.8g", label, i, g_cpu[i],
+                      g_ref[i]);
+            break;
+        }
+
+    /* one whole step each: the parameters stay within float noise of AdamW's
+     * lr-sized move */
+    cr_assert_eq(cpu->ops.train_step(cpu->ops.ctx, &s_cpu, n, x, y, &h, &a), LIPC_OK);
+    cr_assert_eq(ref->ops.train_step(ref->ops.ctx, &s_ref, n, x, y, &h, &b), LIPC_OK);
+    cr_expect_eq(s_cpu.step, 1);
+    double worst = 0.0;
+    for (size_t i = 0; i < np; i++)
+        worst = fmax(worst, fabs((double)s_cpu.params[i] - s_ref.params[i]));
+    cr_expect_leq(worst, 0.2 * h.lr, "%s: parameters differ by %g after a step", label, worst);
+
+    free(g_cpu);
+    free(g_ref);
+    free(rep);
+    free(x);
+    free(y);
+    free(pf);
+    lipc_train_state_free(&s_cpu);
+    lipc_train_state_free(&s_ref);
+    lipc_compiled_free(cpu);
+    lipc_compiled_free(ref);
 }
 
 static void check_text(const char *name, const char *text)
 {
     lipc_graph *g = load(name, text, NULL, NULL, 0);
-    check_model(name, g);
+    check_forward(name, g, 1);
+    check_forward(name, g, 2);
+    check_training(name, g, LIPC_LOSS_EMMA, 5);
+    check_training(name, g, LIPC_LOSS_TRADES, 1);
     lipc_graph_free(g);
 }
 
 Test(llvm, residual_zoo) { check_text("zoo", zoo); }
 Test(llvm, strides_padding_pooling) { check_text("edges", edges); }
 Test(llvm, one_by_one_maps) { check_text("tiny", tiny); }
+Test(llvm, wide_maps_partial_vectors) { check_text("wide", wide); }
 Test(llvm, dense_only) { check_text("mlp", mlp); }
 
 Test(llvm, liresnet_fmnist_small)
@@ -213,7 +348,69 @@ Test(llvm, liresnet_fmnist_small)
     const lipc_override sets[] = {{"width", "8"}, {"depth", "2"}, {"dense", "16"}};
     lipc_graph *g = load("liresnet-fmnist", NULL, LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml",
                          sets, 3);
-    check_model("liresnet-fmnist", g);
+    check_forward("liresnet-fmnist", g, 2);
+    check_training("liresnet-fmnist", g, LIPC_LOSS_EMMA, 9);
+    lipc_graph_free(g);
+}
+
+/* Kernels split examples or output channels between threads and sum in a
+ * fixed order: a training step gives the same bits on 1 and 3 threads. */
+Test(llvm, same_bits_for_any_thread_count)
+{
+    lipc_graph *g = load("wide", wide, NULL, NULL, 0);
+    lipc_compiled *c1 = compile_cpu(g, 1), *c3 = compile_cpu(g, 3);
+    size_t np = g->n_param_elems;
+    lipc_train_state s1, s3;
+    cr_assert_eq(lipc_train_state_alloc(&c1->desc, &s1), LIPC_OK);
+    cr_assert_eq(lipc_train_state_alloc(&c3->desc, &s3), LIPC_OK);
+    float *pf = random_params(g, test_seed(), 0.05);
+    memcpy(s1.params, pf, sizeof(float) * np);
+    memcpy(s3.params, pf, sizeof(float) * np);
+    int n = 7;
+    float *x = random_inputs(g, test_seed(), n);
+    int32_t y[7] = {0, 1, 2, 3, 0, 1, 2};
+    lipc_hyper h = hyper(LIPC_LOSS_EMMA);
+    for (int step = 0; step < 3; step++) {
+        lipc_step_stats a, b;
+        cr_assert_eq(c1->ops.train_step(c1->ops.ctx, &s1, n, x, y, &h, &a), LIPC_OK);
+        cr_assert_eq(c3->ops.train_step(c3->ops.ctx, &s3, n, x, y, &h, &b), LIPC_OK);
+        cr_expect_eq(a.loss, b.loss, "step %d: loss %.9g vs %.9g", step, a.loss, b.loss);
+    }
+    cr_expect(memcmp(s1.params, s3.params, sizeof(float) * np) == 0);
+    cr_expect(memcmp(s1.opt_v, s3.opt_v, sizeof(float) * np) == 0);
+    cr_expect(memcmp(s1.vec, s3.vec, sizeof(float) * c1->desc.n_vec_elems) == 0);
+    free(pf);
+    free(x);
+    lipc_train_state_free(&s1);
+    lipc_train_state_free(&s3);
+    lipc_compiled_free(c1);
+    lipc_compiled_free(c3);
+    lipc_graph_free(g);
+}
+
+/* Power iteration to convergence agrees with the reference's. */
+Test(llvm, lipschitz_matches_reference)
+{
+    lipc_graph *g = load("edges", edges, NULL, NULL, 0);
+    lipc_compiled *cpu = compile_cpu(g, 2), *ref = compile_ref(g);
+    float *pf = random_params(g, test_seed(), 0.1);
+    int nf = cpu->desc.n_factors;
+    size_t nv = cpu->desc.n_vec_elems;
+    float *v1 = calloc(nv + 1, sizeof(float)), *v2 = calloc(nv + 1, sizeof(float));
+    lipc_bound_report *r1 = malloc(sizeof *r1 * (size_t)(nf + 1));
+    lipc_bound_report *r2 = malloc(sizeof *r2 * (size_t)(nf + 1));
+    cr_assert_eq(cpu->ops.lipschitz(cpu->ops.ctx, pf, v1, 3000, 1e-9, r1), LIPC_OK);
+    cr_assert_eq(ref->ops.lipschitz(ref->ops.ctx, pf, v2, 3000, 1e-9, r2), LIPC_OK);
+    for (int b = 0; b <= nf; b++)
+        cr_expect(fabs(r1[b].value - r2[b].value) <= 1e-4 * r2[b].value,
+                  "factor %d: %.8g vs %.8g", b, r1[b].value, r2[b].value);
+    free(v1);
+    free(v2);
+    free(r1);
+    free(r2);
+    free(pf);
+    lipc_compiled_free(cpu);
+    lipc_compiled_free(ref);
     lipc_graph_free(g);
 }
 
@@ -222,16 +419,17 @@ Test(llvm, liresnet_fmnist_small)
 Test(llvm, unsupported_op_is_reported)
 {
     lipc_graph *g = load("mlp", mlp, NULL, NULL, 0);
-    lipc_program *p = forward_program(g);
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_program *p = lipc_build_program(g, LIPC_ENTRY_TRAIN, &d);
+    cr_assert(p);
     lipc_node *victim = p->steps[0].node;
     lipc_op saved = victim->op;
     victim->op = LIPC_OP_INPUT;
-    lipc_diags d;
-    lipc_diags_init(&d);
-    lipc_llvm_fn *f = NULL;
-    cr_expect_eq(lipc_llvm_forward_compile(p, &d, &f), LIPC_ERR_UNSUPPORTED);
-    cr_expect_null(f);
     lipc_buf b;
+    lipc_buf_init(&b);
+    cr_expect_eq(lipc_llvm_module_text(p, false, false, &d, &b), LIPC_ERR_UNSUPPORTED);
+    lipc_buf_free(&b);
     lipc_buf_init(&b);
     lipc_diags_format(&d, &b);
     cr_expect(strstr(lipc_buf_str(&b), "unsupported op 'input'"), "%s", lipc_buf_str(&b));
@@ -242,19 +440,29 @@ Test(llvm, unsupported_op_is_reported)
     lipc_graph_free(g);
 }
 
-/* `lipc dump --emit=llvm` prints the unoptimised module. */
-Test(llvm, ir_text)
+/* `lipc dump --emit=llvm` prints the unoptimised kernels; --emit=asm the
+ * machine code, portable or not. */
+Test(llvm, ir_and_assembly_text)
 {
-    lipc_graph *g = load("tiny", tiny, NULL, NULL, 0);
-    lipc_program *p = forward_program(g);
+    lipc_graph *g = load("wide", wide, NULL, NULL, 0);
     lipc_diags d;
     lipc_diags_init(&d);
+    lipc_program *p = lipc_build_program(g, LIPC_ENTRY_TRAIN, &d);
+    cr_assert(p);
     lipc_buf b;
     lipc_buf_init(&b);
-    cr_assert_eq(lipc_llvm_forward_ir(p, &d, &b), LIPC_OK);
+    cr_assert_eq(lipc_llvm_module_text(p, false, false, &d, &b), LIPC_OK);
     const char *s = lipc_buf_str(&b);
-    cr_expect(strstr(s, "define void @lipc_forward(ptr noalias %params"), "%s", s);
-    cr_expect(strstr(s, "fadd contract float"), "%s", s);
+    cr_expect(strstr(s, "define void @forward.dense_"), "%s", s);
+    cr_expect(strstr(s, "@wgrad."), "no weight-gradient kernel");
+    cr_expect(strstr(s, "@backward."), "no backward kernel");
+    cr_expect(strstr(s, "llvm.fmuladd"), "no fused multiply-add");
+    lipc_buf_free(&b);
+    lipc_buf_init(&b);
+    cr_assert_eq(lipc_llvm_module_text(p, true, true, &d, &b), LIPC_OK);
+    s = lipc_buf_str(&b);
+    cr_expect(strstr(s, "vfmadd"), "portable assembly has no FMA");
+    cr_expect(!strstr(s, "zmm"), "portable assembly uses AVX-512 registers");
     lipc_buf_free(&b);
     lipc_diags_free(&d);
     lipc_program_free(p);

@@ -1,43 +1,63 @@
-/* backend/llvm/emit.c: a FORWARD program -> one LLVM function, through the
- * LLVM C API.
+/* backend/llvm/emit.c: a training program -> LLVM kernels, through the LLVM C
+ * API.
  *
- *   void lipc_forward(const float *params, const float *x, float *logits,
- *                     float *arena, int64_t n)
+ * Every node gets up to three kernels (internal.h): FORWARD (out = op(in)),
+ * BACKWARD (din += J^T dout; for conv and dense this is the adjoint A^T, which
+ * power iteration also runs) and WGRAD (the weight and bias gradient, which
+ * SIGMA_GRAD also runs with x = v, dout = u). Every shape is a compile-time
+ * constant: loop bounds, strides, tile masks and the choice of kernel are
+ * fixed here; only the batch n and the part [lo, hi) of the range are runtime
+ * values. Values are [n, numel] blocks in the NCHW order of ir/ir.h.
  *
- * Key idea: every shape is a compile-time constant, so each op becomes one
- * loop nest whose bounds and strides are constants in the IR; only the batch
- * n is a runtime value. Values live where backend/ref/exec.c puts them (the
- * memory plan of plan-memory, in float): value v of example b is at
- *   arena + act_offset(v) * n + b * numel(v)
- * except the graph input, read straight from x, and the graph output, written
- * straight to logits (both are [n, numel] blocks, the same layout). The plan
- * never lets a step's output share memory with its inputs, so every loop nest
- * may write its output while reading its inputs. flatten is a copy, not an
- * alias: the plan may reuse its input's slot while its output is still live.
+ * Convolutions with stride 1 and padding below the kernel size (every
+ * residual block and, through the adjoint, their input gradients) get
+ * register-blocked kernels on <vl x float> vectors:
  *
- * The math of each op is its ref_forward in ir/ops/<op>.c; each emitter below
- * restates the formula it implements. Arithmetic is float32; products and sums
- * may contract into FMAs, and reductions (dense rows) may be reassociated so
- * that they vectorise: results differ from the double reference by rounding
- * only (tests/test_llvm.c states the tolerance). Accumulators are allocas in
- * the entry block; SROA / mem2reg turn them into registers.
+ *   forward   for each block of CB output channels, each output row y and
+ *             each tile of vl output columns, CB vector accumulators; for
+ *             each input channel and tap (ky, kx): one vector load of the
+ *             input row (masked where the tap reads padding) and CB FMAs
+ *             with the broadcast weights. Rows whose taps leave the input
+ *             are emitted apart with their valid taps, so the inner loop has
+ *             no test. The adjoint is the same kernel on the flipped,
+ *             transposed weight with padding k-1-pad, accumulating.
+ *   wgrad     for each block of 2 output channels and each input channel,
+ *             2 x kh x kw vector accumulators over a chunk of examples,
+ *             reduced across lanes at the end of the chunk. Threads split the
+ *             output channels, so every dW element has one owner and one
+ *             summation order: results do not depend on the thread count.
+ *
+ * Other convolutions (the strided stem and neck) use plain loop nests that
+ * LLVM vectorises. Dense layers are matrix products blocked 4 x 4 with
+ * vectors along the inner dimension. Element-wise ops are one loop each.
+ *
+ * Arithmetic is float32; products and sums contract into FMAs, and sums run in
+ * another order than the double reference, so results differ from it by
+ * rounding (tests/test_llvm.c states the tolerance).
  */
 #include "backend/llvm/internal.h"
 
 #include <llvm-c/Analysis.h>
+#include <stdio.h>
 #include <string.h>
 
+const char *const lipc_kkind_names[LIPC_K_KINDS] = {"forward", "backward", "wgrad"};
+
+#define CONV_CB 8       /* output channels per block in fast conv forward */
+#define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
+#define WGRAD_CHUNK 8   /* examples per partial sum in fast conv wgrad */
+#define MM 4            /* the register block of dense products (MM x MM) */
+
 typedef struct em {
-    const lipc_program *p;
-    const lipc_graph *g;
     LLVMContextRef ctx;
     LLVMModuleRef mod;
     LLVMBuilderRef b;       /* the loop nests */
-    LLVMBuilderRef eb;      /* allocas and per-node bases, in the entry block */
+    LLVMBuilderRef eb;      /* allocas, in the entry block */
     LLVMValueRef fn;
-    LLVMTypeRef f32, i64, ptr;
-    LLVMValueRef params, x, logits, arena, n;
-    LLVMValueRef *base;     /* by node id: the node's [n, numel] block */
+    LLVMTypeRef f32, i64, i32, i1, ptr, vt, mt; /* vt <vl x float>, mt <vl x i1> */
+    int vl;
+    LLVMValueRef p[LIPC_KARGS_PTRS], n, scale, lo, hi;
+    const lipc_graph *g;
 } em;
 
 /* ---- small builders --------------------------------------------------------- */
@@ -89,9 +109,11 @@ static LLVMValueRef fmul(const em *e, LLVMValueRef a, LLVMValueRef b, bool reass
     return flags(LLVMBuildFMul(e->b, a, b, ""), reassoc);
 }
 
+/* base + idx floats. Not inbounds: masked vector loads may start before a
+ * buffer (their masked-off lanes are never read). */
 static LLVMValueRef at(const em *e, LLVMValueRef base, LLVMValueRef idx)
 {
-    return LLVMBuildInBoundsGEP2(e->b, e->f32, base, &idx, 1, "");
+    return LLVMBuildGEP2(e->b, e->f32, base, &idx, 1, "");
 }
 
 static LLVMValueRef load(const em *e, LLVMValueRef base, LLVMValueRef idx)
@@ -104,41 +126,147 @@ static void store(const em *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef i
     LLVMBuildStore(e->b, v, at(e, base, idx));
 }
 
-/* A float accumulator: an alloca in the entry block. */
-static LLVMValueRef acc_new(const em *e, const char *name)
+/* base[idx] += v */
+static void accum(const em *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx)
 {
-    return LLVMBuildAlloca(e->eb, e->f32, name);
+    store(e, fadd(e, load(e, base, idx), v, false), base, idx);
 }
 
-static LLVMValueRef acc_get(const em *e, LLVMValueRef acc)
+/* A scalar or vector accumulator: an alloca in the entry block (mem2reg makes
+ * it a register). */
+static LLVMValueRef var_new(const em *e, LLVMTypeRef t, const char *name)
 {
-    return LLVMBuildLoad2(e->b, e->f32, acc, "");
+    return LLVMBuildAlloca(e->eb, t, name);
 }
 
-static void acc_set(const em *e, LLVMValueRef acc, LLVMValueRef v)
+static LLVMValueRef var_get(const em *e, LLVMTypeRef t, LLVMValueRef var)
 {
-    LLVMBuildStore(e->b, v, acc);
+    return LLVMBuildLoad2(e->b, t, var, "");
+}
+
+static void var_set(const em *e, LLVMValueRef var, LLVMValueRef v)
+{
+    LLVMBuildStore(e->b, v, var);
+}
+
+/* ---- intrinsics and vectors -------------------------------------------------------- */
+
+static LLVMValueRef intrinsic(const em *e, const char *name, LLVMTypeRef *types, int nt,
+                              LLVMTypeRef *fty)
+{
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    LIPC_ASSERT(id != 0);
+    LLVMValueRef f = LLVMGetIntrinsicDeclaration(e->mod, id, types, (size_t)nt);
+    *fty = LLVMGlobalGetValueType(f);
+    return f;
+}
+
+static LLVMValueRef call(const em *e, const char *name, LLVMTypeRef *types, int nt,
+                         LLVMValueRef *args, int na)
+{
+    LLVMTypeRef fty;
+    LLVMValueRef f = intrinsic(e, name, types, nt, &fty);
+    return LLVMBuildCall2(e->b, fty, f, args, (unsigned)na, "");
+}
+
+static LLVMValueRef splat(const em *e, LLVMValueRef s)
+{
+    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetUndef(e->vt), s,
+                                            LLVMConstInt(e->i32, 0, false), "");
+    LLVMValueRef zero = LLVMConstNull(LLVMVectorType(e->i32, (unsigned)e->vl));
+    return LLVMBuildShuffleVector(e->b, v, LLVMGetUndef(e->vt), zero, "");
+}
+
+static LLVMValueRef vzero(const em *e) { return LLVMConstNull(e->vt); }
+
+/* The lanes l < vl with lo <= l < hi (a mask), as a bit set. */
+typedef uint32_t lanes;
+
+static lanes lane_range(int lo, int hi, int vl)
+{
+    lanes m = 0;
+    for (int l = lo < 0 ? 0 : lo; l < hi && l < vl; l++)
+        m |= 1u << l;
+    return m;
+}
+
+static LLVMValueRef mask_const(const em *e, lanes m)
+{
+    LLVMValueRef bits[32];
+    for (int l = 0; l < e->vl; l++)
+        bits[l] = LLVMConstInt(e->i1, (m >> l) & 1u, false);
+    return LLVMConstVector(bits, (unsigned)e->vl);
+}
+
+static bool full(const em *e, lanes m) { return m == lane_range(0, e->vl, e->vl); }
+
+/* A vector from base[idx ...]: lanes outside m read as 0 and are not touched. */
+static LLVMValueRef vload(const em *e, LLVMValueRef base, LLVMValueRef idx, lanes m)
+{
+    if (!m)
+        return vzero(e);
+    LLVMValueRef ptr = at(e, base, idx);
+    if (full(e, m)) {
+        LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, ptr, "");
+        LLVMSetAlignment(v, 4);
+        return v;
+    }
+    LLVMTypeRef types[2] = {e->vt, e->ptr};
+    LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, false), mask_const(e, m), vzero(e)};
+    return call(e, "llvm.masked.load", types, 2, args, 4);
+}
+
+static void vstore(const em *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, lanes m)
+{
+    if (!m)
+        return;
+    LLVMValueRef ptr = at(e, base, idx);
+    if (full(e, m)) {
+        LLVMValueRef s = LLVMBuildStore(e->b, v, ptr);
+        LLVMSetAlignment(s, 4);
+        return;
+    }
+    LLVMTypeRef types[2] = {e->vt, e->ptr};
+    LLVMValueRef args[4] = {v, ptr, LLVMConstInt(e->i32, 4, false), mask_const(e, m)};
+    call(e, "llvm.masked.store", types, 2, args, 4);
+}
+
+/* a * b + c, fused */
+static LLVMValueRef vfma(const em *e, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c)
+{
+    LLVMValueRef args[3] = {a, b, c};
+    LLVMTypeRef t = e->vt;
+    return call(e, "llvm.fmuladd", &t, 1, args, 3);
+}
+
+/* The sum of the lanes (a fixed tree: the same for every call). */
+static LLVMValueRef hsum(const em *e, LLVMValueRef v)
+{
+    LLVMValueRef args[2] = {cf(e, 0.0), v};
+    LLVMTypeRef t = e->vt;
+    return flags(call(e, "llvm.vector.reduce.fadd", &t, 1, args, 2), true);
 }
 
 /* ---- counted loops -------------------------------------------------------------
  *
  *   for (iv = lo; iv < hi; iv++) body
  * loop_open returns iv and leaves the builder in the body; loop_close adds the
- * increment and the back edge and leaves the builder after the loop. Blocks are
- * appended in nesting order, so the printed IR reads like the loop nest. */
+ * increment and the back edge and leaves the builder after the loop. */
 
 typedef struct loop {
     LLVMValueRef iv;
     LLVMBasicBlockRef header, exit;
+    int64_t step;
 } loop;
 
-static LLVMValueRef loop_open(const em *e, loop *l, LLVMValueRef lo, LLVMValueRef hi,
-                              const char *name)
+static LLVMValueRef loop_step(const em *e, loop *l, LLVMValueRef lo, LLVMValueRef hi,
+                              int64_t step, const char *name)
 {
     LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
     l->header = LLVMAppendBasicBlockInContext(e->ctx, e->fn, name);
     LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "body");
     l->exit = LLVMCreateBasicBlockInContext(e->ctx, "exit");
+    l->step = step;
     LLVMBuildBr(e->b, l->header);
     LLVMPositionBuilderAtEnd(e->b, l->header);
     l->iv = LLVMBuildPhi(e->b, e->i64, name);
@@ -148,9 +276,15 @@ static LLVMValueRef loop_open(const em *e, loop *l, LLVMValueRef lo, LLVMValueRe
     return l->iv;
 }
 
+static LLVMValueRef loop_open(const em *e, loop *l, LLVMValueRef lo, LLVMValueRef hi,
+                              const char *name)
+{
+    return loop_step(e, l, lo, hi, 1, name);
+}
+
 static void loop_close(const em *e, loop *l)
 {
-    LLVMValueRef next = iadd(e, l->iv, ci(e, 1));
+    LLVMValueRef next = iadd(e, l->iv, ci(e, l->step));
     LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
     LLVMBuildBr(e->b, l->header);
     LLVMAddIncoming(l->iv, &next, &latch, 1);
@@ -158,96 +292,291 @@ static void loop_close(const em *e, loop *l)
     LLVMPositionBuilderAtEnd(e->b, l->exit);
 }
 
-/* ---- values ------------------------------------------------------------------------ */
+/* if (cond) { ... }: returns the block after; the builder is in the body. */
+static LLVMBasicBlockRef if_open(const em *e, LLVMValueRef cond)
+{
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "then");
+    LLVMBasicBlockRef after = LLVMCreateBasicBlockInContext(e->ctx, "endif");
+    LLVMBuildCondBr(e->b, cond, body, after);
+    LLVMPositionBuilderAtEnd(e->b, body);
+    return after;
+}
+
+static void if_close(const em *e, LLVMBasicBlockRef after)
+{
+    LLVMBuildBr(e->b, after);
+    LLVMAppendExistingBasicBlock(e->fn, after);
+    LLVMPositionBuilderAtEnd(e->b, after);
+}
+
+static LLVMValueRef imin(const em *e, LLVMValueRef a, LLVMValueRef b)
+{
+    return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, a, b, ""), a, b, "");
+}
+
+/* ---- functions --------------------------------------------------------------------- */
 
 static int64_t numel(const lipc_node *n) { return lipc_shape_numel(n->shape); }
 
-/* Example b of node v: [numel(v)] floats. */
-static LLVMValueRef example(const em *e, const lipc_node *v, LLVMValueRef b)
+/* Opens kernel `name`: void (ptr args, i64 lo, i64 hi), with the arguments
+ * loaded in the entry block. */
+static void fn_open(em *e, const char *name)
 {
-    return at(e, e->base[v->id], imul(e, b, ci(e, numel(v))));
-}
-
-/* The node's parameter i (0: weight, 1: bias) inside the parameter block. */
-static LLVMValueRef param(const em *e, const lipc_node *v, int i)
-{
-    LLVMValueRef off = ci(e, (int64_t)e->g->params[v->param[i]].offset);
-    return LLVMBuildInBoundsGEP2(e->b, e->f32, e->params, &off, 1, "");
-}
-
-/* ---- elementwise ops: one loop over the n * numel floats ---------------------------- */
-
-/* shift:   out = in + by
- * relu:    out = in > 0 ? in : 0
- * flatten: out = in (NCHW order is already the flat order)
- * add:     out = in[0] + in[1] */
-static void emit_elementwise(const em *e, const lipc_node *v)
-{
-    LLVMValueRef total = imul(e, e->n, ci(e, numel(v)));
-    LLVMValueRef in0 = e->base[v->in[0]->id], out = e->base[v->id];
-    loop l;
-    LLVMValueRef i = loop_open(e, &l, ci(e, 0), total, "i");
-    LLVMValueRef x = load(e, in0, i), y = NULL;
-    switch (v->op) {
-    case LIPC_OP_SHIFT:
-        y = fadd(e, x, cf(e, v->a.by), false);
-        break;
-    case LIPC_OP_RELU:
-        y = LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, x, cf(e, 0.0), ""), x,
-                            cf(e, 0.0), "");
-        break;
-    case LIPC_OP_FLATTEN:
-        y = x;
-        break;
-    case LIPC_OP_ADD:
-        y = fadd(e, x, load(e, e->base[v->in[1]->id], i), false);
-        break;
-    default:
-        LIPC_ASSERT(!"not an elementwise op");
+    LLVMTypeRef args[3] = {e->ptr, e->i64, e->i64};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(e->ctx), args, 3, false);
+    e->fn = LLVMAddFunction(e->mod, name, fty);
+    unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
+    LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateEnumAttribute(e->ctx, nounwind, 0));
+    LLVMValueRef a = LLVMGetParam(e->fn, 0);
+    e->lo = LLVMGetParam(e->fn, 1);
+    e->hi = LLVMGetParam(e->fn, 2);
+    LLVMSetValueName2(a, "args", 4);
+    LLVMSetValueName2(e->lo, "lo", 2);
+    LLVMSetValueName2(e->hi, "hi", 2);
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "entry");
+    LLVMBasicBlockRef start = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "start");
+    LLVMPositionBuilderAtEnd(e->b, entry);
+    static const char *const names[LIPC_KARGS_PTRS] = {"p0", "p1", "p2", "p3", "p4", "p5"};
+    for (int i = 0; i < LIPC_KARGS_PTRS; i++) {
+        LLVMValueRef off = ci(e, i * 8);
+        LLVMValueRef slot = LLVMBuildGEP2(e->b, LLVMInt8TypeInContext(e->ctx), a, &off, 1, "");
+        e->p[i] = LLVMBuildLoad2(e->b, e->ptr, slot, names[i]);
     }
-    store(e, y, out, i);
+    LLVMValueRef off = ci(e, LIPC_KARGS_PTRS * 8);
+    LLVMValueRef slot = LLVMBuildGEP2(e->b, LLVMInt8TypeInContext(e->ctx), a, &off, 1, "");
+    e->n = LLVMBuildLoad2(e->b, e->i64, slot, "n");
+    off = ci(e, LIPC_KARGS_PTRS * 8 + 8);
+    slot = LLVMBuildGEP2(e->b, LLVMInt8TypeInContext(e->ctx), a, &off, 1, "");
+    e->scale = LLVMBuildLoad2(e->b, e->f32, slot, "scale");
+    LLVMValueRef br = LLVMBuildBr(e->b, start);
+    LLVMPositionBuilderBefore(e->eb, br);
+    LLVMPositionBuilderAtEnd(e->b, start);
+}
+
+static void fn_close(em *e) { LLVMBuildRetVoid(e->b); }
+
+/* Example b of a [n, len] block. */
+static LLVMValueRef example(const em *e, LLVMValueRef base, int64_t len, LLVMValueRef b)
+{
+    return at(e, base, imul(e, b, ci(e, len)));
+}
+
+/* The loop over the examples [lo, hi) of the range; returns b. */
+static LLVMValueRef batch_open(const em *e, loop *l)
+{
+    return loop_open(e, l, e->lo, e->hi, "b");
+}
+
+/* ---- element-wise ops ---------------------------------------------------------------- */
+
+/* forward:  shift  out = in + by;  relu  out = max(in, 0) (in > 0 ? in : 0);
+ *           flatten  out = in;  add  out = in0 + in1
+ * backward: shift, flatten  din += dout;  relu  din += out > 0 ? dout : 0;
+ *           add  din0 += dout, din1 += dout (each when asked) */
+static void emit_elementwise(const em *e, const lipc_node *v, lipc_kkind kind, const bool *need)
+{
+    int64_t len = numel(v);
+    loop l;
+    LLVMValueRef i = loop_open(e, &l, imul(e, e->lo, ci(e, len)), imul(e, e->hi, ci(e, len)), "i");
+    if (kind == LIPC_K_FORWARD) {
+        LLVMValueRef x = load(e, e->p[0], i), y = NULL;
+        switch (v->op) {
+        case LIPC_OP_SHIFT:
+            y = fadd(e, x, cf(e, v->a.by), false);
+            break;
+        case LIPC_OP_RELU:
+            y = LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, x, cf(e, 0.0), ""), x,
+                                cf(e, 0.0), "");
+            break;
+        case LIPC_OP_ADD:
+            y = fadd(e, x, load(e, e->p[1], i), false);
+            break;
+        default:
+            y = x;
+        }
+        store(e, y, e->p[2], i);
+    } else {
+        LLVMValueRef dy = load(e, e->p[0], i);
+        if (v->op == LIPC_OP_RELU) {
+            LLVMValueRef pos = LLVMBuildFCmp(e->b, LLVMRealOGT, load(e, e->p[4], i), cf(e, 0.0), "");
+            dy = LLVMBuildSelect(e->b, pos, dy, cf(e, 0.0), "");
+        }
+        if (need[0])
+            accum(e, dy, e->p[1], i);
+        if (v->op == LIPC_OP_ADD && need[1])
+            accum(e, dy, e->p[2], i);
+    }
     loop_close(e, &l);
 }
 
-/* ---- pad ------------------------------------------------------------------------------
- * out[b, i, y, x] = in[b, i, y - top, x - left] inside, 0 in the border:
- * zero the whole output, then copy the input into its interior. */
-static void emit_pad(const em *e, const lipc_node *v)
+/* ---- pad -------------------------------------------------------------------------------
+ * forward:  out[b, i, y, x] = in[b, i, y - top, x - left] inside, 0 in the border
+ * backward: din[b, i, y, x] += dout[b, i, y + top, x + left] */
+static void emit_pad(const em *e, const lipc_node *v, lipc_kkind kind)
 {
     int c = v->in[0]->shape.d[0], h = v->in[0]->shape.d[1], w = v->in[0]->shape.d[2];
     int oh = v->shape.d[1], ow = v->shape.d[2], top = v->a.pad[0], left = v->a.pad[2];
     LIPC_ASSERT(top >= 0 && left >= 0 && top + h <= oh && left + w <= ow);
-    loop lz, lb, li, ly, lx;
-    LLVMValueRef j = loop_open(e, &lz, ci(e, 0), imul(e, e->n, ci(e, numel(v))), "zero");
-    store(e, cf(e, 0.0), e->base[v->id], j);
-    loop_close(e, &lz);
-
-    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-    LLVMValueRef xb = example(e, v->in[0], b), yb = example(e, v, b);
+    bool fwd = kind == LIPC_K_FORWARD;
+    LLVMValueRef src = fwd ? e->p[0] : e->p[1], dst = fwd ? e->p[2] : e->p[0];
+    loop lb, lz, li, ly, lx;
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, src, (int64_t)c * h * w, b);
+    LLVMValueRef yb = example(e, dst, numel(v), b);
+    if (fwd) {
+        LLVMValueRef j = loop_open(e, &lz, ci(e, 0), ci(e, numel(v)), "zero");
+        store(e, cf(e, 0.0), yb, j);
+        loop_close(e, &lz);
+    }
     LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, c), "i");
     LLVMValueRef y = loop_open(e, &ly, ci(e, 0), ci(e, h), "y");
-    LLVMValueRef src_row = iaxc(e, iadd(e, imul(e, i, ci(e, h)), y), w, 0);
-    LLVMValueRef dst_row = iaxc(e, iadd(e, imul(e, i, ci(e, oh)), iaxc(e, y, 1, top)), ow, left);
+    LLVMValueRef in_row = iaxc(e, iadd(e, imul(e, i, ci(e, h)), y), w, 0);
+    LLVMValueRef out_row = iaxc(e, iadd(e, imul(e, i, ci(e, oh)), iaxc(e, y, 1, top)), ow, left);
     LLVMValueRef x = loop_open(e, &lx, ci(e, 0), ci(e, w), "x");
-    store(e, load(e, xb, iadd(e, src_row, x)), yb, iadd(e, dst_row, x));
+    if (fwd)
+        store(e, load(e, xb, iadd(e, in_row, x)), yb, iadd(e, out_row, x));
+    else
+        accum(e, load(e, yb, iadd(e, out_row, x)), xb, iadd(e, in_row, x));
     loop_close(e, &lx);
     loop_close(e, &ly);
     loop_close(e, &li);
     loop_close(e, &lb);
 }
 
-/* ---- conv2d ----------------------------------------------------------------------------
+/* ---- minmax ---------------------------------------------------------------------------------
+ * Pairs (ia, ib): halves (k, k + c/2), adjacent (2k, 2k + 1), for k < c/2;
+ * per pixel, with gt = in[ia] > in[ib] (the ref's comparison):
+ *   forward:  out[ia] = gt ? in[ia] : in[ib],   out[ib] = gt ? in[ib] : in[ia]
+ *   backward: din[ia] += gt ? dout[ia] : dout[ib],  din[ib] += gt ? dout[ib] : dout[ia] */
+static void emit_minmax(const em *e, const lipc_node *v, lipc_kkind kind)
+{
+    int c = v->shape.d[0];
+    int64_t hw = v->shape.rank == 3 ? (int64_t)v->shape.d[1] * v->shape.d[2] : 1;
+    bool halves = v->a.pairing == LIPC_PAIR_HALVES, fwd = kind == LIPC_K_FORWARD;
+    loop lb, lk, lp;
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, fwd ? e->p[0] : e->p[3], numel(v), b);
+    LLVMValueRef src = example(e, fwd ? e->p[0] : e->p[0], numel(v), b); /* in or dout */
+    LLVMValueRef dst = example(e, fwd ? e->p[2] : e->p[1], numel(v), b); /* out or din */
+    LLVMValueRef k = loop_open(e, &lk, ci(e, 0), ci(e, c / 2), "k");
+    LLVMValueRef ia = iaxc(e, halves ? k : iaxc(e, k, 2, 0), hw, 0);
+    LLVMValueRef ib = iaxc(e, halves ? iaxc(e, k, 1, c / 2) : iaxc(e, k, 2, 1), hw, 0);
+    LLVMValueRef p = loop_open(e, &lp, ci(e, 0), ci(e, hw), "p");
+    LLVMValueRef ja = iadd(e, ia, p), jb = iadd(e, ib, p);
+    LLVMValueRef gt = LLVMBuildFCmp(e->b, LLVMRealOGT, load(e, xb, ja), load(e, xb, jb), "");
+    LLVMValueRef sa = load(e, src, ja), sb = load(e, src, jb);
+    LLVMValueRef ra = LLVMBuildSelect(e->b, gt, sa, sb, "");
+    LLVMValueRef rb = LLVMBuildSelect(e->b, gt, sb, sa, "");
+    if (fwd) {
+        store(e, ra, dst, ja);
+        store(e, rb, dst, jb);
+    } else {
+        accum(e, ra, dst, ja);
+        accum(e, rb, dst, jb);
+    }
+    loop_close(e, &lp);
+    loop_close(e, &lk);
+    loop_close(e, &lb);
+}
+
+/* ---- avgpool --------------------------------------------------------------------------------
+ *   forward:  out[b, i, p, q] = 1/(kh kw) sum_{ky, kx} in[b, i, p*sh + ky, q*sw + kx]
+ *   backward: din[b, i, p*sh + ky, q*sw + kx] += dout[b, i, p, q] / (kh kw)
+ * (no padding; 1/(kh kw) rounded to float once). */
+static void emit_avgpool(const em *e, const lipc_node *v, lipc_kkind kind)
+{
+    int c = v->shape.d[0], h = v->in[0]->shape.d[1], w = v->in[0]->shape.d[2];
+    int oh = v->shape.d[1], ow = v->shape.d[2];
+    int kh = v->a.kernel[0], kw = v->a.kernel[1], sh = v->a.stride[0], sw = v->a.stride[1];
+    bool fwd = kind == LIPC_K_FORWARD;
+    LLVMValueRef acc = var_new(e, e->f32, "acc"), inv = cf(e, 1.0 / ((double)kh * kw));
+    loop lb, li, lp, lq, lky, lkx;
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, fwd ? e->p[0] : e->p[1], (int64_t)c * h * w, b);
+    LLVMValueRef yb = example(e, fwd ? e->p[2] : e->p[0], numel(v), b);
+    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, c), "i");
+    LLVMValueRef xi = at(e, xb, iaxc(e, i, (int64_t)h * w, 0));
+    LLVMValueRef yi = at(e, yb, iaxc(e, i, (int64_t)oh * ow, 0));
+    LLVMValueRef p = loop_open(e, &lp, ci(e, 0), ci(e, oh), "p");
+    LLVMValueRef q = loop_open(e, &lq, ci(e, 0), ci(e, ow), "q");
+    LLVMValueRef o = iadd(e, iaxc(e, p, ow, 0), q);
+    LLVMValueRef dy = fwd ? NULL : fmul(e, load(e, yi, o), inv, false);
+    if (fwd)
+        var_set(e, acc, cf(e, 0.0));
+    LLVMValueRef ky = loop_open(e, &lky, ci(e, 0), ci(e, kh), "ky");
+    LLVMValueRef row = iaxc(e, iadd(e, iaxc(e, p, sh, 0), ky), w, 0);
+    LLVMValueRef kx = loop_open(e, &lkx, ci(e, 0), ci(e, kw), "kx");
+    LLVMValueRef j = iadd(e, row, iadd(e, iaxc(e, q, sw, 0), kx));
+    if (fwd)
+        var_set(e, acc, fadd(e, var_get(e, e->f32, acc), load(e, xi, j), true));
+    else
+        accum(e, dy, xi, j);
+    loop_close(e, &lkx);
+    loop_close(e, &lky);
+    if (fwd)
+        store(e, fmul(e, var_get(e, e->f32, acc), inv, false), yi, o);
+    loop_close(e, &lq);
+    loop_close(e, &lp);
+    loop_close(e, &li);
+    loop_close(e, &lb);
+}
+
+/* ---- conv2d: geometry ---------------------------------------------------------------------
  *   out[b, o, y, x] = bias[o] (+ in[b, o, y, x] when fold_identity)
  *                     + sum_{i, ky, kx} W[o, i, ky, kx] in[b, i, y*sh + ky - top, x*sw + kx - left]
- * (zero outside the input). The taps (ky, kx) are unrolled at emit time: for a
- * fixed tap the output rows and columns whose input lies inside are a constant
- * range, so padding costs no test in the inner loops, and the innermost loop
- * runs along a row of the output (unit stride when sw = 1: it vectorises).
- * Each tap adds W[o, i, ky, kx] * (a shifted window of channel i) to the
- * output plane of channel o, which stays in cache. */
+ * (zero outside the input). */
 
-/* The outputs p in [*lo, *hi) of one axis whose input p*s + k - pad lies in
- * [0, len), clamped to [0, out). */
+typedef struct conv_geo {
+    int cin, h, w, cout, oh, ow, kh, kw, sh, sw, top, left;
+    bool identity;      /* out += in (same shape) */
+    bool bias;          /* out starts at bias[o] */
+    bool accumulate;    /* out += the result (the adjoint into din) */
+} conv_geo;
+
+static conv_geo conv_geometry(const lipc_node *v)
+{
+    const lipc_attrs *a = &v->a;
+    conv_geo g = {
+        .cin = v->in[0]->shape.d[0], .h = v->in[0]->shape.d[1], .w = v->in[0]->shape.d[2],
+        .cout = v->shape.d[0], .oh = v->shape.d[1], .ow = v->shape.d[2],
+        .kh = a->kernel[0], .kw = a->kernel[1], .sh = a->stride[0], .sw = a->stride[1],
+        .top = a->pad[0], .left = a->pad[2], .identity = a->fold_identity, .bias = a->bias,
+    };
+    if (g.identity)
+        LIPC_ASSERT(g.cin == g.cout && g.oh == g.h && g.ow == g.w);
+    return g;
+}
+
+/* The fast kernels: stride 1 and each pad below the kernel (so the adjoint's
+ * padding k - 1 - pad is >= 0 too). */
+static bool conv_fast(const lipc_node *v)
+{
+    const lipc_attrs *a = &v->a;
+    return a->stride[0] == 1 && a->stride[1] == 1 && a->pad[0] < a->kernel[0] &&
+           a->pad[1] < a->kernel[0] && a->pad[2] < a->kernel[1] && a->pad[3] < a->kernel[1];
+}
+
+/* The adjoint of a stride-1 conv as a conv: in and out swap, the kernel is
+ * flipped and transposed, padding k - 1 - pad; it accumulates into din. */
+static conv_geo conv_adjoint(const conv_geo *f)
+{
+    conv_geo g = *f;
+    g.cin = f->cout;
+    g.h = f->oh;
+    g.w = f->ow;
+    g.cout = f->cin;
+    g.oh = f->h;
+    g.ow = f->w;
+    g.top = f->kh - 1 - f->top;
+    g.left = f->kw - 1 - f->left;
+    g.bias = false;
+    g.accumulate = true;
+    return g;
+}
+
+/* The output positions p in [*lo, *hi) of one axis whose input p*s + k - pad
+ * lies in [0, len), clamped to [0, out). */
 static void tap_range(int k, int pad, int s, int len, int out, int *lo, int *hi)
 {
     int first = pad - k;                  /* need p*s >= first */
@@ -260,309 +589,721 @@ static void tap_range(int k, int pad, int s, int len, int out, int *lo, int *hi)
         *lo = *hi;
 }
 
-static void emit_conv2d(const em *e, const lipc_node *v)
+/* ---- conv2d: the fast stride-1 forward (and adjoint) ----------------------------------------
+ *
+ * One output row y (a runtime value), taps ky in [ky_lo, ky_hi) (the rows of
+ * the input it reads), channels [co, co + cb):
+ *   for each tile of vl columns x0:
+ *     acc[j] = bias, identity;  for i: for ky, kx: acc[j] += W[co+j, i, ky, kx] * in[i, y+ky-top, x0+kx-left ...]
+ * with the column masks constant per (tile, kx). */
+static void conv_row(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
+                     LLVMValueRef w, LLVMValueRef bias, LLVMValueRef co, int cb, LLVMValueRef y,
+                     int ky_lo, int ky_hi, LLVMValueRef *acc)
 {
-    const lipc_attrs *a = &v->a;
-    int c_in = v->in[0]->shape.d[0], h = v->in[0]->shape.d[1], w = v->in[0]->shape.d[2];
-    int c_out = v->shape.d[0], oh = v->shape.d[1], ow = v->shape.d[2];
-    int kh = a->kernel[0], kw = a->kernel[1], sh = a->stride[0], sw = a->stride[1];
-    int top = a->pad[0], left = a->pad[2];
-    if (a->fold_identity)
-        LIPC_ASSERT(c_in == c_out && oh == h && ow == w);
-    LLVMValueRef wt = param(e, v, 0), bias = a->bias ? param(e, v, 1) : NULL;
-    loop lb, lo, lj, li, ly, lx;
-    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-    LLVMValueRef xb = example(e, v->in[0], b), yb = example(e, v, b);
-    LLVMValueRef o = loop_open(e, &lo, ci(e, 0), ci(e, c_out), "o");
-    LLVMValueRef yo = at(e, yb, imul(e, o, ci(e, (int64_t)oh * ow)));
-    /* the plane starts at the bias (and the identity) */
-    LLVMValueRef bo = bias ? load(e, bias, o) : cf(e, 0.0);
-    LLVMValueRef xo = a->fold_identity ? at(e, xb, imul(e, o, ci(e, (int64_t)h * w))) : NULL;
-    LLVMValueRef j = loop_open(e, &lj, ci(e, 0), ci(e, (int64_t)oh * ow), "j");
-    store(e, xo ? fadd(e, bo, load(e, xo, j), false) : bo, yo, j);
-    loop_close(e, &lj);
-
-    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, c_in), "i");
-    LLVMValueRef xi = at(e, xb, imul(e, i, ci(e, (int64_t)h * w)));
-    /* W[o, i, :, :] */
-    LLVMValueRef wi = at(e, wt, imul(e, iadd(e, imul(e, o, ci(e, c_in)), i),
-                                    ci(e, (int64_t)kh * kw)));
-    for (int ky = 0; ky < kh; ky++) {
-        int ylo, yhi;
-        tap_range(ky, top, sh, h, oh, &ylo, &yhi);
-        if (ylo == yhi)
-            continue;
-        for (int kx = 0; kx < kw; kx++) {
-            int xlo, xhi;
-            tap_range(kx, left, sw, w, ow, &xlo, &xhi);
-            if (xlo == xhi)
-                continue;
-            LLVMValueRef wv = load(e, wi, ci(e, (int64_t)ky * kw + kx));
-            LLVMValueRef y = loop_open(e, &ly, ci(e, ylo), ci(e, yhi), "y");
-            LLVMValueRef in_row = iaxc(e, iaxc(e, y, sh, ky - top), w, kx - left);
-            LLVMValueRef out_row = iaxc(e, y, ow, 0);
-            LLVMValueRef x = loop_open(e, &lx, ci(e, xlo), ci(e, xhi), "x");
-            LLVMValueRef dst = iadd(e, out_row, x);
-            LLVMValueRef prod = fmul(e, wv, load(e, xi, iadd(e, in_row, iaxc(e, x, sw, 0))), false);
-            store(e, fadd(e, load(e, yo, dst), prod, false), yo, dst);
-            loop_close(e, &lx);
-            loop_close(e, &ly);
+    int64_t in_plane = (int64_t)g->h * g->w, out_plane = (int64_t)g->oh * g->ow;
+    int64_t wstride = (int64_t)g->cin * g->kh * g->kw;
+    for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
+        lanes out_m = lane_range(0, g->ow - x0, e->vl);
+        for (int j = 0; j < cb; j++) {
+            LLVMValueRef c = iaxc(e, co, 1, j);
+            LLVMValueRef v = g->bias ? splat(e, load(e, bias, c)) : vzero(e);
+            if (g->identity)
+                v = fadd(e, v, vload(e, xb, iadd(e, iaxc(e, c, in_plane, x0), iaxc(e, y, g->w, 0)),
+                                    out_m), false);
+            var_set(e, acc[j], v);
+        }
+        loop li;
+        LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
+        LLVMValueRef xi = at(e, xb, iaxc(e, i, in_plane, 0));
+        LLVMValueRef wi = at(e, w, iadd(e, imul(e, co, ci(e, wstride)), iaxc(e, i, (int64_t)g->kh * g->kw, 0)));
+        LLVMValueRef a[CONV_CB];
+        for (int j = 0; j < cb; j++)
+            a[j] = var_get(e, e->vt, acc[j]);
+        for (int ky = ky_lo; ky < ky_hi; ky++) {
+            LLVMValueRef row = iaxc(e, iaxc(e, y, 1, ky - g->top), g->w, 0);
+            for (int kx = 0; kx < g->kw; kx++) {
+                int c0 = x0 + kx - g->left; /* input column of lane 0 */
+                lanes m = out_m & lane_range(-c0, g->w - c0, e->vl);
+                if (!m)
+                    continue;
+                LLVMValueRef xv = vload(e, xi, iaxc(e, row, 1, c0), m);
+                for (int j = 0; j < cb; j++) {
+                    LLVMValueRef wv = load(e, wi, ci(e, j * wstride + ky * g->kw + kx));
+                    a[j] = vfma(e, splat(e, wv), xv, a[j]);
+                }
+            }
+        }
+        for (int j = 0; j < cb; j++)
+            var_set(e, acc[j], a[j]);
+        loop_close(e, &li);
+        for (int j = 0; j < cb; j++) {
+            LLVMValueRef c = iaxc(e, co, 1, j);
+            LLVMValueRef idx = iadd(e, iaxc(e, c, out_plane, x0), iaxc(e, y, g->ow, 0));
+            LLVMValueRef v = var_get(e, e->vt, acc[j]);
+            if (g->accumulate)
+                v = fadd(e, v, vload(e, yb, idx, out_m), false);
+            vstore(e, v, yb, idx, out_m);
         }
     }
+}
+
+/* The rows of one block: interior rows (every tap inside) in one loop, the
+ * border rows one by one with their valid taps. */
+static void conv_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
+                      LLVMValueRef w, LLVMValueRef bias, LLVMValueRef co, int cb, LLVMValueRef *acc)
+{
+    int in_lo = g->top, in_hi = g->h + g->top - g->kh + 1; /* rows with every tap */
+    if (in_lo > g->oh)
+        in_lo = g->oh;
+    if (in_hi < in_lo)
+        in_hi = in_lo;
+    for (int y = 0; y < g->oh; y++) {
+        if (y == in_lo && in_hi > in_lo) {
+            loop ly;
+            LLVMValueRef yv = loop_open(e, &ly, ci(e, in_lo), ci(e, in_hi), "y");
+            conv_row(e, g, xb, yb, w, bias, co, cb, yv, 0, g->kh, acc);
+            loop_close(e, &ly);
+            y = in_hi - 1;
+            continue;
+        }
+        int ky_lo = g->top - y > 0 ? g->top - y : 0;
+        int ky_hi = g->h + g->top - y < g->kh ? g->h + g->top - y : g->kh;
+        if (ky_hi <= ky_lo) {
+            /* no tap reads the input: bias, identity and accumulation only */
+            ky_lo = ky_hi = 0;
+        }
+        conv_row(e, g, xb, yb, w, bias, co, cb, ci(e, y), ky_lo, ky_hi, acc);
+    }
+}
+
+/* Fast forward (or, with the adjoint's geometry, input gradient): examples
+ * [lo, hi) of in p_in, out p_out, weight w, bias. */
+static void emit_conv_fast(const em *e, const conv_geo *g, LLVMValueRef pin, LLVMValueRef pout,
+                           LLVMValueRef w, LLVMValueRef bias)
+{
+    LLVMValueRef acc[CONV_CB];
+    for (int j = 0; j < CONV_CB; j++)
+        acc[j] = var_new(e, e->vt, "acc");
+    loop lb, lc;
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, pin, (int64_t)g->cin * g->h * g->w, b);
+    LLVMValueRef yb = example(e, pout, (int64_t)g->cout * g->oh * g->ow, b);
+    int cb = g->cout < CONV_CB ? g->cout : CONV_CB, full_blocks = g->cout / cb;
+    LLVMValueRef co = loop_step(e, &lc, ci(e, 0), ci(e, (int64_t)full_blocks * cb), cb, "co");
+    conv_rows(e, g, xb, yb, w, bias, co, cb, acc);
+    loop_close(e, &lc);
+    if (g->cout % cb)
+        conv_rows(e, g, xb, yb, w, bias, ci(e, (int64_t)full_blocks * cb), g->cout % cb, acc);
+    loop_close(e, &lb);
+}
+
+/* ---- conv2d: the fast stride-1 weight gradient ----------------------------------------------
+ *   dW[o, i, ky, kx] += scale sum_b sum_{y, x} dout[b, o, y, x] in[b, i, y+ky-top, x+kx-left]
+ *   dbias[o]         += sum_b sum_{y, x} dout[b, o, y, x]
+ * The range is blocks of WGRAD_CB output channels. For each block and input
+ * channel, vector accumulators per (channel, tap) run over a chunk of
+ * examples and are reduced into dW at the end of the chunk. */
+static void wgrad_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef db,
+                       LLVMValueRef co, int cb, LLVMValueRef i, LLVMValueRef *acc)
+{
+    int64_t in_plane = (int64_t)g->h * g->w, out_plane = (int64_t)g->oh * g->ow;
+    int taps = g->kh * g->kw;
+    LLVMValueRef xi = at(e, xb, iaxc(e, i, in_plane, 0));
+    for (int ky = 0; ky < g->kh; ky++) {
+        int ylo, yhi;
+        tap_range(ky, g->top, 1, g->h, g->oh, &ylo, &yhi);
+        if (ylo == yhi)
+            continue;
+        loop ly;
+        LLVMValueRef y = loop_open(e, &ly, ci(e, ylo), ci(e, yhi), "y");
+        LLVMValueRef row = iaxc(e, iaxc(e, y, 1, ky - g->top), g->w, 0);
+        for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
+            lanes out_m = lane_range(0, g->ow - x0, e->vl);
+            LLVMValueRef dv[WGRAD_CB];
+            for (int j = 0; j < cb; j++)
+                dv[j] = vload(e, db, iadd(e, iaxc(e, co, out_plane, j * out_plane + x0),
+                                          iaxc(e, y, g->ow, 0)), out_m);
+            for (int kx = 0; kx < g->kw; kx++) {
+                int c0 = x0 + kx - g->left;
+                lanes m = out_m & lane_range(-c0, g->w - c0, e->vl);
+                if (!m)
+                    continue;
+                LLVMValueRef xv = vload(e, xi, iaxc(e, row, 1, c0), m);
+                for (int j = 0; j < cb; j++) {
+                    LLVMValueRef a = acc[j * taps + ky * g->kw + kx];
+                    var_set(e, a, vfma(e, dv[j], xv, var_get(e, e->vt, a)));
+                }
+            }
+        }
+        loop_close(e, &ly);
+    }
+}
+
+static void wgrad_block(const em *e, const conv_geo *g, LLVMValueRef co, int cb, LLVMValueRef *acc)
+{
+    int taps = g->kh * g->kw;
+    int64_t in_len = (int64_t)g->cin * g->h * g->w, out_len = (int64_t)g->cout * g->oh * g->ow;
+    int64_t out_plane = (int64_t)g->oh * g->ow;
+    LLVMValueRef dw = e->p[2];
+    loop lc, li, lb;
+    LLVMValueRef c0 = loop_step(e, &lc, ci(e, 0), e->n, WGRAD_CHUNK, "chunk");
+    LLVMValueRef c1 = imin(e, iaxc(e, c0, 1, WGRAD_CHUNK), e->n);
+    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
+    for (int k = 0; k < cb * taps; k++)
+        var_set(e, acc[k], vzero(e));
+    LLVMValueRef b = loop_open(e, &lb, c0, c1, "b");
+    wgrad_rows(e, g, example(e, e->p[0], in_len, b), example(e, e->p[1], out_len, b), co, cb, i,
+               acc);
+    loop_close(e, &lb);
+    for (int j = 0; j < cb; j++)
+        for (int t = 0; t < taps; t++) {
+            LLVMValueRef idx = iadd(e, imul(e, iaxc(e, co, 1, j), ci(e, (int64_t)g->cin * taps)),
+                                    iaxc(e, i, taps, t));
+            LLVMValueRef s = hsum(e, var_get(e, e->vt, acc[j * taps + t]));
+            accum(e, fmul(e, s, e->scale, false), dw, idx);
+        }
+    loop_close(e, &li);
+    loop_close(e, &lc);
+    if (g->bias) {
+        /* dbias[o] += sum over the batch and the map, per block of 8 examples
+         * as the weights (scale applies to the weight only) */
+        for (int j = 0; j < cb; j++) {
+            LLVMValueRef a = acc[0];
+            var_set(e, a, vzero(e));
+            loop lb2, lp;
+            LLVMValueRef b2 = loop_open(e, &lb2, ci(e, 0), e->n, "b");
+            LLVMValueRef plane = at(e, example(e, e->p[1], out_len, b2),
+                                    iaxc(e, co, out_plane, j * out_plane));
+            int64_t full_len = out_plane / e->vl * e->vl;
+            LLVMValueRef p = loop_step(e, &lp, ci(e, 0), ci(e, full_len), e->vl, "p");
+            var_set(e, a, fadd(e, var_get(e, e->vt, a), vload(e, plane, p, lane_range(0, e->vl, e->vl)), false));
+            loop_close(e, &lp);
+            if (out_plane % e->vl)
+                var_set(e, a, fadd(e, var_get(e, e->vt, a),
+                                   vload(e, plane, ci(e, full_len), lane_range(0, (int)(out_plane % e->vl), e->vl)), false));
+            loop_close(e, &lb2);
+            accum(e, hsum(e, var_get(e, e->vt, a)), e->p[3], iaxc(e, co, 1, j));
+        }
+    }
+}
+
+static void emit_conv_wgrad_fast(const em *e, const conv_geo *g, int64_t *blocks)
+{
+    int taps = g->kh * g->kw;
+    int cb = g->cout % WGRAD_CB ? 1 : WGRAD_CB;
+    LLVMValueRef acc[WGRAD_CB * 49];
+    LIPC_ASSERT(cb * taps <= WGRAD_CB * 49);
+    for (int k = 0; k < cb * taps; k++)
+        acc[k] = var_new(e, e->vt, "acc");
+    loop lk;
+    LLVMValueRef k = loop_open(e, &lk, e->lo, e->hi, "block");
+    wgrad_block(e, g, iaxc(e, k, cb, 0), cb, acc);
+    loop_close(e, &lk);
+    *blocks = g->cout / cb;
+}
+
+/* ---- conv2d: general loop nests (strides, large padding) ------------------------------------
+ * The taps (ky, kx) are unrolled at emit time: for a fixed tap the output
+ * rows and columns whose input lies inside are a constant range, so padding
+ * costs no test in the inner loops.
+ *   forward:  out[o] plane = bias (+ identity), then += W[o, i, tap] * window of in[i]
+ *   backward: din[i] window += W[o, i, tap] * dout[o] plane (+ identity)
+ *   wgrad:    dW[o, i, tap] += scale sum_b <dout[b, o], window of in[b, i]>,
+ *             dbias[o] += sum_b sum dout[b, o]  (range: output channels) */
+typedef enum { TAP_FWD, TAP_BWD, TAP_WGRAD } tap_mode;
+
+static void conv_taps(const em *e, const conv_geo *g, tap_mode mode, LLVMValueRef xi,
+                      LLVMValueRef yo, LLVMValueRef wt, LLVMValueRef acc)
+{
+    loop ly, lx;
+    for (int ky = 0; ky < g->kh; ky++) {
+        int ylo, yhi;
+        tap_range(ky, g->top, g->sh, g->h, g->oh, &ylo, &yhi);
+        if (ylo == yhi)
+            continue;
+        for (int kx = 0; kx < g->kw; kx++) {
+            int xlo, xhi;
+            tap_range(kx, g->left, g->sw, g->w, g->ow, &xlo, &xhi);
+            if (xlo == xhi)
+                continue;
+            LLVMValueRef wv = mode == TAP_WGRAD ? NULL : load(e, wt, ci(e, (int64_t)ky * g->kw + kx));
+            if (mode == TAP_WGRAD)
+                var_set(e, acc, cf(e, 0.0));
+            LLVMValueRef y = loop_open(e, &ly, ci(e, ylo), ci(e, yhi), "y");
+            LLVMValueRef in_row = iaxc(e, iaxc(e, y, g->sh, ky - g->top), g->w, kx - g->left);
+            LLVMValueRef out_row = iaxc(e, y, g->ow, 0);
+            LLVMValueRef x = loop_open(e, &lx, ci(e, xlo), ci(e, xhi), "x");
+            LLVMValueRef src = iadd(e, in_row, iaxc(e, x, g->sw, 0)), dst = iadd(e, out_row, x);
+            if (mode == TAP_FWD)
+                accum(e, fmul(e, wv, load(e, xi, src), false), yo, dst);
+            else if (mode == TAP_BWD)
+                accum(e, fmul(e, wv, load(e, yo, dst), false), xi, src);
+            else
+                var_set(e, acc, fadd(e, var_get(e, e->f32, acc),
+                                     fmul(e, load(e, yo, dst), load(e, xi, src), true), true));
+            loop_close(e, &lx);
+            loop_close(e, &ly);
+            if (mode == TAP_WGRAD) {
+                LLVMValueRef d = at(e, wt, ci(e, (int64_t)ky * g->kw + kx));
+                LLVMBuildStore(e->b, fadd(e, LLVMBuildLoad2(e->b, e->f32, d, ""),
+                                          var_get(e, e->f32, acc), false), d);
+            }
+        }
+    }
+}
+
+static void emit_conv_general(const em *e, const conv_geo *g, lipc_kkind kind)
+{
+    int64_t in_plane = (int64_t)g->h * g->w, out_plane = (int64_t)g->oh * g->ow;
+    int64_t in_len = g->cin * in_plane, out_len = g->cout * out_plane;
+    int taps = g->kh * g->kw;
+    loop lb, lo, li, lj;
+    if (kind == LIPC_K_WGRAD) {
+        /* range: output channels; per (o, i, tap) a sum over the batch into
+         * a scratch that starts at 0, so the scale is applied once */
+        LLVMValueRef acc = var_new(e, e->f32, "acc");
+        LLVMValueRef part = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, taps), "part");
+        LLVMValueRef o = loop_open(e, &lo, e->lo, e->hi, "o");
+        LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
+        for (int t = 0; t < taps; t++)
+            store(e, cf(e, 0.0), part, ci(e, t));
+        LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+        LLVMValueRef xi = at(e, example(e, e->p[0], in_len, b), iaxc(e, i, in_plane, 0));
+        LLVMValueRef yo = at(e, example(e, e->p[1], out_len, b), iaxc(e, o, out_plane, 0));
+        conv_taps(e, g, TAP_WGRAD, xi, yo, part, acc);
+        loop_close(e, &lb);
+        LLVMValueRef base = iadd(e, imul(e, o, ci(e, (int64_t)g->cin * taps)), iaxc(e, i, taps, 0));
+        for (int t = 0; t < taps; t++)
+            accum(e, fmul(e, load(e, part, ci(e, t)), e->scale, false), e->p[2],
+                  iaxc(e, base, 1, t));
+        loop_close(e, &li);
+        if (g->bias) {
+            var_set(e, acc, cf(e, 0.0));
+            LLVMValueRef b2 = loop_open(e, &lb, ci(e, 0), e->n, "b");
+            LLVMValueRef dyo = at(e, example(e, e->p[1], out_len, b2), iaxc(e, o, out_plane, 0));
+            LLVMValueRef j = loop_open(e, &lj, ci(e, 0), ci(e, out_plane), "j");
+            var_set(e, acc, fadd(e, var_get(e, e->f32, acc), load(e, dyo, j), true));
+            loop_close(e, &lj);
+            loop_close(e, &lb);
+            accum(e, var_get(e, e->f32, acc), e->p[3], o);
+        }
+        loop_close(e, &lo);
+        return;
+    }
+    bool fwd = kind == LIPC_K_FORWARD;
+    LLVMValueRef pin = fwd ? e->p[0] : e->p[1], pout = fwd ? e->p[2] : e->p[0];
+    LLVMValueRef w = fwd ? e->p[3] : e->p[5];
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, pin, in_len, b), yb = example(e, pout, out_len, b);
+    LLVMValueRef o = loop_open(e, &lo, ci(e, 0), ci(e, g->cout), "o");
+    LLVMValueRef yo = at(e, yb, iaxc(e, o, out_plane, 0));
+    if (fwd) {
+        /* the plane starts at the bias (and the identity) */
+        LLVMValueRef bo = g->bias ? load(e, e->p[4], o) : cf(e, 0.0);
+        LLVMValueRef xo = g->identity ? at(e, xb, iaxc(e, o, in_plane, 0)) : NULL;
+        LLVMValueRef j = loop_open(e, &lj, ci(e, 0), ci(e, out_plane), "j");
+        store(e, xo ? fadd(e, bo, load(e, xo, j), false) : bo, yo, j);
+        loop_close(e, &lj);
+    } else if (g->identity) {
+        LLVMValueRef xo = at(e, xb, iaxc(e, o, in_plane, 0));
+        LLVMValueRef j = loop_open(e, &lj, ci(e, 0), ci(e, out_plane), "j");
+        accum(e, load(e, yo, j), xo, j);
+        loop_close(e, &lj);
+    }
+    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
+    LLVMValueRef xi = at(e, xb, iaxc(e, i, in_plane, 0));
+    LLVMValueRef wi = at(e, w, imul(e, iadd(e, imul(e, o, ci(e, g->cin)), i), ci(e, taps)));
+    conv_taps(e, g, fwd ? TAP_FWD : TAP_BWD, xi, yo, wi, NULL);
     loop_close(e, &li);
     loop_close(e, &lo);
     loop_close(e, &lb);
+}
+
+static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kinfo *info)
+{
+    conv_geo g = conv_geometry(v);
+    bool fast = conv_fast(v);
+    if (kind == LIPC_K_FORWARD) {
+        if (fast)
+            emit_conv_fast(e, &g, e->p[0], e->p[2], e->p[3], e->p[4]);
+        else
+            emit_conv_general(e, &g, kind);
+    } else if (kind == LIPC_K_BACKWARD) {
+        info->flipped = fast;
+        if (fast) {
+            conv_geo a = conv_adjoint(&g);
+            emit_conv_fast(e, &a, e->p[0], e->p[1], e->p[5], NULL);
+        } else {
+            emit_conv_general(e, &g, kind);
+        }
+    } else if (fast && g.kh * g.kw <= 49) {
+        emit_conv_wgrad_fast(e, &g, &info->blocks);
+    } else {
+        emit_conv_general(e, &g, kind);
+        info->blocks = g.cout;
+    }
 }
 
 /* ---- dense -------------------------------------------------------------------------------
- *   out[b, o] = bias[o] + s_o sum_i W[o, i] in[b, i]  (+ in[b, o] when fold_identity)
- * with s_o = 1 / ||W_o||_2 when normalize (0 for a zero row), else 1. The
- * scales are computed once per call, in float, into a stack array. */
-static void emit_dense(const em *e, const lipc_node *v)
+ * W [out, in]; the driver passes the effective rows (row-normalised for a
+ * normalising head), so these are plain products:
+ *   forward:  out[b, o] = bias[o] + sum_i W[o, i] in[b, i]  (+ in[b, o] when folded)
+ *             range: blocks of MM outputs; MM x MM dot products at once,
+ *             vectors along i, reduced across lanes at the end
+ *   backward: din[b, i] += sum_o dout[b, o] W[o, i]  (+ dout[b, i] when folded)
+ *             range: examples, MM at once; vectors along i
+ *   wgrad:    dW[o, i] += scale sum_b dout[b, o] in[b, i];  dbias[o] += sum_b dout[b, o]
+ *             range: blocks of MM outputs; vectors along i */
+
+/* Vector chunks along a length: full ones, then a masked tail. */
+typedef struct chunks {
+    int64_t full;       /* full vectors */
+    int tail;           /* floats in the last, partial one (0: none) */
+} chunks;
+
+static chunks chunks_of(const em *e, int64_t len)
 {
-    int in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
-    if (v->a.fold_identity)
-        LIPC_ASSERT(in_f == out_f);
-    LLVMValueRef wt = param(e, v, 0), bias = v->a.bias ? param(e, v, 1) : NULL;
-    LLVMValueRef acc = acc_new(e, "acc"), scale = NULL;
-    loop lo, li, lb;
-    if (v->a.normalize) {
-        scale = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, out_f), "scale");
-        LLVMTypeRef ft = e->f32;
-        LLVMValueRef sqrt_fn = LLVMGetIntrinsicDeclaration(
-            e->mod, LLVMLookupIntrinsicID("llvm.sqrt", 9), &ft, 1);
-        LLVMTypeRef sqrt_ty = LLVMFunctionType(e->f32, &ft, 1, false);
-        LLVMValueRef o = loop_open(e, &lo, ci(e, 0), ci(e, out_f), "o");
-        LLVMValueRef row = at(e, wt, imul(e, o, ci(e, in_f)));
-        acc_set(e, acc, cf(e, 0.0));
-        LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, in_f), "i");
-        LLVMValueRef wv = load(e, row, i);
-        acc_set(e, acc, fadd(e, acc_get(e, acc), fmul(e, wv, wv, true), true));
-        loop_close(e, &li);
-        LLVMValueRef ss = acc_get(e, acc);
-        LLVMValueRef norm = LLVMBuildCall2(e->b, sqrt_ty, sqrt_fn, &ss, 1, "");
-        LLVMValueRef inv = LLVMBuildFDiv(e->b, cf(e, 1.0), norm, "");
-        LLVMValueRef pos = LLVMBuildFCmp(e->b, LLVMRealOGT, ss, cf(e, 0.0), "");
-        store(e, LLVMBuildSelect(e->b, pos, inv, cf(e, 0.0), ""), scale, o);
-        loop_close(e, &lo);
+    return (chunks){len / e->vl, (int)(len % e->vl)};
+}
+
+/* One vector chunk: index c (full) or the tail. */
+static lanes chunk_mask(const em *e, bool tail, const chunks *c)
+{
+    return tail ? lane_range(0, c->tail, e->vl) : lane_range(0, e->vl, e->vl);
+}
+
+/* forward body: rows [b, b + rb) x outputs [o, o + ob) */
+static void dense_fwd_block(const em *e, const lipc_node *v, LLVMValueRef b, int rb,
+                            LLVMValueRef o, int ob, LLVMValueRef *acc)
+{
+    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
+    chunks ch = chunks_of(e, in_f);
+    for (int r = 0; r < rb; r++)
+        for (int q = 0; q < ob; q++)
+            var_set(e, acc[r * MM + q], vzero(e));
+    for (int pass = 0; pass < 2; pass++) {
+        bool tail = pass == 1;
+        if (tail && !ch.tail)
+            break;
+        loop lc;
+        LLVMValueRef c = tail ? ci(e, ch.full * e->vl)
+                              : loop_step(e, &lc, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
+        lanes m = chunk_mask(e, tail, &ch);
+        LLVMValueRef xv[MM], wv[MM];
+        for (int r = 0; r < rb; r++)
+            xv[r] = vload(e, e->p[0], iadd(e, iaxc(e, b, in_f, r * in_f), c), m);
+        for (int q = 0; q < ob; q++)
+            wv[q] = vload(e, e->p[3], iadd(e, iaxc(e, o, in_f, q * in_f), c), m);
+        for (int r = 0; r < rb; r++)
+            for (int q = 0; q < ob; q++)
+                var_set(e, acc[r * MM + q], vfma(e, xv[r], wv[q], var_get(e, e->vt, acc[r * MM + q])));
+        if (!tail)
+            loop_close(e, &lc);
     }
-    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-    LLVMValueRef xb = example(e, v->in[0], b), yb = example(e, v, b);
-    LLVMValueRef o = loop_open(e, &lo, ci(e, 0), ci(e, out_f), "o");
-    LLVMValueRef row = at(e, wt, imul(e, o, ci(e, in_f)));
-    acc_set(e, acc, cf(e, 0.0));
-    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, in_f), "i");
-    LLVMValueRef prod = fmul(e, load(e, row, i), load(e, xb, i), true);
-    acc_set(e, acc, fadd(e, acc_get(e, acc), prod, true));
-    loop_close(e, &li);
-    LLVMValueRef y = acc_get(e, acc);
-    if (scale)
-        y = fmul(e, y, load(e, scale, o), false);
-    if (v->a.fold_identity)
-        y = fadd(e, y, load(e, xb, o), false);
-    if (bias)
-        y = fadd(e, y, load(e, bias, o), false);
-    store(e, y, yb, o);
-    loop_close(e, &lo);
-    loop_close(e, &lb);
+    for (int r = 0; r < rb; r++)
+        for (int q = 0; q < ob; q++) {
+            LLVMValueRef oq = iaxc(e, o, 1, q), br = iaxc(e, b, 1, r);
+            LLVMValueRef y = hsum(e, var_get(e, e->vt, acc[r * MM + q]));
+            if (v->a.fold_identity)
+                y = fadd(e, y, load(e, e->p[0], iadd(e, iaxc(e, br, in_f, 0), oq)), false);
+            if (v->a.bias)
+                y = fadd(e, y, load(e, e->p[4], oq), false);
+            store(e, y, e->p[2], iadd(e, iaxc(e, br, out_f, 0), oq));
+        }
 }
 
-/* ---- minmax ---------------------------------------------------------------------------------
- * Pairs (ia, ib): halves (k, k + c/2), adjacent (2k, 2k + 1), for k < c/2;
- *   out[ia] = va > vb ? va : vb,   out[ib] = va > vb ? vb : va
- * per pixel (h*w = 1 for a flat vector), exactly the ref's comparisons. */
-static void emit_minmax(const em *e, const lipc_node *v)
+/* The examples of the batch in blocks of MM, then one by one. */
+static void dense_fwd_outputs(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
+                              LLVMValueRef *acc)
 {
-    int c = v->shape.d[0];
-    int64_t hw = v->shape.rank == 3 ? (int64_t)v->shape.d[1] * v->shape.d[2] : 1;
-    bool halves = v->a.pairing == LIPC_PAIR_HALVES;
-    loop lb, lk, lp;
-    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-    LLVMValueRef xb = example(e, v->in[0], b), yb = example(e, v, b);
-    LLVMValueRef k = loop_open(e, &lk, ci(e, 0), ci(e, c / 2), "k");
-    LLVMValueRef ia = halves ? k : iaxc(e, k, 2, 0);
-    LLVMValueRef ib = halves ? iaxc(e, k, 1, c / 2) : iaxc(e, k, 2, 1);
-    LLVMValueRef xa = at(e, xb, iaxc(e, ia, hw, 0)), xbb = at(e, xb, iaxc(e, ib, hw, 0));
-    LLVMValueRef ya = at(e, yb, iaxc(e, ia, hw, 0)), ybb = at(e, yb, iaxc(e, ib, hw, 0));
-    LLVMValueRef p = loop_open(e, &lp, ci(e, 0), ci(e, hw), "p");
-    LLVMValueRef va = load(e, xa, p), vb = load(e, xbb, p);
-    LLVMValueRef gt = LLVMBuildFCmp(e->b, LLVMRealOGT, va, vb, "");
-    store(e, LLVMBuildSelect(e->b, gt, va, vb, ""), ya, p);
-    store(e, LLVMBuildSelect(e->b, gt, vb, va, ""), ybb, p);
-    loop_close(e, &lp);
+    loop lb, lt;
+    LLVMValueRef full = imul(e, LLVMBuildSDiv(e->b, e->n, ci(e, MM), ""), ci(e, MM));
+    LLVMValueRef b = loop_step(e, &lb, ci(e, 0), full, MM, "b");
+    dense_fwd_block(e, v, b, MM, o, ob, acc);
+    loop_close(e, &lb);
+    LLVMValueRef t = loop_open(e, &lt, full, e->n, "b");
+    dense_fwd_block(e, v, t, 1, o, ob, acc);
+    loop_close(e, &lt);
+}
+
+/* A range of blocks of MM rows [0, rows): full blocks by the loop body, and
+ * the last, partial block (index rows / MM) apart. body(row0, nrows). */
+typedef void (*block_body)(const em *e, const lipc_node *v, LLVMValueRef row0, int nrows,
+                           LLVMValueRef *acc);
+
+static int64_t emit_blocks(const em *e, const lipc_node *v, int64_t rows, block_body body,
+                           LLVMValueRef *acc)
+{
+    int64_t full = rows / MM;
+    loop lk;
+    LLVMValueRef k = loop_open(e, &lk, e->lo, imin(e, e->hi, ci(e, full)), "blk");
+    body(e, v, iaxc(e, k, MM, 0), MM, acc);
     loop_close(e, &lk);
-    loop_close(e, &lb);
+    if (rows % MM) {
+        LLVMBasicBlockRef after = if_open(e, LLVMBuildICmp(e->b, LLVMIntSGT, e->hi, ci(e, full), ""));
+        body(e, v, ci(e, full * MM), (int)(rows % MM), acc);
+        if_close(e, after);
+    }
+    return (rows + MM - 1) / MM;
 }
 
-/* ---- avgpool --------------------------------------------------------------------------------
- *   out[b, i, p, q] = 1/(kh kw) sum_{ky < kh, kx < kw} in[b, i, p*sh + ky, q*sw + kx]
- * (no padding; 1/(kh kw) rounded to float once). */
-static void emit_avgpool(const em *e, const lipc_node *v)
+/* backward: din rows [b, b + rb), all of them, along i in vectors */
+static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int rb,
+                           LLVMValueRef *acc)
 {
-    int c = v->shape.d[0], h = v->in[0]->shape.d[1], w = v->in[0]->shape.d[2];
-    int oh = v->shape.d[1], ow = v->shape.d[2];
-    int kh = v->a.kernel[0], kw = v->a.kernel[1], sh = v->a.stride[0], sw = v->a.stride[1];
-    LLVMValueRef acc = acc_new(e, "acc");
-    loop lb, li, lp, lq, lky, lkx;
-    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-    LLVMValueRef xb = example(e, v->in[0], b), yb = example(e, v, b);
-    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, c), "i");
-    LLVMValueRef xi = at(e, xb, iaxc(e, i, (int64_t)h * w, 0));
-    LLVMValueRef yi = at(e, yb, iaxc(e, i, (int64_t)oh * ow, 0));
-    LLVMValueRef p = loop_open(e, &lp, ci(e, 0), ci(e, oh), "p");
-    LLVMValueRef q = loop_open(e, &lq, ci(e, 0), ci(e, ow), "q");
-    acc_set(e, acc, cf(e, 0.0));
-    LLVMValueRef ky = loop_open(e, &lky, ci(e, 0), ci(e, kh), "ky");
-    LLVMValueRef row = iaxc(e, iadd(e, iaxc(e, p, sh, 0), ky), w, 0);
-    LLVMValueRef kx = loop_open(e, &lkx, ci(e, 0), ci(e, kw), "kx");
-    LLVMValueRef col = iadd(e, iaxc(e, q, sw, 0), kx);
-    acc_set(e, acc, fadd(e, acc_get(e, acc), load(e, xi, iadd(e, row, col)), true));
-    loop_close(e, &lkx);
-    loop_close(e, &lky);
-    LLVMValueRef avg = fmul(e, acc_get(e, acc), cf(e, 1.0 / ((double)kh * kw)), false);
-    store(e, avg, yi, iadd(e, iaxc(e, p, ow, 0), q));
-    loop_close(e, &lq);
-    loop_close(e, &lp);
-    loop_close(e, &li);
-    loop_close(e, &lb);
+    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
+    chunks ch = chunks_of(e, in_f);
+    for (int pass = 0; pass < 2; pass++) {
+        bool tail = pass == 1;
+        if (tail && !ch.tail)
+            break;
+        loop lc, lo;
+        LLVMValueRef c = tail ? ci(e, ch.full * e->vl)
+                              : loop_step(e, &lc, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
+        lanes m = chunk_mask(e, tail, &ch);
+        for (int r = 0; r < rb; r++) {
+            LLVMValueRef idx = iadd(e, iaxc(e, b, in_f, r * in_f), c);
+            LLVMValueRef a0 = vload(e, e->p[1], idx, m);
+            if (v->a.fold_identity) /* in_f == out_f */
+                a0 = fadd(e, a0, vload(e, e->p[0], idx, m), false);
+            var_set(e, acc[r], a0);
+        }
+        LLVMValueRef o = loop_open(e, &lo, ci(e, 0), ci(e, out_f), "o");
+        LLVMValueRef wv = vload(e, e->p[5], iadd(e, iaxc(e, o, in_f, 0), c), m);
+        for (int r = 0; r < rb; r++) {
+            LLVMValueRef s = splat(e, load(e, e->p[0], iadd(e, iaxc(e, b, out_f, r * out_f), o)));
+            var_set(e, acc[r], vfma(e, s, wv, var_get(e, e->vt, acc[r])));
+        }
+        loop_close(e, &lo);
+        for (int r = 0; r < rb; r++)
+            vstore(e, var_get(e, e->vt, acc[r]), e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f), c), m);
+        if (!tail)
+            loop_close(e, &lc);
+    }
 }
 
-/* ---- the function -------------------------------------------------------------------------- */
-
-/* One FORWARD step; false (with an error in d) when the op has no emitter.
- * Every op of ir/ops.def is named here, so a new op lands in the default's
- * diagnostic until it gets an emitter, never in a silently wrong answer. */
-static bool emit_step(em *e, const lipc_node *v, lipc_diags *d)
+/* wgrad: rows [o, o + ob) of dW, along i in vectors, summed over the batch */
+static void dense_wgrad_rows(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
+                             LLVMValueRef *acc)
 {
+    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
+    chunks ch = chunks_of(e, in_f);
+    for (int pass = 0; pass < 2; pass++) {
+        bool tail = pass == 1;
+        if (tail && !ch.tail)
+            break;
+        loop lc, lb;
+        LLVMValueRef c = tail ? ci(e, ch.full * e->vl)
+                              : loop_step(e, &lc, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
+        lanes m = chunk_mask(e, tail, &ch);
+        for (int q = 0; q < ob; q++)
+            var_set(e, acc[q], vzero(e));
+        LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+        LLVMValueRef xv = vload(e, e->p[0], iadd(e, iaxc(e, b, in_f, 0), c), m);
+        for (int q = 0; q < ob; q++) {
+            LLVMValueRef s = splat(e, load(e, e->p[1], iadd(e, iaxc(e, b, out_f, q), o)));
+            var_set(e, acc[q], vfma(e, s, xv, var_get(e, e->vt, acc[q])));
+        }
+        loop_close(e, &lb);
+        for (int q = 0; q < ob; q++) {
+            LLVMValueRef idx = iadd(e, iaxc(e, o, in_f, q * in_f), c);
+            LLVMValueRef g = vfma(e, splat(e, e->scale), var_get(e, e->vt, acc[q]),
+                                  vload(e, e->p[2], idx, m));
+            vstore(e, g, e->p[2], idx, m);
+        }
+        if (!tail)
+            loop_close(e, &lc);
+    }
+    if (v->a.bias) {
+        LLVMValueRef s = acc[0];
+        for (int q = 0; q < ob; q++) {
+            LLVMValueRef sv = var_new(e, e->f32, "db");
+            var_set(e, sv, cf(e, 0.0));
+            loop lb;
+            LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+            var_set(e, sv, fadd(e, var_get(e, e->f32, sv),
+                                load(e, e->p[1], iadd(e, iaxc(e, b, out_f, q), o)), false));
+            loop_close(e, &lb);
+            accum(e, var_get(e, e->f32, sv), e->p[3], iaxc(e, o, 1, q));
+        }
+        (void)s;
+    }
+}
+
+static void dense_fwd_rows(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
+                           LLVMValueRef *acc)
+{
+    dense_fwd_outputs(e, v, o, ob, acc);
+}
+
+static void emit_dense(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kinfo *info)
+{
+    if (v->a.fold_identity)
+        LIPC_ASSERT(v->in[0]->shape.d[0] == v->shape.d[0]);
+    LLVMValueRef acc[MM * MM];
+    for (int k = 0; k < MM * MM; k++)
+        acc[k] = var_new(e, e->vt, "acc");
+    int64_t out_f = v->shape.d[0];
+    if (kind == LIPC_K_FORWARD) {
+        info->blocks = emit_blocks(e, v, out_f, dense_fwd_rows, acc);
+    } else if (kind == LIPC_K_WGRAD) {
+        info->blocks = emit_blocks(e, v, out_f, dense_wgrad_rows, acc);
+    } else {
+        /* examples [lo, hi): MM at a time, then one by one */
+        loop lb, lt;
+        LLVMValueRef len = LLVMBuildSub(e->b, e->hi, e->lo, "");
+        LLVMValueRef full = iadd(e, e->lo, imul(e, LLVMBuildSDiv(e->b, len, ci(e, MM), ""), ci(e, MM)));
+        LLVMValueRef b = loop_step(e, &lb, e->lo, full, MM, "b");
+        dense_bwd_rows(e, v, b, MM, acc);
+        loop_close(e, &lb);
+        LLVMValueRef t = loop_open(e, &lt, full, e->hi, "b");
+        dense_bwd_rows(e, v, t, 1, acc);
+        loop_close(e, &lt);
+    }
+}
+
+/* ---- the module ------------------------------------------------------------------------------ */
+
+void lipc_kernel_name(lipc_kkind kind, const lipc_node *n, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s.%s", lipc_kkind_names[kind], n->name);
+}
+
+static bool has_weight_grad(const lipc_node *n)
+{
+    return n->n_param > 0 && (n->op == LIPC_OP_CONV2D || n->op == LIPC_OP_DENSE);
+}
+
+/* One kernel; false (with an error in d) when the op has no emitter. Every op
+ * of ir/ops.def is named here, so a new op lands in the default's diagnostic
+ * until it gets an emitter, never in a silently wrong answer. */
+static bool emit_kernel(em *e, const lipc_node *v, lipc_kkind kind, const bool *need,
+                        lipc_kinfo *info, lipc_diags *d)
+{
+    char name[256];
+    lipc_kernel_name(kind, v, name, sizeof name);
     switch (v->op) {
     case LIPC_OP_SHIFT:
     case LIPC_OP_RELU:
     case LIPC_OP_FLATTEN:
     case LIPC_OP_ADD:
-        emit_elementwise(e, v);
-        return true;
+        fn_open(e, name);
+        emit_elementwise(e, v, kind, need);
+        break;
     case LIPC_OP_PAD:
-        emit_pad(e, v);
-        return true;
-    case LIPC_OP_CONV2D:
-        emit_conv2d(e, v);
-        return true;
-    case LIPC_OP_DENSE:
-        emit_dense(e, v);
-        return true;
+        fn_open(e, name);
+        emit_pad(e, v, kind);
+        break;
     case LIPC_OP_MINMAX:
-        emit_minmax(e, v);
-        return true;
+        fn_open(e, name);
+        emit_minmax(e, v, kind);
+        break;
     case LIPC_OP_AVGPOOL:
-        emit_avgpool(e, v);
-        return true;
+        fn_open(e, name);
+        emit_avgpool(e, v, kind);
+        break;
+    case LIPC_OP_CONV2D:
+        fn_open(e, name);
+        emit_conv(e, v, kind, info);
+        break;
+    case LIPC_OP_DENSE:
+        fn_open(e, name);
+        emit_dense(e, v, kind, info);
+        break;
     case LIPC_OP_INPUT: /* the data: bound to x, never a step */
     case LIPC_OP_COUNT:
-    default:
-        break;
+    default: {
+        lipc_diag_msg *m = lipc_diag_error(
+            d, v->loc, "llvm backend: unsupported op '%s' (node %s)",
+            (int)v->op >= 0 && v->op < LIPC_OP_COUNT ? lipc_op_info(v->op)->name : "?", v->name);
+        lipc_diag_hint(m, "use --target=ref, or add an emitter in backend/llvm/emit.c");
+        return false;
     }
-    lipc_diag_msg *m = lipc_diag_error(
-        d, v->loc, "llvm backend: unsupported op '%s' (node %s) in a forward program",
-        (int)v->op >= 0 && v->op < LIPC_OP_COUNT ? lipc_op_info(v->op)->name : "?", v->name);
-    lipc_diag_hint(m, "use --target=ref, or add an emitter in backend/llvm/emit.c");
-    return false;
+    }
+    fn_close(e);
+    info->present = true;
+    return true;
 }
 
-static void emit_function(em *e)
+void lipc_kmodule_free(lipc_kmodule *km)
 {
-    LLVMTypeRef args[5] = {e->ptr, e->ptr, e->ptr, e->ptr, e->i64};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(e->ctx), args, 5, false);
-    e->fn = LLVMAddFunction(e->mod, LIPC_LLVM_FORWARD_NAME, fty);
-    /* params, x, logits and arena are distinct buffers: tell the optimiser */
-    unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
-    unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
-    for (unsigned i = 1; i <= 4; i++)
-        LLVMAddAttributeAtIndex(e->fn, i, LLVMCreateEnumAttribute(e->ctx, noalias, 0));
-    LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateEnumAttribute(e->ctx, nounwind, 0));
-    e->params = LLVMGetParam(e->fn, 0);
-    e->x = LLVMGetParam(e->fn, 1);
-    e->logits = LLVMGetParam(e->fn, 2);
-    e->arena = LLVMGetParam(e->fn, 3);
-    e->n = LLVMGetParam(e->fn, 4);
-    LLVMSetValueName2(e->params, "params", 6);
-    LLVMSetValueName2(e->x, "x", 1);
-    LLVMSetValueName2(e->logits, "logits", 6);
-    LLVMSetValueName2(e->arena, "arena", 5);
-    LLVMSetValueName2(e->n, "n", 1);
+    for (int k = 0; k < LIPC_K_KINDS; k++)
+        lipc_free(km->info[k]);
+    if (km->mod)
+        LLVMDisposeModule(km->mod);
+    memset(km, 0, sizeof *km);
 }
 
-LLVMModuleRef lipc_llvm_emit_forward(const lipc_program *p, LLVMContextRef ctx, lipc_diags *d)
+bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmodule *km,
+                    lipc_diags *d)
 {
-    LIPC_ASSERT(p->entry == LIPC_ENTRY_FORWARD || p->entry == LIPC_ENTRY_TRAIN);
     const lipc_graph *g = p->g;
-    em e = {.p = p, .g = g, .ctx = ctx};
-    e.base = lipc_calloc((size_t)g->next_id + 1, sizeof *e.base);
-    if (!e.base)
-        return NULL;
-    e.mod = LLVMModuleCreateWithNameInContext(g->name ? g->name : "lipc", ctx);
+    memset(km, 0, sizeof *km);
+    km->n_ids = g->next_id + 1;
+    km->vl = vl;
+    for (int k = 0; k < LIPC_K_KINDS; k++)
+        if (!(km->info[k] = lipc_calloc((size_t)km->n_ids, sizeof(lipc_kinfo))))
+            return false;
+    em e = {.ctx = ctx, .g = g, .vl = vl};
+    km->mod = e.mod = LLVMModuleCreateWithNameInContext(g->name ? g->name : "lipc", ctx);
     e.b = LLVMCreateBuilderInContext(ctx);
     e.eb = LLVMCreateBuilderInContext(ctx);
     e.f32 = LLVMFloatTypeInContext(ctx);
     e.i64 = LLVMInt64TypeInContext(ctx);
+    e.i32 = LLVMInt32TypeInContext(ctx);
+    e.i1 = LLVMInt1TypeInContext(ctx);
     e.ptr = LLVMPointerTypeInContext(ctx, 0);
-    emit_function(&e);
+    e.vt = LLVMVectorType(e.f32, (unsigned)vl);
+    e.mt = LLVMVectorType(e.i1, (unsigned)vl);
 
-    /* entry: allocas and the base of every value; then the steps */
-    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(ctx, e.fn, "entry");
-    LLVMBasicBlockRef start = LLVMAppendBasicBlockInContext(ctx, e.fn, "start");
-    LLVMPositionBuilderAtEnd(e.b, entry);
-    LLVMValueRef br = LLVMBuildBr(e.b, start);
-    LLVMPositionBuilderBefore(e.eb, br);
-    LLVMPositionBuilderBefore(e.b, br);
-    for (int s = 0; s < p->n_steps; s++) {
-        const lipc_node *v = p->steps[s].node;
-        if (p->steps[s].op != LIPC_STEP_FORWARD)
-            continue;
-        if (v == g->output) {
-            e.base[v->id] = e.logits;
-            continue;
+    /* which nodes are power-iteration factors: they need the adjoint and the
+     * weight gradient even where the training step does not */
+    bool *factor = lipc_calloc((size_t)km->n_ids, sizeof(bool));
+    bool ok = factor != NULL;
+    for (int b = 0; ok && b < p->n_bounds; b++)
+        if (p->bounds[b].kind == LIPC_LIP_OPNORM)
+            factor[p->bounds[b].node->id] = true;
+    static const bool none[LIPC_MAX_INPUTS] = {false, false};
+    static const bool first[LIPC_MAX_INPUTS] = {true, false};
+    for (int s = 0; ok && s < p->n_steps; s++) {
+        const lipc_step *st = &p->steps[s];
+        const lipc_node *v = st->node;
+        if (st->op == LIPC_STEP_FORWARD) {
+            ok = emit_kernel(&e, v, LIPC_K_FORWARD, none, &km->info[LIPC_K_FORWARD][v->id], d);
+        } else if (st->op == LIPC_STEP_BACKWARD) {
+            bool any = false;
+            for (int i = 0; i < v->n_in; i++)
+                any |= st->need_din[i];
+            bool linear = v->op == LIPC_OP_CONV2D || v->op == LIPC_OP_DENSE;
+            if (any || (linear && factor[v->id]))
+                ok = emit_kernel(&e, v, LIPC_K_BACKWARD, linear ? first : st->need_din,
+                                 &km->info[LIPC_K_BACKWARD][v->id], d);
+            if (ok && has_weight_grad(v))
+                ok = emit_kernel(&e, v, LIPC_K_WGRAD, none, &km->info[LIPC_K_WGRAD][v->id], d);
         }
-        LLVMValueRef off = imul(&e, e.n, ci(&e, (int64_t)p->act_offset[v->id]));
-        e.base[v->id] = LLVMBuildInBoundsGEP2(e.b, e.f32, e.arena, &off, 1, v->name);
     }
-    e.base[g->input->id] = e.x;
-    LLVMPositionBuilderAtEnd(e.b, start);
-
-    bool ok = true;
-    for (int s = 0; s < p->n_steps && ok; s++)
-        if (p->steps[s].op == LIPC_STEP_FORWARD) {
-            /* a marker per step, so the printed IR names what each nest computes */
-            LLVMBasicBlockRef step = LLVMAppendBasicBlockInContext(ctx, e.fn, p->steps[s].node->name);
-            LLVMBuildBr(e.b, step);
-            LLVMPositionBuilderAtEnd(e.b, step);
-            ok = emit_step(&e, p->steps[s].node, d);
-        }
-    if (ok && g->output == g->input) {
-        /* no step at all: the logits are the input */
-        LLVMValueRef total = imul(&e, e.n, ci(&e, numel(g->input)));
-        loop l;
-        LLVMValueRef i = loop_open(&e, &l, ci(&e, 0), total, "i");
-        store(&e, load(&e, e.x, i), e.logits, i);
-        loop_close(&e, &l);
+    /* factors with no BACKWARD step (none today: every factor has a weight) */
+    for (int b = 0; ok && b < p->n_bounds; b++) {
+        const lipc_node *v = p->bounds[b].node;
+        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
+            continue;
+        if (!km->info[LIPC_K_BACKWARD][v->id].present)
+            ok = emit_kernel(&e, v, LIPC_K_BACKWARD, first, &km->info[LIPC_K_BACKWARD][v->id], d);
+        if (ok && !km->info[LIPC_K_WGRAD][v->id].present)
+            ok = emit_kernel(&e, v, LIPC_K_WGRAD, none, &km->info[LIPC_K_WGRAD][v->id], d);
     }
-    if (ok)
-        LLVMBuildRetVoid(e.b);
+    lipc_free(factor);
     LLVMDisposeBuilder(e.b);
     LLVMDisposeBuilder(e.eb);
-    lipc_free(e.base);
-    if (!ok) {
-        LLVMDisposeModule(e.mod);
-        return NULL;
-    }
+    if (!ok)
+        return false;
     char *msg = NULL;
     if (LLVMVerifyModule(e.mod, LLVMReturnStatusAction, &msg)) {
         lipc_diag_error(d, LIPC_NO_LOC, "llvm backend: internal error: the emitted module "
                                         "does not verify:\n%s", msg ? msg : "");
         LLVMDisposeMessage(msg);
-        LLVMDisposeModule(e.mod);
-        return NULL;
+        return false;
     }
     LLVMDisposeMessage(msg);
-    return e.mod;
+    return true;
 }

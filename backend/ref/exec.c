@@ -200,36 +200,41 @@ static double power_iter(exec *e, int b, int iters, double *scratch)
  * come in program order, so children precede their LOOSE parent: values go
  * up in index order, derivatives come down in reverse. Products of the
  * "others" are formed directly, never by dividing by a factor (which may be 0). */
-static void eval_bound(exec *e)
+double lipc_program_eval_bound(const lipc_program *p, double *sigma, double *dk)
 {
-    const lipc_program *p = e->p;
     int nb = p->n_bounds;
     for (int b = 0; b < nb; b++) {
         const lipc_bound *bd = &p->bounds[b];
         if (bd->kind == LIPC_LIP_CONST)
-            e->sigma[b] = bd->value;
+            sigma[b] = bd->value;
         else if (bd->kind == LIPC_LIP_LOOSE) {
             double prod = 1.0;
             for (int c = 0; c < b; c++)
                 if (p->bounds[c].parent == b)
-                    prod *= e->sigma[c];
-            e->sigma[b] = 1.0 + prod;
+                    prod *= sigma[c];
+            sigma[b] = 1.0 + prod;
         }
     }
-    e->k_sub = 1.0;
+    double k_sub = 1.0;
     for (int b = 0; b < nb; b++)
         if (p->bounds[b].parent < 0)
-            e->k_sub *= e->sigma[b];
+            k_sub *= sigma[b];
     for (int b = nb - 1; b >= 0; b--) {
         int parent = p->bounds[b].parent;
         double others = 1.0, up = 1.0;
         for (int c = 0; c < nb; c++)
             if (c != b && p->bounds[c].parent == parent)
-                others *= e->sigma[c];
+                others *= sigma[c];
         if (parent >= 0)
-            up = e->dk[parent]; /* d K / d value(parent); d parent / d child = others */
-        e->dk[b] = up * others;
+            up = dk[parent]; /* d K / d value(parent); d parent / d child = others */
+        dk[b] = up * others;
     }
+    return k_sub;
+}
+
+static void eval_bound(exec *e)
+{
+    e->k_sub = lipc_program_eval_bound(e->p, e->sigma, e->dk);
 }
 
 /* The head's effective rows: normalised when the head normalises. */
@@ -357,50 +362,6 @@ lipc_status lipc_ref_lipschitz(const lipc_program *p, const float *params, float
     return LIPC_OK;
 }
 
-/* Global gradient-norm clipping; returns the norm before clipping. */
-static double clip_grads(exec *e, double clip)
-{
-    size_t np = e->g->n_param_elems;
-    double norm = norm2(e->grads, np);
-    if (clip > 0.0 && norm > clip) {
-        double s = clip / norm;
-        for (size_t i = 0; i < np; i++)
-            e->grads[i] *= s;
-    }
-    return norm;
-}
-
-/* AdamW (decoupled weight decay) or SGD with Nesterov momentum:
- *   AdamW:  m <- b1 m + (1-b1) g,  v <- b2 v + (1-b2) g^2,
- *           p <- p - lr (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p)
- *   SGD:    g <- g + wd p,  m <- mu m + g,  p <- p - lr (g + mu m)
- * t counts steps from 1. State is stored in float. */
-static void update(exec *e, lipc_train_state *st, const lipc_hyper *h)
-{
-    size_t np = e->g->n_param_elems;
-    double t = (double)(st->step + 1);
-    if (h->optimizer == LIPC_OPTIM_ADAMW) {
-        double c1 = 1.0 - pow(h->beta1, t), c2 = 1.0 - pow(h->beta2, t);
-        for (size_t i = 0; i < np; i++) {
-            double g = e->grads[i];
-            double m = h->beta1 * st->opt_m[i] + (1.0 - h->beta1) * g;
-            double v = h->beta2 * st->opt_v[i] + (1.0 - h->beta2) * g * g;
-            st->opt_m[i] = (float)m;
-            st->opt_v[i] = (float)v;
-            double step = (m / c1) / (sqrt(v / c2) + h->adam_eps) + h->weight_decay * e->params[i];
-            e->params[i] -= h->lr * step;
-        }
-    } else {
-        for (size_t i = 0; i < np; i++) {
-            double g = e->grads[i] + h->weight_decay * e->params[i];
-            double m = h->momentum * st->opt_m[i] + g;
-            st->opt_m[i] = (float)m;
-            e->params[i] -= h->lr * (g + h->momentum * m);
-        }
-    }
-    st->step++;
-}
-
 /* One training step. With grads_out, it stops before clipping and the
  * update and copies the parameter gradient out in double (gradient checks);
  * otherwise it applies the update to st. */
@@ -481,11 +442,11 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
         }
         case LIPC_STEP_CLIP:
             if (!grads_out)
-                out->grad_norm = clip_grads(&e, h->clip);
+                out->grad_norm = lipc_grad_clip(e.grads, g->n_param_elems, h->clip);
             break;
         case LIPC_STEP_UPDATE:
             if (!grads_out)
-                update(&e, st, h);
+                lipc_optim_step(h, st, g->n_param_elems, e.grads);
             break;
         }
     }
@@ -495,8 +456,7 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
         if (grads_out) {
             memcpy(grads_out, e.grads, sizeof(double) * g->n_param_elems);
         } else {
-            for (size_t i = 0; i < g->n_param_elems; i++)
-                st->params[i] = (float)e.params[i];
+            /* the update wrote st->params */
             for (size_t i = 0; i < p->n_vec_elems; i++)
                 st->vec[i] = (float)e.vec[i];
         }

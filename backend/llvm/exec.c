@@ -1,0 +1,531 @@
+/* backend/llvm/exec.c: the cpu target's entry points: a training or forward
+ * program run step by step, each step one or two compiled kernels (emit.c)
+ * handed to the runtime's thread pool.
+ *
+ * The driver mirrors the reference interpreter (backend/ref/exec.c) step for
+ * step, in float: activations and gradients live in one float arena laid out
+ * by plan-memory (value v of example b at arena + offset(v) * n + b *
+ * numel(v)); parameters, moments and power-iteration vectors are the train
+ * state's floats. The small serial parts stay in C, in double, shared with
+ * the reference: the factor tree (lipc_program_eval_bound), the loss
+ * (lipc_ref_loss, on n x classes logits), the head's row normalisation,
+ * clipping and the optimiser (backend/optim.c).
+ *
+ * Threads: kernels over examples split the batch, weight gradients split the
+ * output channels; every value has one writer and a fixed summation order, so
+ * a step gives the same bits for any thread count. The loss, the norms and
+ * the optimiser are serial.
+ */
+#include "backend/llvm/internal.h"
+
+#include <math.h>
+#include <string.h>
+
+struct lipc_cpu {
+    lipc_jit jit;
+    const lipc_program *train, *forward;
+    const lipc_graph *g;
+    lipc_pool *pool;
+    float *arena;               /* grown to the largest batch seen */
+    size_t arena_cap;
+    float *grads;               /* [np] */
+    double *grads64;            /* [np] for clipping and the optimiser */
+    float *flipped;             /* [np]: flipped conv weights at their offsets */
+    float *zeros, *sink;        /* [max channels]: no bias; bias grads to drop */
+    float *vec;                 /* [n_vec_elems] working power-iteration vectors */
+    float *scratch;             /* [max v_len] */
+    float *head_r, *head_dr;    /* [m * d] effective head rows, their gradient */
+    double *r64, *dr64, *w64;   /* [m * d] */
+    double *logits64, *dlogits64; /* grown with the batch */
+    size_t logits_cap;
+    double *sigma, *dk;         /* [n_bounds] */
+};
+
+/* ---- setup ---------------------------------------------------------------------------- */
+
+static size_t max_channels(const lipc_graph *g)
+{
+    size_t m = 1;
+    for (const lipc_node *n = g->first; n; n = n->next)
+        if (n->shape.rank >= 1 && (size_t)n->shape.d[0] > m)
+            m = (size_t)n->shape.d[0];
+    return m;
+}
+
+void lipc_cpu_free(lipc_cpu *c)
+{
+    if (!c)
+        return;
+    lipc_jit_free(&c->jit);
+    lipc_pool_free(c->pool);
+    void *bufs[] = {c->arena, c->grads, c->grads64, c->flipped, c->zeros, c->sink, c->vec,
+                    c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->w64, c->logits64,
+                    c->dlogits64, c->sigma, c->dk};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        lipc_free(bufs[i]);
+    lipc_free(c);
+}
+
+double lipc_cpu_compile_seconds(const lipc_cpu *c) { return c->jit.compile_seconds; }
+int lipc_cpu_threads(const lipc_cpu *c) { return lipc_pool_threads(c->pool); }
+
+lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forward,
+                             const lipc_cpu_options *o, lipc_diags *d, lipc_cpu **out)
+{
+    *out = NULL;
+    LIPC_ASSERT(train->entry == LIPC_ENTRY_TRAIN && train->head && forward->g == train->g);
+    lipc_cpu *c = lipc_calloc(1, sizeof *c);
+    if (!c)
+        return LIPC_ERR_NOMEM;
+    c->train = train;
+    c->forward = forward;
+    c->g = train->g;
+    lipc_status st = lipc_jit_compile(train, o && o->portable, &c->jit, d);
+    if (st != LIPC_OK) {
+        lipc_cpu_free(c);
+        return st;
+    }
+    size_t np = c->g->n_param_elems, ch = max_channels(c->g), max_v = 1;
+    for (int b = 0; b < train->n_bounds; b++)
+        if (train->bounds[b].v_len > max_v)
+            max_v = train->bounds[b].v_len;
+    const lipc_node *h = train->head;
+    size_t md = (size_t)h->shape.d[0] * (size_t)h->in[0]->shape.d[0];
+    c->pool = lipc_pool_new(o ? o->threads : 0);
+    c->grads = lipc_calloc(np + 1, sizeof(float));
+    c->grads64 = lipc_calloc(np + 1, sizeof(double));
+    c->flipped = lipc_calloc(np + 1, sizeof(float));
+    c->zeros = lipc_calloc(ch, sizeof(float));
+    c->sink = lipc_calloc(ch, sizeof(float));
+    c->vec = lipc_calloc(train->n_vec_elems + 1, sizeof(float));
+    c->scratch = lipc_calloc(max_v, sizeof(float));
+    c->head_r = lipc_calloc(md, sizeof(float));
+    c->head_dr = lipc_calloc(md, sizeof(float));
+    c->r64 = lipc_calloc(md, sizeof(double));
+    c->dr64 = lipc_calloc(md, sizeof(double));
+    c->w64 = lipc_calloc(md, sizeof(double));
+    c->sigma = lipc_calloc((size_t)train->n_bounds + 1, sizeof(double));
+    c->dk = lipc_calloc((size_t)train->n_bounds + 1, sizeof(double));
+    if (!c->pool || !c->grads || !c->grads64 || !c->flipped || !c->zeros || !c->sink || !c->vec ||
+        !c->scratch || !c->head_r || !c->head_dr || !c->r64 || !c->dr64 || !c->w64 ||
+        !c->sigma || !c->dk) {
+        lipc_cpu_free(c);
+        return LIPC_ERR_NOMEM;
+    }
+    *out = c;
+    return LIPC_OK;
+}
+
+/* The arena for a batch of n under program p, and the loss buffers. */
+static lipc_status reserve(lipc_cpu *c, const lipc_program *p, int n)
+{
+    size_t need = p->arena_per_example * (size_t)n + 1;
+    if (need > c->arena_cap) {
+        lipc_free(c->arena);
+        c->arena = lipc_malloc(sizeof(float) * need);
+        c->arena_cap = c->arena ? need : 0;
+        if (!c->arena)
+            return LIPC_ERR_NOMEM;
+    }
+    size_t nl = (size_t)n * (size_t)p->g->classes + 1;
+    if (nl > c->logits_cap) {
+        lipc_free(c->logits64);
+        lipc_free(c->dlogits64);
+        c->logits64 = lipc_malloc(sizeof(double) * nl);
+        c->dlogits64 = lipc_malloc(sizeof(double) * nl);
+        c->logits_cap = c->logits64 && c->dlogits64 ? nl : 0;
+        if (!c->logits_cap)
+            return LIPC_ERR_NOMEM;
+    }
+    return LIPC_OK;
+}
+
+/* ---- values ---------------------------------------------------------------------------- */
+
+typedef struct run {
+    lipc_cpu *c;
+    const lipc_program *p;
+    const float *params;
+    int n;
+} run;
+
+static float *act(const run *r, const lipc_node *v)
+{
+    return r->c->arena + r->p->act_offset[v->id] * (size_t)r->n;
+}
+
+static float *grad(const run *r, const lipc_node *v)
+{
+    LIPC_ASSERT(r->p->grad_offset[v->id] != (size_t)-1);
+    return r->c->arena + r->p->grad_offset[v->id] * (size_t)r->n;
+}
+
+static size_t numel(const lipc_node *v) { return (size_t)lipc_shape_numel(v->shape); }
+
+static size_t param_offset(const lipc_graph *g, const lipc_node *v, int i)
+{
+    return g->params[v->param[i]].offset;
+}
+
+/* The weight a kernel reads: the effective rows for a normalising head. */
+static float *weight(const run *r, const lipc_node *v)
+{
+    if (v->op == LIPC_OP_DENSE && v->a.normalize)
+        return r->c->head_r;
+    return (float *)r->params + param_offset(r->c->g, v, 0);
+}
+
+static float *bias(const run *r, const lipc_node *v)
+{
+    bool has = (v->op == LIPC_OP_CONV2D || v->op == LIPC_OP_DENSE) && v->a.bias;
+    return has ? (float *)r->params + param_offset(r->c->g, v, 1) : r->c->zeros;
+}
+
+static void launch(const lipc_cpu *c, lipc_kkind k, const lipc_node *v, lipc_kargs *a)
+{
+    lipc_kernel_fn fn = c->jit.fn[k][v->id];
+    LIPC_ASSERT(fn);
+    int64_t blocks = c->jit.info[k][v->id].blocks;
+    lipc_pool_run(c->pool, fn, a, blocks ? blocks : a->n);
+}
+
+/* Per step of a run: the flipped conv weights the adjoint kernels read, and
+ * the head's effective rows (double, rounded to float). */
+static void prepare_weights(const run *r)
+{
+    lipc_cpu *c = r->c;
+    const lipc_graph *g = c->g;
+    for (const lipc_node *v = g->first; v; v = v->next) {
+        if (v->op == LIPC_OP_CONV2D && c->jit.info[LIPC_K_BACKWARD][v->id].flipped) {
+            /* W'[i, o, kh-1-y, kw-1-x] = W[o, i, y, x] */
+            int co = v->shape.d[0], cin = v->in[0]->shape.d[0];
+            int kh = v->a.kernel[0], kw = v->a.kernel[1];
+            size_t off = param_offset(g, v, 0);
+            const float *w = r->params + off;
+            float *f = c->flipped + off;
+            for (int o = 0; o < co; o++)
+                for (int i = 0; i < cin; i++)
+                    for (int y = 0; y < kh; y++)
+                        for (int x = 0; x < kw; x++)
+                            f[(((size_t)i * co + o) * kh + (kh - 1 - y)) * kw + (kw - 1 - x)] =
+                                w[(((size_t)o * cin + i) * kh + y) * kw + x];
+        }
+    }
+    const lipc_node *h = r->p->head ? r->p->head : c->train->head;
+    int m = h->shape.d[0], dd = h->in[0]->shape.d[0];
+    size_t md = (size_t)m * (size_t)dd;
+    const float *w = r->params + param_offset(g, h, 0);
+    for (size_t i = 0; i < md; i++)
+        c->w64[i] = w[i];
+    if (h->a.normalize)
+        lipc_rownorm_forward(m, dd, c->w64, c->r64);
+    else
+        memcpy(c->r64, c->w64, sizeof(double) * md);
+    for (size_t i = 0; i < md; i++)
+        c->head_r[i] = (float)c->r64[i];
+}
+
+static void run_forward(const run *r, const lipc_node *v)
+{
+    lipc_kargs a = {.n = r->n, .scale = 1.0f};
+    a.p[0] = act(r, v->in[0]);
+    a.p[1] = v->n_in > 1 ? act(r, v->in[1]) : NULL;
+    a.p[2] = act(r, v);
+    if (v->n_param) {
+        a.p[3] = weight(r, v);
+        a.p[4] = bias(r, v);
+    }
+    launch(r->c, LIPC_K_FORWARD, v, &a);
+}
+
+/* dW += scale * sum_b dout x^T (and dbias when db is not NULL) */
+static void run_wgrad(const run *r, const lipc_node *v, int n, float *x, float *dout, float *dw,
+                      float *db, float scale)
+{
+    lipc_kargs a = {.n = n, .scale = scale};
+    a.p[0] = x;
+    a.p[1] = dout;
+    a.p[2] = dw;
+    a.p[3] = db ? db : r->c->sink;
+    launch(r->c, LIPC_K_WGRAD, v, &a);
+}
+
+/* din += A^T dout (conv, dense) or J^T dout */
+static void run_adjoint(const run *r, const lipc_node *v, int n, float *dout, float *din0,
+                        float *din1)
+{
+    lipc_cpu *c = r->c;
+    lipc_kargs a = {.n = n, .scale = 1.0f};
+    a.p[0] = dout;
+    a.p[1] = din0;
+    a.p[2] = din1;
+    if (v->op != LIPC_OP_CONV2D && v->op != LIPC_OP_DENSE) {
+        /* element-wise Jacobians read the forward values */
+        a.p[3] = act(r, v->in[0]);
+        a.p[4] = act(r, v);
+    }
+    if (v->n_param)
+        a.p[5] = c->jit.info[LIPC_K_BACKWARD][v->id].flipped
+                     ? c->flipped + param_offset(c->g, v, 0)
+                     : weight(r, v);
+    launch(c, LIPC_K_BACKWARD, v, &a);
+}
+
+static void run_backward(const run *r, const lipc_step *s)
+{
+    lipc_cpu *c = r->c;
+    const lipc_node *v = s->node;
+    float *din[LIPC_MAX_INPUTS] = {NULL, NULL};
+    bool any = false;
+    for (int i = 0; i < v->n_in; i++)
+        if (s->need_din[i]) {
+            din[i] = grad(r, v->in[i]);
+            if (s->zero_din[i])
+                memset(din[i], 0, sizeof(float) * numel(v->in[i]) * (size_t)r->n);
+            any = true;
+        }
+    if (any)
+        run_adjoint(r, v, r->n, grad(r, v), din[0], din[1]);
+    if (!c->jit.info[LIPC_K_WGRAD][v->id].present)
+        return;
+    const lipc_graph *g = c->g;
+    float *db = v->a.bias ? c->grads + param_offset(g, v, 1) : NULL;
+    if (v->op == LIPC_OP_DENSE && v->a.normalize) {
+        /* through the row normalisation, in double */
+        int m = v->shape.d[0], dd = v->in[0]->shape.d[0];
+        size_t md = (size_t)m * (size_t)dd;
+        memset(c->head_dr, 0, sizeof(float) * md);
+        run_wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->head_dr, db, 1.0f);
+        for (size_t i = 0; i < md; i++) {
+            c->dr64[i] = c->head_dr[i];
+            c->r64[i] = 0.0; /* reused as dW */
+        }
+        lipc_rownorm_backward(m, dd, c->w64, c->dr64, c->r64);
+        float *dw = c->grads + param_offset(g, v, 0);
+        for (size_t i = 0; i < md; i++)
+            dw[i] = (float)(dw[i] + c->r64[i]);
+        lipc_rownorm_forward(m, dd, c->w64, c->r64); /* restore the rows */
+    } else {
+        run_wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->grads + param_offset(g, v, 0), db,
+                  1.0f);
+    }
+}
+
+static double norm2f(const float *v, size_t len)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < len; i++)
+        s += (double)v[i] * v[i];
+    return sqrt(s);
+}
+
+/* Power iteration on A^T A, warm-started from the working vectors, as the
+ * reference's power_iter (backend/ref/exec.c states the method); the vectors
+ * are float, the norms double. Returns the last relative change of sigma. */
+static double power_iter(const run *r, int b, int iters)
+{
+    lipc_cpu *c = r->c;
+    const lipc_bound *bd = &r->p->bounds[b];
+    const lipc_node *v = bd->node;
+    float *vv = c->vec + bd->v_offset, *u = c->vec + bd->u_offset;
+    double nv = norm2f(vv, bd->v_len);
+    if (nv == 0.0 || !isfinite(nv)) {
+        lipc_rng rng;
+        lipc_rng_seed(&rng, 0x9e3779b97f4a7c15ull ^ (uint64_t)(b + 1));
+        for (size_t i = 0; i < bd->v_len; i++)
+            vv[i] = (float)lipc_rng_normal(&rng);
+        nv = norm2f(vv, bd->v_len);
+    }
+    for (size_t i = 0; i < bd->v_len; i++)
+        vv[i] = (float)(vv[i] / nv);
+    lipc_kargs fa = {.n = 1, .scale = 1.0f};
+    fa.p[0] = vv;
+    fa.p[2] = u;
+    fa.p[3] = weight(r, v);
+    fa.p[4] = c->zeros;
+    double sigma = 0.0, change = 0.0;
+    for (int it = 0; it < iters; it++) {
+        launch(c, LIPC_K_FORWARD, v, &fa);
+        memset(c->scratch, 0, sizeof(float) * bd->v_len);
+        run_adjoint(r, v, 1, u, c->scratch, NULL);
+        double s = norm2f(c->scratch, bd->v_len);
+        if (s == 0.0)
+            break;
+        for (size_t i = 0; i < bd->v_len; i++)
+            vv[i] = (float)(c->scratch[i] / s);
+        double est = sqrt(s);
+        change = sigma > 0.0 ? fabs(est - sigma) / est : 1.0;
+        sigma = est;
+    }
+    launch(c, LIPC_K_FORWARD, v, &fa);
+    double s = norm2f(u, bd->u_len);
+    for (size_t i = 0; i < bd->u_len; i++)
+        u[i] = s > 0.0 ? (float)(u[i] / s) : 0.0f;
+    c->sigma[b] = s;
+    return change;
+}
+
+/* ---- entry points -------------------------------------------------------------------------- */
+
+lipc_status lipc_cpu_predict(lipc_cpu *c, const float *params, int n, const float *x,
+                             float *logits)
+{
+    const lipc_program *p = c->forward;
+    lipc_status st = reserve(c, p, n);
+    if (st != LIPC_OK)
+        return st;
+    run r = {c, p, params, n};
+    prepare_weights(&r);
+    const lipc_graph *g = c->g;
+    memcpy(act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
+    for (int s = 0; s < p->n_steps; s++)
+        if (p->steps[s].op == LIPC_STEP_FORWARD)
+            run_forward(&r, p->steps[s].node);
+    memcpy(logits, act(&r, g->output), sizeof(float) * numel(g->output) * (size_t)n);
+    return LIPC_OK;
+}
+
+static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
+                              const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
+                              double *grads_out)
+{
+    const lipc_program *p = c->train;
+    const lipc_graph *g = c->g;
+    lipc_status status = reserve(c, p, n);
+    if (status != LIPC_OK)
+        return status;
+    run r = {c, p, st->params, n};
+    size_t np = g->n_param_elems;
+    memset(c->grads, 0, sizeof(float) * np);
+    memcpy(c->vec, st->vec, sizeof(float) * p->n_vec_elems);
+    prepare_weights(&r);
+    memcpy(act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
+    memset(out, 0, sizeof *out);
+    const lipc_node *head = p->head;
+    int m = head->shape.d[0], dd = head->in[0]->shape.d[0];
+    size_t md = (size_t)m * (size_t)dd;
+    double k_sub = 1.0, dl_dk = 0.0;
+
+    for (int s = 0; s < p->n_steps && status == LIPC_OK; s++) {
+        const lipc_step *stp = &p->steps[s];
+        switch (stp->op) {
+        case LIPC_STEP_FORWARD:
+            run_forward(&r, stp->node);
+            break;
+        case LIPC_STEP_POWER_ITER:
+            power_iter(&r, stp->bound, h->power_iters);
+            break;
+        case LIPC_STEP_BOUND:
+            k_sub = lipc_program_eval_bound(p, c->sigma, c->dk);
+            break;
+        case LIPC_STEP_LOSS: {
+            size_t nl = (size_t)n * (size_t)m;
+            const float *lg = act(&r, g->output);
+            for (size_t i = 0; i < nl; i++)
+                c->logits64[i] = lg[i];
+            memset(c->dr64, 0, sizeof(double) * md);
+            lipc_loss_spec spec = {(lipc_loss)h->loss, h->eps, h->trades_lambda};
+            lipc_loss_result res;
+            status = lipc_ref_loss(&spec, n, m, dd, c->logits64, y, k_sub, c->r64, c->dlogits64,
+                                   c->dr64, &res);
+            if (status != LIPC_OK)
+                break;
+            dl_dk = res.dk_sub;
+            out->loss = res.loss;
+            out->correct = res.n_correct;
+            out->certified = res.n_certified;
+            float *dl = grad(&r, g->output);
+            for (size_t i = 0; i < nl; i++)
+                dl[i] = (float)c->dlogits64[i];
+            /* the K_sub path's gradient w.r.t. the head's rows, to the raw weight */
+            double *dw = c->grads64; /* scratch here; cleared below */
+            memset(dw, 0, sizeof(double) * md);
+            if (head->a.normalize)
+                lipc_rownorm_backward(m, dd, c->w64, c->dr64, dw);
+            else
+                memcpy(dw, c->dr64, sizeof(double) * md);
+            float *hw = c->grads + param_offset(g, head, 0);
+            for (size_t i = 0; i < md; i++)
+                hw[i] = (float)(hw[i] + dw[i]);
+            break;
+        }
+        case LIPC_STEP_BACKWARD:
+            run_backward(&r, stp);
+            break;
+        case LIPC_STEP_SIGMA_GRAD: {
+            const lipc_bound *bd = &p->bounds[stp->bound];
+            double scale = dl_dk * c->dk[stp->bound];
+            if (scale != 0.0)
+                run_wgrad(&r, bd->node, 1, c->vec + bd->v_offset, c->vec + bd->u_offset,
+                          c->grads + param_offset(g, bd->node, 0), NULL, (float)scale);
+            break;
+        }
+        case LIPC_STEP_CLIP:
+            for (size_t i = 0; i < np; i++)
+                c->grads64[i] = c->grads[i];
+            if (!grads_out)
+                out->grad_norm = lipc_grad_clip(c->grads64, np, h->clip);
+            break;
+        case LIPC_STEP_UPDATE:
+            if (!grads_out)
+                lipc_optim_step(h, st, np, c->grads64);
+            break;
+        }
+    }
+    if (status != LIPC_OK)
+        return status;
+    out->n = n;
+    out->k_sub = k_sub;
+    if (grads_out)
+        memcpy(grads_out, c->grads64, sizeof(double) * np);
+    else
+        memcpy(st->vec, c->vec, sizeof(float) * p->n_vec_elems);
+    return LIPC_OK;
+}
+
+lipc_status lipc_cpu_train_step(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
+                                const int32_t *y, const lipc_hyper *h, lipc_step_stats *out)
+{
+    return train_step(c, st, n, x, y, h, out, NULL);
+}
+
+lipc_status lipc_cpu_gradients(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
+                               const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
+                               double *grads)
+{
+    return train_step(c, st, n, x, y, h, out, grads);
+}
+
+lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int max_iters,
+                               double tol, lipc_bound_report *report)
+{
+    const lipc_program *p = c->train;
+    run r = {c, p, params, 1};
+    prepare_weights(&r);
+    memcpy(c->vec, vec, sizeof(float) * p->n_vec_elems);
+    for (int b = 0; b < p->n_bounds; b++) {
+        report[b].iters = 0;
+        report[b].change = 0.0;
+        c->sigma[b] = 0.0;
+        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
+            continue;
+        /* chunks of 10 until sigma moves less than tol (relative) */
+        double change = 1.0;
+        int done = 0;
+        while (done < max_iters && change > tol) {
+            int chunk = max_iters - done < 10 ? max_iters - done : 10;
+            double before = c->sigma[b];
+            power_iter(&r, b, chunk);
+            done += chunk;
+            change = c->sigma[b] > 0.0 ? fabs(c->sigma[b] - before) / c->sigma[b] : 0.0;
+        }
+        report[b].iters = done;
+        report[b].change = change;
+    }
+    double k = lipc_program_eval_bound(p, c->sigma, c->dk);
+    for (int b = 0; b < p->n_bounds; b++)
+        report[b].value = c->sigma[b];
+    report[p->n_bounds].value = k;
+    memcpy(vec, c->vec, sizeof(float) * p->n_vec_elems);
+    return LIPC_OK;
+}
