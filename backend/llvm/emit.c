@@ -41,7 +41,8 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const lipc_kkind_names[LIPC_K_KINDS] = {"forward", "backward", "wgrad"};
+const char *const lipc_kkind_names[LIPC_K_KINDS] = {"forward", "backward", "wgrad", "patches",
+                                                     "unpatch"};
 
 #define CONV_CB 8       /* output channels per block in fast conv forward */
 #define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
@@ -919,9 +920,81 @@ static void emit_conv_general(const em *e, const conv_geo *g, lipc_kkind kind)
     loop_close(e, &lb);
 }
 
+/* Patch convs (kernel == stride, no padding: the neck, a patchify stem) are
+ * a 1x1 conv on their patches: with P[(i, ky, kx), (py, px)] =
+ * in[i, py*kh + ky, px*kw + kx], out[o, p] = sum_k W[o, k] P[k, p] where W
+ * [o, i, ky, kx] is already W[o, k]. The map of positions oh*ow is one row, so
+ * a 4x4 output fills one 16-float vector. */
+static bool conv_patch(const lipc_node *v)
+{
+    const lipc_attrs *a = &v->a;
+    return a->stride[0] == a->kernel[0] && a->stride[1] == a->kernel[1] && a->kernel[0] > 1 &&
+           !a->pad[0] && !a->pad[1] && !a->pad[2] && !a->pad[3] && !a->fold_identity;
+}
+
+static conv_geo patch_geometry(const conv_geo *f)
+{
+    conv_geo g = *f;
+    g.cin = f->cin * f->kh * f->kw;
+    g.h = 1;
+    g.w = f->oh * f->ow;
+    g.oh = 1;
+    g.ow = f->oh * f->ow;
+    g.kh = g.kw = g.sh = g.sw = 1;
+    g.top = g.left = 0;
+    return g;
+}
+
+/* PATCHES: P[b, (i, ky, kx), p] = in[b, i, py*kh + ky, px*kw + kx];
+ * UNPATCH: din[b, i, py*kh + ky, px*kw + kx] += G[b, (i, ky, kx), p] */
+static void emit_patches(const em *e, const conv_geo *g, bool forward)
+{
+    int64_t in_len = (int64_t)g->cin * g->h * g->w;
+    int64_t p_len = (int64_t)g->cin * g->kh * g->kw * g->oh * g->ow;
+    loop lb, li, lq;
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, forward ? e->p[0] : e->p[1], in_len, b);
+    LLVMValueRef pb = example(e, forward ? e->p[1] : e->p[0], p_len, b);
+    LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
+    for (int ky = 0; ky < g->kh; ky++)
+        for (int kx = 0; kx < g->kw; kx++) {
+            LLVMValueRef k = iaxc(e, i, (int64_t)g->kh * g->kw, ky * g->kw + kx);
+            LLVMValueRef prow = imul(e, k, ci(e, (int64_t)g->oh * g->ow));
+            LLVMValueRef q = loop_open(e, &lq, ci(e, 0), ci(e, (int64_t)g->oh * g->ow), "q");
+            LLVMValueRef py = LLVMBuildSDiv(e->b, q, ci(e, g->ow), "");
+            LLVMValueRef px = LLVMBuildSRem(e->b, q, ci(e, g->ow), "");
+            LLVMValueRef src = iadd(e, iaxc(e, i, (int64_t)g->h * g->w, 0),
+                                    iadd(e, iaxc(e, py, (int64_t)g->kh * g->w, ky * g->w),
+                                         iaxc(e, px, g->kw, kx)));
+            if (forward)
+                store(e, load(e, xb, src), pb, iadd(e, prow, q));
+            else
+                accum(e, load(e, pb, iadd(e, prow, q)), xb, src);
+            loop_close(e, &lq);
+        }
+    loop_close(e, &li);
+    loop_close(e, &lb);
+}
+
 static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kinfo *info)
 {
     conv_geo g = conv_geometry(v);
+    if (conv_patch(v)) {
+        conv_geo pg = patch_geometry(&g);
+        info->patch = true;
+        if (kind == LIPC_K_PATCHES || kind == LIPC_K_UNPATCH) {
+            emit_patches(e, &g, kind == LIPC_K_PATCHES);
+        } else if (kind == LIPC_K_FORWARD) {
+            emit_conv_fast(e, &pg, e->p[0], e->p[2], e->p[3], e->p[4]);
+        } else if (kind == LIPC_K_BACKWARD) {
+            conv_geo a = conv_adjoint(&pg);
+            info->flipped = true;
+            emit_conv_fast(e, &a, e->p[0], e->p[1], e->p[5], NULL);
+        } else {
+            emit_conv_wgrad_fast(e, &pg, &info->blocks);
+        }
+        return;
+    }
     bool fast = conv_fast(v);
     if (kind == LIPC_K_FORWARD) {
         if (fast)
@@ -1270,6 +1343,11 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmod
         const lipc_node *v = st->node;
         if (st->op == LIPC_STEP_FORWARD) {
             ok = emit_kernel(&e, v, LIPC_K_FORWARD, none, &km->info[LIPC_K_FORWARD][v->id], d);
+            if (ok && v->op == LIPC_OP_CONV2D && conv_patch(v))
+                ok = emit_kernel(&e, v, LIPC_K_PATCHES, none,
+                                 &km->info[LIPC_K_PATCHES][v->id], d) &&
+                     emit_kernel(&e, v, LIPC_K_UNPATCH, none, &km->info[LIPC_K_UNPATCH][v->id],
+                                 d);
         } else if (st->op == LIPC_STEP_BACKWARD) {
             bool any = false;
             for (int i = 0; i < v->n_in; i++)

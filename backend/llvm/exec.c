@@ -19,6 +19,8 @@
 #include "backend/llvm/internal.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct lipc_cpu {
@@ -38,8 +40,33 @@ struct lipc_cpu {
     double *r64, *dr64, *w64;   /* [m * d] */
     double *logits64, *dlogits64; /* grown with the batch */
     size_t logits_cap;
+    float *patch_a, *patch_b;   /* patch convs: patches and their gradient */
+    size_t patch_cap, patch_len; /* floats per example of the largest */
     double *sigma, *dk;         /* [n_bounds] */
+    /* LIPC_PROFILE=1: seconds and calls per kernel, printed by lipc_cpu_free */
+    bool profile;
+    double *prof_s[LIPC_K_KINDS];
+    long *prof_n[LIPC_K_KINDS];
+    double prof_step_s, prof_serial_s;
 };
+
+/* The profile: each kernel's share of the time in kernels, and the rest of
+ * the steps (loss, norms, optimiser) apart. */
+static void profile_print(const lipc_cpu *c)
+{
+    double total = 0.0;
+    for (int k = 0; k < LIPC_K_KINDS; k++)
+        for (int i = 0; i < c->jit.n_ids; i++)
+            total += c->prof_s[k][i];
+    fprintf(stderr, "lipc profile: %.3f s in kernels, %.3f s in training steps\n", total,
+            c->prof_step_s);
+    for (const lipc_node *n = c->g->first; n; n = n->next)
+        for (int k = 0; k < LIPC_K_KINDS; k++)
+            if (c->prof_n[k][n->id])
+                fprintf(stderr, "  %5.1f%%  %8.3f s  %7ld calls  %s.%s\n",
+                        100.0 * c->prof_s[k][n->id] / (total > 0 ? total : 1),
+                        c->prof_s[k][n->id], c->prof_n[k][n->id], lipc_kkind_names[k], n->name);
+}
 
 /* ---- setup ---------------------------------------------------------------------------- */
 
@@ -56,11 +83,17 @@ void lipc_cpu_free(lipc_cpu *c)
 {
     if (!c)
         return;
+    if (c->profile && c->prof_s[0])
+        profile_print(c);
+    for (int k = 0; k < LIPC_K_KINDS; k++) {
+        lipc_free(c->prof_s[k]);
+        lipc_free(c->prof_n[k]);
+    }
     lipc_jit_free(&c->jit);
     lipc_pool_free(c->pool);
     void *bufs[] = {c->arena, c->grads, c->grads64, c->flipped, c->zeros, c->sink, c->vec,
                     c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->w64, c->logits64,
-                    c->dlogits64, c->sigma, c->dk};
+                    c->dlogits64, c->sigma, c->dk, c->patch_a, c->patch_b};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         lipc_free(bufs[i]);
     lipc_free(c);
@@ -112,6 +145,22 @@ lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forw
         lipc_cpu_free(c);
         return LIPC_ERR_NOMEM;
     }
+    for (const lipc_node *v = c->g->first; v; v = v->next)
+        if (c->jit.info[LIPC_K_FORWARD][v->id].patch) {
+            size_t len = (size_t)lipc_shape_numel(v->in[0]->shape);
+            if (len > c->patch_len)
+                c->patch_len = len; /* patches hold the input's values, rearranged */
+        }
+    const char *prof = getenv("LIPC_PROFILE");
+    if (prof && *prof && strcmp(prof, "0") != 0) {
+        c->profile = true;
+        for (int k = 0; k < LIPC_K_KINDS; k++) {
+            c->prof_s[k] = lipc_calloc((size_t)c->jit.n_ids, sizeof(double));
+            c->prof_n[k] = lipc_calloc((size_t)c->jit.n_ids, sizeof(long));
+            if (!c->prof_s[k] || !c->prof_n[k])
+                c->profile = false;
+        }
+    }
     *out = c;
     return LIPC_OK;
 }
@@ -125,6 +174,16 @@ static lipc_status reserve(lipc_cpu *c, const lipc_program *p, int n)
         c->arena = lipc_malloc(sizeof(float) * need);
         c->arena_cap = c->arena ? need : 0;
         if (!c->arena)
+            return LIPC_ERR_NOMEM;
+    }
+    size_t np = c->patch_len * (size_t)n + 1;
+    if (c->patch_len && np > c->patch_cap) {
+        lipc_free(c->patch_a);
+        lipc_free(c->patch_b);
+        c->patch_a = lipc_malloc(sizeof(float) * np);
+        c->patch_b = lipc_malloc(sizeof(float) * np);
+        c->patch_cap = c->patch_a && c->patch_b ? np : 0;
+        if (!c->patch_cap)
             return LIPC_ERR_NOMEM;
     }
     size_t nl = (size_t)n * (size_t)p->g->classes + 1;
@@ -181,12 +240,19 @@ static float *bias(const run *r, const lipc_node *v)
     return has ? (float *)r->params + param_offset(r->c->g, v, 1) : r->c->zeros;
 }
 
-static void launch(const lipc_cpu *c, lipc_kkind k, const lipc_node *v, lipc_kargs *a)
+static void launch(lipc_cpu *c, lipc_kkind k, const lipc_node *v, lipc_kargs *a)
 {
     lipc_kernel_fn fn = c->jit.fn[k][v->id];
     LIPC_ASSERT(fn);
     int64_t blocks = c->jit.info[k][v->id].blocks;
+    if (!c->profile) {
+        lipc_pool_run(c->pool, fn, a, blocks ? blocks : a->n);
+        return;
+    }
+    double t0 = lipc_now();
     lipc_pool_run(c->pool, fn, a, blocks ? blocks : a->n);
+    c->prof_s[k][v->id] += lipc_now() - t0;
+    c->prof_n[k][v->id]++;
 }
 
 /* Per step of a run: the flipped conv weights the adjoint kernels read, and
@@ -196,7 +262,16 @@ static void prepare_weights(const run *r)
     lipc_cpu *c = r->c;
     const lipc_graph *g = c->g;
     for (const lipc_node *v = g->first; v; v = v->next) {
-        if (v->op == LIPC_OP_CONV2D && c->jit.info[LIPC_K_BACKWARD][v->id].flipped) {
+        if (v->op == LIPC_OP_CONV2D && c->jit.info[LIPC_K_BACKWARD][v->id].patch) {
+            /* W'[k, o] = W[o, k], k = (i, y, x) */
+            size_t co = (size_t)v->shape.d[0], off = param_offset(g, v, 0);
+            size_t kk = g->params[v->param[0]].numel / co;
+            const float *w = r->params + off;
+            float *f = c->flipped + off;
+            for (size_t o = 0; o < co; o++)
+                for (size_t k = 0; k < kk; k++)
+                    f[k * co + o] = w[o * kk + k];
+        } else if (v->op == LIPC_OP_CONV2D && c->jit.info[LIPC_K_BACKWARD][v->id].flipped) {
             /* W'[i, o, kh-1-y, kw-1-x] = W[o, i, y, x] */
             int co = v->shape.d[0], cin = v->in[0]->shape.d[0];
             int kh = v->a.kernel[0], kw = v->a.kernel[1];
@@ -225,17 +300,36 @@ static void prepare_weights(const run *r)
         c->head_r[i] = (float)c->r64[i];
 }
 
-static void run_forward(const run *r, const lipc_node *v)
+/* A patch conv's input as patches, into patch_a. */
+static float *patches(const run *r, const lipc_node *v, int n, float *in)
 {
-    lipc_kargs a = {.n = r->n, .scale = 1.0f};
-    a.p[0] = act(r, v->in[0]);
-    a.p[1] = v->n_in > 1 ? act(r, v->in[1]) : NULL;
-    a.p[2] = act(r, v);
+    lipc_kargs a = {.n = n, .scale = 1.0f};
+    a.p[0] = in;
+    a.p[1] = r->c->patch_a;
+    launch(r->c, LIPC_K_PATCHES, v, &a);
+    return r->c->patch_a;
+}
+
+/* out = op(in0, in1) on n examples, with this bias (zeros for the linear map) */
+static void forward_into(const run *r, const lipc_node *v, int n, float *in0, float *in1,
+                         float *out, float *b)
+{
+    lipc_kargs a = {.n = n, .scale = 1.0f};
+    bool patch = r->c->jit.info[LIPC_K_FORWARD][v->id].patch;
+    a.p[0] = patch ? patches(r, v, n, in0) : in0;
+    a.p[1] = in1;
+    a.p[2] = out;
     if (v->n_param) {
         a.p[3] = weight(r, v);
-        a.p[4] = bias(r, v);
+        a.p[4] = b;
     }
     launch(r->c, LIPC_K_FORWARD, v, &a);
+}
+
+static void run_forward(const run *r, const lipc_node *v)
+{
+    forward_into(r, v, r->n, act(r, v->in[0]), v->n_in > 1 ? act(r, v->in[1]) : NULL,
+                 act(r, v), v->n_param ? bias(r, v) : NULL);
 }
 
 /* dW += scale * sum_b dout x^T (and dbias when db is not NULL) */
@@ -243,7 +337,7 @@ static void run_wgrad(const run *r, const lipc_node *v, int n, float *x, float *
                       float *db, float scale)
 {
     lipc_kargs a = {.n = n, .scale = scale};
-    a.p[0] = x;
+    a.p[0] = r->c->jit.info[LIPC_K_WGRAD][v->id].patch ? patches(r, v, n, x) : x;
     a.p[1] = dout;
     a.p[2] = dw;
     a.p[3] = db ? db : r->c->sink;
@@ -268,7 +362,18 @@ static void run_adjoint(const run *r, const lipc_node *v, int n, float *dout, fl
         a.p[5] = c->jit.info[LIPC_K_BACKWARD][v->id].flipped
                      ? c->flipped + param_offset(c->g, v, 0)
                      : weight(r, v);
+    if (!c->jit.info[LIPC_K_BACKWARD][v->id].patch) {
+        launch(c, LIPC_K_BACKWARD, v, &a);
+        return;
+    }
+    /* into the patches' gradient, then back to the input's layout */
+    memset(c->patch_b, 0, sizeof(float) * (size_t)lipc_shape_numel(v->in[0]->shape) * (size_t)n);
+    a.p[1] = c->patch_b;
     launch(c, LIPC_K_BACKWARD, v, &a);
+    lipc_kargs u = {.n = n, .scale = 1.0f};
+    u.p[0] = c->patch_b;
+    u.p[1] = din0;
+    launch(c, LIPC_K_UNPATCH, v, &u);
 }
 
 static void run_backward(const run *r, const lipc_step *s)
@@ -338,14 +443,9 @@ static double power_iter(const run *r, int b, int iters)
     }
     for (size_t i = 0; i < bd->v_len; i++)
         vv[i] = (float)(vv[i] / nv);
-    lipc_kargs fa = {.n = 1, .scale = 1.0f};
-    fa.p[0] = vv;
-    fa.p[2] = u;
-    fa.p[3] = weight(r, v);
-    fa.p[4] = c->zeros;
     double sigma = 0.0, change = 0.0;
     for (int it = 0; it < iters; it++) {
-        launch(c, LIPC_K_FORWARD, v, &fa);
+        forward_into(r, v, 1, vv, NULL, u, c->zeros);
         memset(c->scratch, 0, sizeof(float) * bd->v_len);
         run_adjoint(r, v, 1, u, c->scratch, NULL);
         double s = norm2f(c->scratch, bd->v_len);
@@ -357,7 +457,7 @@ static double power_iter(const run *r, int b, int iters)
         change = sigma > 0.0 ? fabs(est - sigma) / est : 1.0;
         sigma = est;
     }
-    launch(c, LIPC_K_FORWARD, v, &fa);
+    forward_into(r, v, 1, vv, NULL, u, c->zeros);
     double s = norm2f(u, bd->u_len);
     for (size_t i = 0; i < bd->u_len; i++)
         u[i] = s > 0.0 ? (float)(u[i] / s) : 0.0f;
@@ -391,6 +491,7 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
 {
     const lipc_program *p = c->train;
     const lipc_graph *g = c->g;
+    double t_start = c->profile ? lipc_now() : 0.0;
     lipc_status status = reserve(c, p, n);
     if (status != LIPC_OK)
         return status;
@@ -476,6 +577,8 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
         return status;
     out->n = n;
     out->k_sub = k_sub;
+    if (c->profile)
+        c->prof_step_s += lipc_now() - t_start;
     if (grads_out)
         memcpy(grads_out, c->grads64, sizeof(double) * np);
     else
@@ -500,6 +603,9 @@ lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int
                                double tol, lipc_bound_report *report)
 {
     const lipc_program *p = c->train;
+    lipc_status st = reserve(c, p, 1);
+    if (st != LIPC_OK)
+        return st;
     run r = {c, p, params, 1};
     prepare_weights(&r);
     memcpy(c->vec, vec, sizeof(float) * p->n_vec_elems);

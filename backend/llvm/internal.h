@@ -31,6 +31,11 @@ typedef enum lipc_kkind {
     LIPC_K_BACKWARD,
     /* p0 in0, p1 dout, p2 dweight, p3 dbias   dW += scale * sum_b dout x^T */
     LIPC_K_WGRAD,
+    /* patch convs (kernel == stride, no padding), per example:
+     * p0 in, p1 patches [c kh kw, oh ow]      (space to depth) */
+    LIPC_K_PATCHES,
+    /* p0 patch gradient, p1 din              din += depth to space */
+    LIPC_K_UNPATCH,
     LIPC_K_KINDS
 } lipc_kkind;
 
@@ -43,6 +48,10 @@ typedef struct lipc_kinfo {
                          * blocks of output channels (any batch) */
     bool flipped;       /* BACKWARD of a conv: p5 is the flipped, transposed
                          * weight W'[i, o, kh-1-y, kw-1-x] = W[o, i, y, x] */
+    bool patch;         /* a patch conv: FORWARD and WGRAD read, BACKWARD
+                         * writes, patches [n, c kh kw, oh ow] made by the
+                         * PATCHES kernel (and returned by UNPATCH); its
+                         * flipped weight is the transpose W'[(i,y,x), o] */
 } lipc_kinfo;
 
 /* The emitted module: kernels for every node of the training program (and so
