@@ -223,6 +223,11 @@ lipc_status lipc_cpu_train_step(lipc_cpu *c, lipc_train_state *st, int n, const 
 lipc_status lipc_cpu_gradients(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
                                const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
                                double *grads);
+/* Logits and rigorous bounds on their distance to the exact real-number
+ * network's (as lipc_ref_predict_bounded), from the float kernels: about two
+ * forward passes (backend/llvm/exec.c states the argument). */
+lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, const float *x,
+                                     double *logits, double *logit_err);
 lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int max_iters,
                                double tol, lipc_bound_report *report);
 

@@ -327,9 +327,44 @@ static void check_training(const char *name, lipc_graph *g, lipc_loss loss, int 
     lipc_compiled_free(ref);
 }
 
+/* Certified inference: the float logits' error bounds cover their distance
+ * to the exact network. The exact logits are within the reference's own
+ * (double) bounds of its logits, so |cpu - ref| <= e_cpu + e_ref must hold
+ * everywhere; and the bounds must be small enough to be useful. */
+static void check_bounded(const char *name, lipc_graph *g)
+{
+    lipc_compiled *cpu = compile_cpu(g, 2), *ref = compile_ref(g);
+    uint64_t seed = test_seed();
+    size_t m = (size_t)lipc_shape_numel(g->output->shape);
+    float *pf = random_params(g, seed, 0.1);
+    int n = 6;
+    float *x = random_inputs(g, seed, n);
+    size_t len = m * (size_t)n;
+    double *l1 = malloc(sizeof(double) * len), *e1 = malloc(sizeof(double) * len);
+    double *l2 = malloc(sizeof(double) * len), *e2 = malloc(sizeof(double) * len);
+    cr_assert_eq(cpu->ops.predict_bounded(cpu->ops.ctx, pf, n, x, l1, e1), LIPC_OK);
+    cr_assert_eq(lipc_ref_predict_bounded(ref->forward, pf, n, x, l2, e2), LIPC_OK);
+    for (size_t i = 0; i < len; i++) {
+        cr_expect_leq(fabs(l1[i] - l2[i]), e1[i] + e2[i], "%s logit %zu: %.9g vs %.9g, bounds %g, %g",
+                      name, i, l1[i], l2[i], e1[i], e2[i]);
+        cr_expect_gt(e1[i], 0.0, "%s logit %zu: a zero error bound", name, i);
+        cr_expect_leq(e1[i], 1e-3 * (1.0 + fabs(l2[i])), "%s logit %zu: bound %g is useless",
+                      name, i, e1[i]);
+    }
+    free(l1);
+    free(e1);
+    free(l2);
+    free(e2);
+    free(x);
+    free(pf);
+    lipc_compiled_free(cpu);
+    lipc_compiled_free(ref);
+}
+
 static void check_text(const char *name, const char *text)
 {
     lipc_graph *g = load(name, text, NULL, NULL, 0);
+    check_bounded(name, g);
     check_forward(name, g, 1);
     check_forward(name, g, 2);
     check_training(name, g, LIPC_LOSS_EMMA, 5);
@@ -349,6 +384,7 @@ Test(llvm, liresnet_fmnist_small)
     lipc_graph *g = load("liresnet-fmnist", NULL, LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml",
                          sets, 3);
     check_forward("liresnet-fmnist", g, 2);
+    check_bounded("liresnet-fmnist", g);
     check_training("liresnet-fmnist", g, LIPC_LOSS_EMMA, 9);
     lipc_graph_free(g);
 }

@@ -41,8 +41,8 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const lipc_kkind_names[LIPC_K_KINDS] = {"forward", "backward", "wgrad", "patches",
-                                                     "unpatch"};
+const char *const lipc_kkind_names[LIPC_K_KINDS] = {
+    "forward", "backward", "wgrad", "patches", "unpatch", "forward64", "patches64"};
 
 #define CONV_CB 8       /* output channels per block in fast conv forward */
 #define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
@@ -55,8 +55,11 @@ typedef struct em {
     LLVMBuilderRef b;       /* the loop nests */
     LLVMBuilderRef eb;      /* allocas, in the entry block */
     LLVMValueRef fn;
-    LLVMTypeRef f32, i64, i32, i1, ptr, vt, mt; /* vt <vl x float>, mt <vl x i1> */
-    int vl;
+    /* f32 is the element type: float, or double in the certification
+     * kernels (f64); vt <vl x element>, mt <vl x i1> */
+    LLVMTypeRef f32, i64, i32, i1, ptr, vt, mt;
+    int vl, esize;
+    bool f64;
     LLVMValueRef p[LIPC_KARGS_PTRS], n, scale, lo, hi;
     const lipc_graph *g;
 } em;
@@ -68,10 +71,11 @@ static LLVMValueRef ci(const em *e, int64_t v)
     return LLVMConstInt(e->i64, (unsigned long long)v, true);
 }
 
-/* A float constant: v rounded to float once, here. */
+/* An element constant: v rounded to float once, here (double kernels keep
+ * it: their error analysis counts double rounding only). */
 static LLVMValueRef cf(const em *e, double v)
 {
-    return LLVMConstReal(e->f32, (double)(float)v);
+    return LLVMConstReal(e->f32, e->f64 ? v : (double)(float)v);
 }
 
 static LLVMValueRef iadd(const em *e, LLVMValueRef a, LLVMValueRef b)
@@ -209,11 +213,11 @@ static LLVMValueRef vload(const em *e, LLVMValueRef base, LLVMValueRef idx, lane
     LLVMValueRef ptr = at(e, base, idx);
     if (full(e, m)) {
         LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, ptr, "");
-        LLVMSetAlignment(v, 4);
+        LLVMSetAlignment(v, (unsigned)e->esize);
         return v;
     }
     LLVMTypeRef types[2] = {e->vt, e->ptr};
-    LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, false), mask_const(e, m), vzero(e)};
+    LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, (unsigned long long)e->esize, false), mask_const(e, m), vzero(e)};
     return call(e, "llvm.masked.load", types, 2, args, 4);
 }
 
@@ -224,11 +228,11 @@ static void vstore(const em *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef 
     LLVMValueRef ptr = at(e, base, idx);
     if (full(e, m)) {
         LLVMValueRef s = LLVMBuildStore(e->b, v, ptr);
-        LLVMSetAlignment(s, 4);
+        LLVMSetAlignment(s, (unsigned)e->esize);
         return;
     }
     LLVMTypeRef types[2] = {e->vt, e->ptr};
-    LLVMValueRef args[4] = {v, ptr, LLVMConstInt(e->i32, 4, false), mask_const(e, m)};
+    LLVMValueRef args[4] = {v, ptr, LLVMConstInt(e->i32, (unsigned long long)e->esize, false), mask_const(e, m)};
     call(e, "llvm.masked.store", types, 2, args, 4);
 }
 
@@ -1255,6 +1259,11 @@ static bool emit_kernel(em *e, const lipc_node *v, lipc_kkind kind, const bool *
 {
     char name[256];
     lipc_kernel_name(kind, v, name, sizeof name);
+    /* the double certification kernels are the forward ones in double */
+    if (kind == LIPC_K_FORWARD64)
+        kind = LIPC_K_FORWARD;
+    else if (kind == LIPC_K_PATCHES64)
+        kind = LIPC_K_PATCHES;
     switch (v->op) {
     case LIPC_OP_SHIFT:
     case LIPC_OP_RELU:
@@ -1328,6 +1337,7 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmod
     e.ptr = LLVMPointerTypeInContext(ctx, 0);
     e.vt = LLVMVectorType(e.f32, (unsigned)vl);
     e.mt = LLVMVectorType(e.i1, (unsigned)vl);
+    e.esize = 4;
 
     /* which nodes are power-iteration factors: they need the adjoint and the
      * weight gradient even where the training step does not */
@@ -1369,6 +1379,22 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmod
             ok = emit_kernel(&e, v, LIPC_K_BACKWARD, first, &km->info[LIPC_K_BACKWARD][v->id], d);
         if (ok && !km->info[LIPC_K_WGRAD][v->id].present)
             ok = emit_kernel(&e, v, LIPC_K_WGRAD, none, &km->info[LIPC_K_WGRAD][v->id], d);
+    }
+    /* the forward kernels again in double, for certified inference */
+    e.f64 = true;
+    e.f32 = LLVMDoubleTypeInContext(ctx);
+    e.vl = vl / 2;
+    e.esize = 8;
+    e.vt = LLVMVectorType(e.f32, (unsigned)e.vl);
+    e.mt = LLVMVectorType(e.i1, (unsigned)e.vl);
+    for (int s = 0; ok && s < p->n_steps; s++) {
+        const lipc_step *st = &p->steps[s];
+        const lipc_node *v = st->node;
+        if (st->op != LIPC_STEP_FORWARD)
+            continue;
+        ok = emit_kernel(&e, v, LIPC_K_FORWARD64, none, &km->info[LIPC_K_FORWARD64][v->id], d);
+        if (ok && v->op == LIPC_OP_CONV2D && conv_patch(v))
+            ok = emit_kernel(&e, v, LIPC_K_PATCHES64, none, &km->info[LIPC_K_PATCHES64][v->id], d);
     }
     lipc_free(factor);
     LLVMDisposeBuilder(e.b);

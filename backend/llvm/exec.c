@@ -17,6 +17,7 @@
  * the optimiser are serial.
  */
 #include "backend/llvm/internal.h"
+#include "ir/ops/internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -41,6 +42,10 @@ struct lipc_cpu {
     double *logits64, *dlogits64; /* grown with the batch */
     size_t logits_cap;
     float *patch_a, *patch_b;   /* patch convs: patches and their gradient */
+    /* predict_bounded, in double: values, error bounds, scratch, parameters,
+     * |W| and gamma |b|, patches */
+    double *x64, *err, *tmp, *p64, *absw, *absb, *zeros64, *patch64;
+    size_t err_cap, patch64_cap;
     size_t patch_cap, patch_len; /* floats per example of the largest */
     double *sigma, *dk;         /* [n_bounds] */
     /* LIPC_PROFILE=1: seconds and calls per kernel, printed by lipc_cpu_free */
@@ -93,7 +98,9 @@ void lipc_cpu_free(lipc_cpu *c)
     lipc_pool_free(c->pool);
     void *bufs[] = {c->arena, c->grads, c->grads64, c->flipped, c->zeros, c->sink, c->vec,
                     c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->w64, c->logits64,
-                    c->dlogits64, c->sigma, c->dk, c->patch_a, c->patch_b};
+                    c->dlogits64, c->sigma, c->dk, c->patch_a, c->patch_b,
+                    c->x64, c->err, c->tmp, c->p64, c->absw, c->absb, c->zeros64,
+                    c->patch64};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         lipc_free(bufs[i]);
     lipc_free(c);
@@ -311,8 +318,8 @@ static float *patches(const run *r, const lipc_node *v, int n, float *in)
 }
 
 /* out = op(in0, in1) on n examples, with this bias (zeros for the linear map) */
-static void forward_into(const run *r, const lipc_node *v, int n, float *in0, float *in1,
-                         float *out, float *b)
+static void forward_with(const run *r, const lipc_node *v, int n, float *in0, float *in1,
+                         float *out, float *w, float *b)
 {
     lipc_kargs a = {.n = n, .scale = 1.0f};
     bool patch = r->c->jit.info[LIPC_K_FORWARD][v->id].patch;
@@ -320,10 +327,16 @@ static void forward_into(const run *r, const lipc_node *v, int n, float *in0, fl
     a.p[1] = in1;
     a.p[2] = out;
     if (v->n_param) {
-        a.p[3] = weight(r, v);
+        a.p[3] = w;
         a.p[4] = b;
     }
     launch(r->c, LIPC_K_FORWARD, v, &a);
+}
+
+static void forward_into(const run *r, const lipc_node *v, int n, float *in0, float *in1,
+                         float *out, float *b)
+{
+    forward_with(r, v, n, in0, in1, out, v->n_param ? weight(r, v) : NULL, b);
 }
 
 static void run_forward(const run *r, const lipc_node *v)
@@ -633,5 +646,238 @@ lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int
         report[b].value = c->sigma[b];
     report[p->n_bounds].value = k;
     memcpy(vec, c->vec, sizeof(float) * p->n_vec_elems);
+    return LIPC_OK;
+}
+
+/* ---- certified inference: logits with rigorous error bounds ---------------------------------
+ *
+ * Certification needs, per logit, a bound e >= |computed - exact|, the exact
+ * value being the real-number network with these float parameters on this
+ * float input (docs/soundness.md). The float kernels would give bounds that
+ * grow by the |W| norm of every layer from float's 2^-24: too loose for deep
+ * networks. So certified inference runs the forward kernels compiled in
+ * DOUBLE (FORWARD64), and the bound runs beside them, node by node, on an error
+ * arena laid out by the same memory plan (a node's bound is live exactly when
+ * its value is), with u = 2^-53:
+ *
+ *   linear (conv, dense):  y = sum_k w_k x_k + b (+ x_o), K terms. Any order
+ *     of sums and FMAs gives |fl(y) - y| <= g_K (sum |w_k||x~_k| + |b| + |x~_o|),
+ *     g_K = K u / (1 - K u); and the exact y on the exact inputs is off by at
+ *     most sum |w_k| e_k (+ e_o). So
+ *         e_out = |W| (e_in + g_K |x~|) + g_K |b|
+ *     is ONE more run of the same double kernel, on |W| and a nonnegative
+ *     input, whose own rounding err_up covers. The head's rows are the double
+ *     normalisation of the float weights, relatively off by g_{K+1}: its g
+ *     is g_K + g_{K+1}.
+ *   shift, add:  one rounding: + u |y~| (relative to the result)
+ *   relu, flatten, pad:  exact and 1-Lipschitz per element: e passes through
+ *   minmax:  each output of a pair is within max(e_a, e_b) of its exact value
+ *   avgpool: avg(e_in + g_{k+2} |x~|)
+ *
+ * err_up(raw, n) (lipc_ops_err_up, ir/registry.c) turns a raw value whose
+ * formula on nonnegative data took at most n roundings on any path into a
+ * rigorous bound, flush-to-zero included. Non-finite values stay non-finite:
+ * nothing downstream certifies. */
+
+static double gamma_d(long k)
+{
+    return lipc_ops_err_up((double)k * 0x1p-53 / (1.0 - (double)k * 0x1p-53), 3);
+}
+
+/* Terms of one output of a linear node (products, bias, identity). */
+static long linear_terms(const lipc_node *v)
+{
+    if (v->op == LIPC_OP_CONV2D)
+        return (long)v->in[0]->shape.d[0] * v->a.kernel[0] * v->a.kernel[1] + 2;
+    return (long)lipc_shape_numel(v->in[0]->shape) + 2;
+}
+
+static double *val64(const run *r, const lipc_node *v)
+{
+    return r->c->x64 + r->p->act_offset[v->id] * (size_t)r->n;
+}
+
+static double *err_of(const run *r, const lipc_node *v)
+{
+    return r->c->err + r->p->act_offset[v->id] * (size_t)r->n;
+}
+
+static lipc_status reserve_bounded(lipc_cpu *c, const lipc_program *p, int n)
+{
+    size_t need = p->arena_per_example * (size_t)n + 1;
+    if (need > c->err_cap) {
+        lipc_free(c->x64);
+        lipc_free(c->err);
+        lipc_free(c->tmp);
+        c->x64 = lipc_malloc(sizeof(double) * need);
+        c->err = lipc_malloc(sizeof(double) * need);
+        c->tmp = lipc_malloc(sizeof(double) * need);
+        c->err_cap = c->x64 && c->err && c->tmp ? need : 0;
+        if (!c->err_cap)
+            return LIPC_ERR_NOMEM;
+    }
+    size_t pn = c->patch_len * (size_t)n + 1;
+    if (c->patch_len && pn > c->patch64_cap) {
+        lipc_free(c->patch64);
+        c->patch64 = lipc_malloc(sizeof(double) * pn);
+        c->patch64_cap = c->patch64 ? pn : 0;
+        if (!c->patch64)
+            return LIPC_ERR_NOMEM;
+    }
+    size_t np = c->g->n_param_elems + 1;
+    if (!c->p64) {
+        c->p64 = lipc_malloc(sizeof(double) * np);
+        c->absw = lipc_malloc(sizeof(double) * np);
+        c->absb = lipc_malloc(sizeof(double) * np);
+        c->zeros64 = lipc_calloc(max_channels(c->g), sizeof(double));
+        if (!c->p64 || !c->absw || !c->absb || !c->zeros64)
+            return LIPC_ERR_NOMEM;
+    }
+    return LIPC_OK;
+}
+
+/* out = op(in0, in1) in double, weight w and bias b (NULL: none) */
+static void forward64(const run *r, const lipc_node *v, double *in0, double *in1, double *out,
+                      double *w, double *b)
+{
+    lipc_cpu *c = r->c;
+    lipc_kargs a = {.n = r->n, .scale = 1.0f};
+    if (c->jit.info[LIPC_K_FORWARD64][v->id].patch) {
+        lipc_kargs pa = {.n = r->n, .scale = 1.0f};
+        pa.p[0] = (float *)in0;
+        pa.p[1] = (float *)c->patch64;
+        launch(c, LIPC_K_PATCHES64, v, &pa);
+        in0 = c->patch64;
+    }
+    a.p[0] = (float *)in0;
+    a.p[1] = (float *)in1;
+    a.p[2] = (float *)out;
+    a.p[3] = (float *)w;
+    a.p[4] = (float *)(b ? b : c->zeros64);
+    launch(c, LIPC_K_FORWARD64, v, &a);
+}
+
+/* The value and its bound at node v, from its inputs'. */
+static void bounded_step(const run *r, const lipc_node *v)
+{
+    lipc_cpu *c = r->c;
+    const lipc_graph *g = c->g;
+    size_t len = numel(v) * (size_t)r->n, in_len = numel(v->in[0]) * (size_t)r->n;
+    double *x = val64(r, v->in[0]), *e = err_of(r, v->in[0]);
+    double *y = val64(r, v), *out = err_of(r, v);
+    switch (v->op) {
+    case LIPC_OP_CONV2D:
+    case LIPC_OP_DENSE: {
+        bool head = v->op == LIPC_OP_DENSE && v->a.normalize;
+        size_t off = param_offset(g, v, 0), nw = g->params[v->param[0]].numel;
+        double *w = head ? c->r64 : c->p64 + off, *aw = c->absw + off;
+        double *b = v->a.bias ? c->p64 + param_offset(g, v, 1) : NULL, *ab = NULL;
+        long k = linear_terms(v);
+        /* the head's rows r64 = w / ||w|| in double: a sum of d squares, a
+         * square root and a division, relative error <= g_{d+3} */
+        double gam = head ? lipc_ops_err_up(gamma_d(k) + gamma_d(k + 3), 1) : gamma_d(k);
+        forward64(r, v, x, NULL, y, w, b);
+        for (size_t i = 0; i < nw; i++)
+            aw[i] = fabs(w[i]);
+        if (b) {
+            size_t bo = param_offset(g, v, 1), nb = g->params[v->param[1]].numel;
+            ab = c->absb + bo;
+            for (size_t i = 0; i < nb; i++)
+                ab[i] = lipc_ops_err_up(gam * fabs(b[i]), 1);
+        }
+        for (size_t i = 0; i < in_len; i++)
+            c->tmp[i] = lipc_ops_err_up(e[i] + gam * fabs(x[i]), 2);
+        forward64(r, v, c->tmp, NULL, out, aw, ab);
+        for (size_t i = 0; i < len; i++)
+            out[i] = lipc_ops_err_up(out[i], k + 1);
+        return;
+    }
+    case LIPC_OP_SHIFT:
+        forward64(r, v, x, NULL, y, NULL, NULL);
+        for (size_t i = 0; i < len; i++)
+            out[i] = lipc_ops_err_up(e[i] + 0x1p-53 * fabs(y[i]), 2);
+        return;
+    case LIPC_OP_ADD: {
+        double *e1 = err_of(r, v->in[1]);
+        forward64(r, v, x, val64(r, v->in[1]), y, NULL, NULL);
+        for (size_t i = 0; i < len; i++)
+            out[i] = lipc_ops_err_up(e[i] + e1[i] + 0x1p-53 * fabs(y[i]), 3);
+        return;
+    }
+    case LIPC_OP_RELU:
+    case LIPC_OP_FLATTEN:
+        forward64(r, v, x, NULL, y, NULL, NULL);
+        memcpy(out, e, sizeof(double) * len);
+        return;
+    case LIPC_OP_PAD:
+        /* the pad kernel on the bounds: exact, zero in the border */
+        forward64(r, v, x, NULL, y, NULL, NULL);
+        forward64(r, v, e, NULL, out, NULL, NULL);
+        return;
+    case LIPC_OP_MINMAX: {
+        forward64(r, v, x, NULL, y, NULL, NULL);
+        int ch = v->shape.d[0];
+        size_t hw = v->shape.rank == 3 ? (size_t)v->shape.d[1] * (size_t)v->shape.d[2] : 1;
+        bool halves = v->a.pairing == LIPC_PAIR_HALVES;
+        for (int b = 0; b < r->n; b++)
+            for (int k = 0; k < ch / 2; k++) {
+                size_t ia = (size_t)(halves ? k : 2 * k);
+                size_t ib = (size_t)(halves ? k + ch / 2 : 2 * k + 1);
+                size_t base = (size_t)b * numel(v);
+                for (size_t q = 0; q < hw; q++) {
+                    double ea = e[base + ia * hw + q], eb = e[base + ib * hw + q];
+                    double m = ea > eb ? ea : eb;
+                    if (isnan(ea) || isnan(eb))
+                        m = INFINITY;
+                    out[base + ia * hw + q] = out[base + ib * hw + q] = m;
+                }
+            }
+        return;
+    }
+    case LIPC_OP_AVGPOOL: {
+        long k = (long)v->a.kernel[0] * v->a.kernel[1];
+        double gam = gamma_d(k + 2);
+        forward64(r, v, x, NULL, y, NULL, NULL);
+        for (size_t i = 0; i < in_len; i++)
+            c->tmp[i] = lipc_ops_err_up(e[i] + gam * fabs(x[i]), 2);
+        forward64(r, v, c->tmp, NULL, out, NULL, NULL);
+        for (size_t i = 0; i < len; i++)
+            out[i] = lipc_ops_err_up(out[i], k + 2);
+        return;
+    }
+    case LIPC_OP_INPUT:
+    case LIPC_OP_COUNT:
+    default:
+        break;
+    }
+    LIPC_ASSERT(!"an op without an error rule");
+}
+
+lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, const float *x,
+                                     double *logits, double *logit_err)
+{
+    const lipc_program *p = c->forward;
+    lipc_status st = reserve(c, p, n);
+    if (st == LIPC_OK)
+        st = reserve_bounded(c, p, n);
+    if (st != LIPC_OK)
+        return st;
+    run r = {c, p, params, n};
+    prepare_weights(&r); /* the head's rows in double: r64 */
+    const lipc_graph *g = c->g;
+    for (size_t i = 0; i < g->n_param_elems; i++)
+        c->p64[i] = params[i];
+    size_t in_len = numel(g->input) * (size_t)n;
+    double *x0 = val64(&r, g->input), *e0 = err_of(&r, g->input);
+    for (size_t i = 0; i < in_len; i++) {
+        x0[i] = x[i];
+        e0[i] = 0.0;
+    }
+    for (int s = 0; s < p->n_steps; s++)
+        if (p->steps[s].op == LIPC_STEP_FORWARD)
+            bounded_step(&r, p->steps[s].node);
+    size_t out_len = numel(g->output) * (size_t)n;
+    memcpy(logits, val64(&r, g->output), sizeof(double) * out_len);
+    memcpy(logit_err, err_of(&r, g->output), sizeof(double) * out_len);
     return LIPC_OK;
 }

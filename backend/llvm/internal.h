@@ -36,6 +36,10 @@ typedef enum lipc_kkind {
     LIPC_K_PATCHES,
     /* p0 patch gradient, p1 din              din += depth to space */
     LIPC_K_UNPATCH,
+    /* FORWARD and PATCHES on doubles (the pointers are double *), for
+     * certified inference */
+    LIPC_K_FORWARD64,
+    LIPC_K_PATCHES64,
     LIPC_K_KINDS
 } lipc_kkind;
 

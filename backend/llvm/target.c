@@ -1,8 +1,8 @@
 /* backend/llvm/target.c: the "cpu" target of lipc_compile_target: the
- * tables every target shares (backend/describe.c), the kernels of this
- * backend for training, inference and power iteration, and the reference's
- * running error analysis for certification (predict_bounded: its bound is
- * derived for the reference's double arithmetic, docs/soundness.md). */
+ * tables every target shares (backend/describe.c) and the kernels of this
+ * backend for training, inference, certified inference (logits with rounding
+ * bounds) and power iteration. The input gradient (for empirical lower bounds
+ * only) is the reference's. */
 #include "backend/llvm/internal.h"
 
 #include <string.h>
@@ -36,6 +36,13 @@ static lipc_status cpu_lipschitz(void *ctx, const float *params, float *vec, int
     return lipc_cpu_lipschitz(c->backend, params, vec, max_iters, tol, report);
 }
 
+static lipc_status cpu_predict_bounded(void *ctx, const float *params, int n, const float *x,
+                                       double *logits, double *logit_err)
+{
+    const lipc_compiled *c = ctx;
+    return lipc_cpu_predict_bounded(c->backend, params, n, x, logits, logit_err);
+}
+
 static void cpu_free(void *backend) { lipc_cpu_free(backend); }
 
 lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
@@ -60,5 +67,6 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
     c->ops.train_step = cpu_train_step;
     c->ops.predict = cpu_predict;
     c->ops.lipschitz = cpu_lipschitz;
+    c->ops.predict_bounded = cpu_predict_bounded;
     return LIPC_OK;
 }
