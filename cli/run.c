@@ -16,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "cli/internal.h"
+#include "runtime/report.h"
 #include "runtime/runtime.h"
 
 /* ---- options shared by the three commands ------------------------------------ */
@@ -40,8 +41,9 @@ typedef struct run_args {
     bool seed_given;
     const char *out, *resume, *metrics;
     int val, val_every;
-    bool no_augment;
+    bool no_augment, no_report;
     /* certify */
+    const char *report;
     double eps_list[LIPC_CERT_MAX_EPS];
     int n_eps;
     const char *bound;
@@ -139,6 +141,10 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
             return 0;
         } else if (!strcmp(a, "--json")) {
             r->json = true;
+        } else if (!strcmp(a, "--no-report")) {
+            r->no_report = true;
+        } else if ((v = opt_value(argc, argv, &i, "--report", &missing))) {
+            r->report = v;
         } else if (!strcmp(a, "--no-augment")) {
             r->no_augment = true;
         } else if ((v = opt_value(argc, argv, &i, "--set", &missing))) {
@@ -297,6 +303,8 @@ static const char *usage_train =
     "  --no-augment        no random crop or flip\n"
     "  --out PATH          checkpoint (default: NAME.safetensors)\n"
     "  --metrics PATH      JSON lines, one per epoch (default: OUT with .metrics.jsonl)\n"
+    "  --no-report         do not draw the training curves (PREFIX-training.svg\n"
+    "                      beside the metrics, with gnuplot)\n"
     "  --resume PATH       continue a run from its checkpoint\n"
     "  --target cpu|ref|ref-f32  the backend: cpu (default) compiles the model\n"
     "                      with LLVM for this machine; ref is the reference\n"
@@ -471,6 +479,17 @@ int cli_train(int argc, char **argv)
                             "(K_sub estimate %.4g)\n",
                     res.val_acc, o.hyper.eps, res.val_vra, res.val_k_sub);
         fprintf(stderr, "lipc train: checkpoint %s, metrics %s\n", o.out, o.metrics);
+        if (!r.no_report && res.epochs > 0) {
+            /* the curves beside the metrics; a failure here loses nothing */
+            char prefix[1100];
+            snprintf(prefix, sizeof prefix, "%.*s", (int)lipc_report_stem(o.metrics), o.metrics);
+            lipc_diags rd;
+            lipc_diags_init(&rd);
+            if (lipc_report_training(o.metrics, prefix, &rd) == LIPC_OK && !rd.n_warnings)
+                fprintf(stderr, "lipc train: report %s-training.svg\n", prefix);
+            lipc_diags_print(&rd, stderr);
+            lipc_diags_free(&rd);
+        }
         if (r.json)
             print_train_json(g, &o, &res, o.out);
     }
@@ -682,6 +701,7 @@ static const char *usage_certify =
     "  --bound estimate    K_sub by power iteration, as the published code does: an\n"
     "                      estimate from below, for comparison only; the output\n"
     "                      says the certificates are then not guaranteed\n"
+    "  --report PREFIX     draw VRA against eps: PREFIX-vra.svg (with gnuplot), .tsv, .gp\n"
     "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable, --json\n";
 
 int cli_certify(int argc, char **argv)
@@ -792,6 +812,19 @@ int cli_certify(int argc, char **argv)
                 printf(" >=%g: %.3f", edges[q], cs.n ? (double)acc / (double)cs.n : 0.0);
             }
             printf("\n  (%.2f s)\n", seconds);
+        }
+        if (r.report) {
+            double vra[LIPC_CERT_MAX_EPS];
+            for (int e = 0; e < cs.n_eps; e++)
+                vra[e] = lipc_cert_vra(&cs, e);
+            lipc_diags rd;
+            lipc_diags_init(&rd);
+            if (lipc_report_vra(cs.eps, vra, cs.n_eps, lipc_cert_clean_accuracy(&cs), r.report,
+                                &rd) == LIPC_OK &&
+                !rd.n_warnings)
+                fprintf(stderr, "lipc certify: report %s-vra.svg\n", r.report);
+            lipc_diags_print(&rd, stderr);
+            lipc_diags_free(&rd);
         }
     }
     lipc_diags_print(&d, stderr);

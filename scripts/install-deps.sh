@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages lipc needs to build and test (and the
-# Fashion-MNIST dataset, which training, certification and some tests read). Idempotent: when every
+# Fashion-MNIST dataset, which training, certification and some tests read, and gnuplot,
+# which draws the training and VRA reports). Idempotent: when every
 # package is already present it does nothing; otherwise it runs `apt-get update` once and
 # installs what is missing. Run as root (or through sudo).
 #
 #   scripts/install-deps.sh            build + test dependencies
 #   scripts/install-deps.sh --fuzz     also clang-19 and libFuzzer, for tests/fuzz
+#   scripts/install-deps.sh --bench    also PyTorch and NumPy, for the PyTorch peer in bench/
 set -euo pipefail
 
 packages=(
@@ -15,10 +17,12 @@ packages=(
   liblapacke-dev libopenblas-dev
   libcriterion-dev
   dataset-fashion-mnist
+  gnuplot-nox
 )
 for arg in "$@"; do
   case "$arg" in
     --fuzz) packages+=(clang-19 libfuzzer-19-dev libclang-rt-19-dev) ;;
+    --bench) packages+=(python3 python3-torch python3-numpy) ;;
     *) echo "install-deps.sh: unknown option '$arg'" >&2; exit 2 ;;
   esac
 done

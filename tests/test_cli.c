@@ -164,8 +164,14 @@ Test(cli, dump_programs)
     cr_expect(strstr(out, "program forward of syn") && !strstr(out, "backward"), "%s", out);
     free(out);
     cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=llvm", &out), 0);
-    cr_expect(strstr(out, "define void @lipc_forward("), "%.300s", out);
+    cr_expect(strstr(out, "define void @forward.stem(") && strstr(out, "define void @wgrad.stem(") &&
+                  strstr(out, "define void @forward64.stem("),
+              "%.300s", out);
     free(out);
-    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=asm", &out), 2);
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=asm --portable", &out), 0);
+    cr_expect(strstr(out, "backward.stem") && strstr(out, "vfmadd") && !strstr(out, "zmm"),
+              "%.300s", out);
+    free(out);
+    cr_expect_eq(run_lipc("dump tests/models/syn.yaml --emit=wasm", &out), 2);
     free(out);
 }

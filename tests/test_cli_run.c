@@ -209,7 +209,7 @@ Test(cli_run, train_json_metrics_and_plain_progress)
     cr_expect(!strchr(r.err, '\r'), "live progress on a file:\n%s", r.err);
     cr_expect(!strchr(r.out, '\r'));
     cr_expect(strstr(r.err, "lipc train: syn on synthetic (768 examples, held-out validation), "
-                            "8 epochs of batch 32, emma loss at eps 0.3, target ref"),
+                            "8 epochs of batch 32, emma loss at eps 0.3, target cpu"),
               "%s", r.err);
     cr_expect_eq(count_lines(r.err, "train  step "), 8, "%s", r.err);
     cr_expect(strstr(r.err, "lipc train: done after 8 epochs"), "%s", r.err);
@@ -820,7 +820,8 @@ Test(cli_run, bound_estimates_match_exact_singular_values)
         bool folded = strcmp(name, "residual_1.dense_0") == 0;
         double sigma = sigma_max(wv, (int)t->dims[0], (int)t->dims[1], folded);
         double est = num(l, "estimate");
-        cr_expect(est <= sigma * (1 + 1e-9), "%s: estimate %.17g above sigma_max %.17g", name,
+        /* from below, up to the float rounding of the cpu target's A v */
+        cr_expect(est <= sigma * (1 + 1e-6), "%s: estimate %.17g above sigma_max %.17g", name,
                   est, sigma);
         cr_expect(est >= sigma * (1 - 1e-4), "%s: estimate %.17g far below sigma_max %.17g",
                   name, est, sigma);
