@@ -652,33 +652,59 @@ static void conv_row(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueR
     }
 }
 
-/* The rows of one block: interior rows (every tap inside) in one loop, the
- * border rows one by one with their valid taps. */
-static void conv_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
-                      LLVMValueRef w, LLVMValueRef bias, LLVMValueRef co, int cb, LLVMValueRef *acc)
+/* Visits the output rows of a stride-1 conv: the interior rows (every tap
+ * inside the input) in one loop, the border rows one by one with their
+ * valid taps [ky_lo, ky_hi). */
+typedef struct row_visit {
+    void (*row)(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ky_lo,
+                int ky_hi);
+    const void *ctx;
+} row_visit;
+
+static void for_rows(const em *e, const conv_geo *g, const row_visit *rv)
 {
     int in_lo = g->top, in_hi = g->h + g->top - g->kh + 1; /* rows with every tap */
     if (in_lo > g->oh)
         in_lo = g->oh;
+    if (in_hi > g->oh)
+        in_hi = g->oh;
     if (in_hi < in_lo)
         in_hi = in_lo;
     for (int y = 0; y < g->oh; y++) {
         if (y == in_lo && in_hi > in_lo) {
             loop ly;
             LLVMValueRef yv = loop_open(e, &ly, ci(e, in_lo), ci(e, in_hi), "y");
-            conv_row(e, g, xb, yb, w, bias, co, cb, yv, 0, g->kh, acc);
+            rv->row(e, g, rv->ctx, yv, 0, g->kh);
             loop_close(e, &ly);
             y = in_hi - 1;
             continue;
         }
         int ky_lo = g->top - y > 0 ? g->top - y : 0;
         int ky_hi = g->h + g->top - y < g->kh ? g->h + g->top - y : g->kh;
-        if (ky_hi <= ky_lo) {
-            /* no tap reads the input: bias, identity and accumulation only */
+        if (ky_hi <= ky_lo) /* no tap reads the input */
             ky_lo = ky_hi = 0;
-        }
-        conv_row(e, g, xb, yb, w, bias, co, cb, ci(e, y), ky_lo, ky_hi, acc);
+        rv->row(e, g, rv->ctx, ci(e, y), ky_lo, ky_hi);
     }
+}
+
+typedef struct conv_row_ctx {
+    LLVMValueRef xb, yb, w, bias, co, *acc;
+    int cb;
+} conv_row_ctx;
+
+static void conv_row_cb(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y,
+                        int ky_lo, int ky_hi)
+{
+    const conv_row_ctx *c = ctx;
+    conv_row(e, g, c->xb, c->yb, c->w, c->bias, c->co, c->cb, y, ky_lo, ky_hi, c->acc);
+}
+
+static void conv_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
+                      LLVMValueRef w, LLVMValueRef bias, LLVMValueRef co, int cb, LLVMValueRef *acc)
+{
+    conv_row_ctx c = {xb, yb, w, bias, co, acc, cb};
+    row_visit rv = {conv_row_cb, &c};
+    for_rows(e, g, &rv);
 }
 
 /* Fast forward (or, with the adjoint's geometry, input gradient): examples
@@ -708,40 +734,48 @@ static void emit_conv_fast(const em *e, const conv_geo *g, LLVMValueRef pin, LLV
  * The range is blocks of WGRAD_CB output channels. For each block and input
  * channel, vector accumulators per (channel, tap) run over a chunk of
  * examples and are reduced into dW at the end of the chunk. */
-static void wgrad_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef db,
-                       LLVMValueRef co, int cb, LLVMValueRef i, LLVMValueRef *acc)
+typedef struct wgrad_ctx {
+    LLVMValueRef xi, db, co, *acc;
+    int cb;
+} wgrad_ctx;
+
+/* One output row y: the dout tiles of the block's channels, times the input
+ * rows of its valid taps, into the (channel, tap) accumulators. */
+static void wgrad_row(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ky_lo,
+                      int ky_hi)
 {
-    int64_t in_plane = (int64_t)g->h * g->w, out_plane = (int64_t)g->oh * g->ow;
+    const wgrad_ctx *c = ctx;
+    int64_t out_plane = (int64_t)g->oh * g->ow;
     int taps = g->kh * g->kw;
-    LLVMValueRef xi = at(e, xb, iaxc(e, i, in_plane, 0));
-    for (int ky = 0; ky < g->kh; ky++) {
-        int ylo, yhi;
-        tap_range(ky, g->top, 1, g->h, g->oh, &ylo, &yhi);
-        if (ylo == yhi)
-            continue;
-        loop ly;
-        LLVMValueRef y = loop_open(e, &ly, ci(e, ylo), ci(e, yhi), "y");
-        LLVMValueRef row = iaxc(e, iaxc(e, y, 1, ky - g->top), g->w, 0);
-        for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
-            lanes out_m = lane_range(0, g->ow - x0, e->vl);
-            LLVMValueRef dv[WGRAD_CB];
-            for (int j = 0; j < cb; j++)
-                dv[j] = vload(e, db, iadd(e, iaxc(e, co, out_plane, j * out_plane + x0),
-                                          iaxc(e, y, g->ow, 0)), out_m);
+    for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
+        lanes out_m = lane_range(0, g->ow - x0, e->vl);
+        LLVMValueRef dv[WGRAD_CB];
+        for (int j = 0; j < c->cb; j++)
+            dv[j] = vload(e, c->db, iadd(e, iaxc(e, c->co, out_plane, j * out_plane + x0),
+                                         iaxc(e, y, g->ow, 0)), out_m);
+        for (int ky = ky_lo; ky < ky_hi; ky++) {
+            LLVMValueRef row = iaxc(e, iaxc(e, y, 1, ky - g->top), g->w, 0);
             for (int kx = 0; kx < g->kw; kx++) {
                 int c0 = x0 + kx - g->left;
                 lanes m = out_m & lane_range(-c0, g->w - c0, e->vl);
                 if (!m)
                     continue;
-                LLVMValueRef xv = vload(e, xi, iaxc(e, row, 1, c0), m);
-                for (int j = 0; j < cb; j++) {
-                    LLVMValueRef a = acc[j * taps + ky * g->kw + kx];
+                LLVMValueRef xv = vload(e, c->xi, iaxc(e, row, 1, c0), m);
+                for (int j = 0; j < c->cb; j++) {
+                    LLVMValueRef a = c->acc[j * taps + ky * g->kw + kx];
                     var_set(e, a, vfma(e, dv[j], xv, var_get(e, e->vt, a)));
                 }
             }
         }
-        loop_close(e, &ly);
     }
+}
+
+static void wgrad_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef db,
+                       LLVMValueRef co, int cb, LLVMValueRef i, LLVMValueRef *acc)
+{
+    wgrad_ctx c = {at(e, xb, iaxc(e, i, (int64_t)g->h * g->w, 0)), db, co, acc, cb};
+    row_visit rv = {wgrad_row, &c};
+    for_rows(e, g, &rv);
 }
 
 static void wgrad_block(const em *e, const conv_geo *g, LLVMValueRef co, int cb, LLVMValueRef *acc)
