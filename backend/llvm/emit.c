@@ -1077,10 +1077,32 @@ static chunks chunks_of(const em *e, int64_t len)
     return (chunks){len / e->vl, (int)(len % e->vl)};
 }
 
-/* One vector chunk: index c (full) or the tail. */
-static lanes chunk_mask(const em *e, bool tail, const chunks *c)
+/* The vector chunks along a row of len floats, in two passes: pass 0 opens a
+ * loop over the full chunks, pass 1 is the masked tail (false: there is
+ * none). c is the chunk's first index, m its lanes. */
+typedef struct chunk_pass {
+    loop l;
+    bool tail;
+    LLVMValueRef c;
+    lanes m;
+} chunk_pass;
+
+static bool chunk_open(const em *e, int64_t len, int pass, chunk_pass *cp)
 {
-    return tail ? lane_range(0, c->tail, e->vl) : lane_range(0, e->vl, e->vl);
+    chunks ch = chunks_of(e, len);
+    cp->tail = pass == 1;
+    if (cp->tail && !ch.tail)
+        return false;
+    cp->c = cp->tail ? ci(e, ch.full * e->vl)
+                     : loop_step(e, &cp->l, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
+    cp->m = cp->tail ? lane_range(0, ch.tail, e->vl) : lane_range(0, e->vl, e->vl);
+    return true;
+}
+
+static void chunk_close(const em *e, chunk_pass *cp)
+{
+    if (!cp->tail)
+        loop_close(e, &cp->l);
 }
 
 /* forward body: rows [b, b + rb) x outputs [o, o + ob) */
@@ -1088,18 +1110,15 @@ static void dense_fwd_block(const em *e, const lipc_node *v, LLVMValueRef b, int
                             LLVMValueRef o, int ob, LLVMValueRef *acc)
 {
     int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
-    chunks ch = chunks_of(e, in_f);
     for (int r = 0; r < rb; r++)
         for (int q = 0; q < ob; q++)
             var_set(e, acc[r * MM + q], vzero(e));
     for (int pass = 0; pass < 2; pass++) {
-        bool tail = pass == 1;
-        if (tail && !ch.tail)
+        chunk_pass cp;
+        if (!chunk_open(e, in_f, pass, &cp))
             break;
-        loop lc;
-        LLVMValueRef c = tail ? ci(e, ch.full * e->vl)
-                              : loop_step(e, &lc, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
-        lanes m = chunk_mask(e, tail, &ch);
+        LLVMValueRef c = cp.c;
+        lanes m = cp.m;
         LLVMValueRef xv[MM], wv[MM];
         for (int r = 0; r < rb; r++)
             xv[r] = vload(e, e->p[0], iadd(e, iaxc(e, b, in_f, r * in_f), c), m);
@@ -1108,8 +1127,7 @@ static void dense_fwd_block(const em *e, const lipc_node *v, LLVMValueRef b, int
         for (int r = 0; r < rb; r++)
             for (int q = 0; q < ob; q++)
                 var_set(e, acc[r * MM + q], vfma(e, xv[r], wv[q], var_get(e, e->vt, acc[r * MM + q])));
-        if (!tail)
-            loop_close(e, &lc);
+        chunk_close(e, &cp);
     }
     for (int r = 0; r < rb; r++)
         for (int q = 0; q < ob; q++) {
@@ -1163,15 +1181,13 @@ static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int 
                            LLVMValueRef *acc)
 {
     int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
-    chunks ch = chunks_of(e, in_f);
     for (int pass = 0; pass < 2; pass++) {
-        bool tail = pass == 1;
-        if (tail && !ch.tail)
+        chunk_pass cp;
+        if (!chunk_open(e, in_f, pass, &cp))
             break;
-        loop lc, lo;
-        LLVMValueRef c = tail ? ci(e, ch.full * e->vl)
-                              : loop_step(e, &lc, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
-        lanes m = chunk_mask(e, tail, &ch);
+        LLVMValueRef c = cp.c;
+        lanes m = cp.m;
+        loop lo;
         for (int r = 0; r < rb; r++) {
             LLVMValueRef idx = iadd(e, iaxc(e, b, in_f, r * in_f), c);
             LLVMValueRef a0 = vload(e, e->p[1], idx, m);
@@ -1188,8 +1204,7 @@ static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int 
         loop_close(e, &lo);
         for (int r = 0; r < rb; r++)
             vstore(e, var_get(e, e->vt, acc[r]), e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f), c), m);
-        if (!tail)
-            loop_close(e, &lc);
+        chunk_close(e, &cp);
     }
 }
 
@@ -1198,15 +1213,13 @@ static void dense_wgrad_rows(const em *e, const lipc_node *v, LLVMValueRef o, in
                              LLVMValueRef *acc)
 {
     int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
-    chunks ch = chunks_of(e, in_f);
     for (int pass = 0; pass < 2; pass++) {
-        bool tail = pass == 1;
-        if (tail && !ch.tail)
+        chunk_pass cp;
+        if (!chunk_open(e, in_f, pass, &cp))
             break;
-        loop lc, lb;
-        LLVMValueRef c = tail ? ci(e, ch.full * e->vl)
-                              : loop_step(e, &lc, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
-        lanes m = chunk_mask(e, tail, &ch);
+        LLVMValueRef c = cp.c;
+        lanes m = cp.m;
+        loop lb;
         for (int q = 0; q < ob; q++)
             var_set(e, acc[q], vzero(e));
         LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
@@ -1222,11 +1235,9 @@ static void dense_wgrad_rows(const em *e, const lipc_node *v, LLVMValueRef o, in
                                   vload(e, e->p[2], idx, m));
             vstore(e, g, e->p[2], idx, m);
         }
-        if (!tail)
-            loop_close(e, &lc);
+        chunk_close(e, &cp);
     }
     if (v->a.bias) {
-        LLVMValueRef s = acc[0];
         for (int q = 0; q < ob; q++) {
             LLVMValueRef sv = var_new(e, e->f32, "db");
             var_set(e, sv, cf(e, 0.0));
@@ -1237,7 +1248,6 @@ static void dense_wgrad_rows(const em *e, const lipc_node *v, LLVMValueRef o, in
             loop_close(e, &lb);
             accum(e, var_get(e, e->f32, sv), e->p[3], iaxc(e, o, 1, q));
         }
-        (void)s;
     }
 }
 
