@@ -151,6 +151,29 @@ static void print_layer(const lipc_graph *g, const lipc_node *n, int name_w)
     lipc_buf_free(&line);
 }
 
+/* Peak memory of a training step and of inference at the model's batch, from
+ * the plan-memory pass's arena (float values, as the cpu target stores them):
+ * the arena, plus parameters, gradients and the two AdamW moments. */
+static void print_memory(const lipc_graph *g)
+{
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_program *t = lipc_build_program((lipc_graph *)g, LIPC_ENTRY_TRAIN, &d);
+    lipc_program *f = t ? lipc_build_program((lipc_graph *)g, LIPC_ENTRY_FORWARD, &d) : NULL;
+    if (t && f) {
+        int batch = g->train.batch > 0 ? g->train.batch : 128;
+        double mib = 4.0 / 1048576.0, np = (double)g->n_param_elems;
+        double arena = (double)t->arena_per_example * batch * mib;
+        printf("  memory at batch %d: training %.1f MiB (activations and gradients %.1f MiB, "
+               "parameters, gradients and moments %.1f MiB), inference %.1f MiB\n",
+               batch, arena + 4 * np * mib, arena, 4 * np * mib,
+               (double)f->arena_per_example * batch * mib + np * mib);
+    }
+    lipc_program_free(t);
+    lipc_program_free(f);
+    lipc_diags_free(&d);
+}
+
 static void print_summary(const lipc_graph *g)
 {
     char shape[48], count[32];
@@ -169,6 +192,7 @@ static void print_summary(const lipc_graph *g)
            "%d loose (1 + K)\n", s.n_factors, s.n_opnorm, s.n_exact, s.n_one, s.n_const,
            s.n_loose);
     printf("  head: %s\n", s.head ? "pairwise bound K_sub * ||w_i - w_j||" : "none (no dense head)");
+    print_memory(g);
     /* Kept residuals, those written once in a repeat grouped together. */
     for (int i = 0; i < g->n_res; i++) {
         const lipc_residual *r = g->res[i];
