@@ -236,7 +236,17 @@ lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int
 lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool portable,
                                   lipc_diags *d, lipc_buf *out);
 
-/* lipc_compile, plus the "cpu" target (this backend). */
+/* `lipc build`: the kernels of a TRAIN program as an object file at path,
+ * with a table of them (lipc_kernel_table, lipc_kernel_count) and the model
+ * (lipc_model_yaml, its text; lipc_model_source, its file name;
+ * lipc_model_sets, its "KEY=VALUE\n" overrides) for the executable's main
+ * (cli/model_main.c). */
+lipc_status lipc_llvm_build_object(const lipc_program *train, bool portable, const char *source,
+                                   const char *yaml, const char *sets, const char *path,
+                                   lipc_diags *d);
+
+/* lipc_compile, plus the "cpu" target (this backend; in a built executable,
+ * its linked-in kernels). */
 lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
                                 lipc_diags *d, lipc_compiled **out);
 

@@ -2,17 +2,23 @@
  * statuses, `--set` parsing, and compiling a model file through the pipeline. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli/internal.h"
 
+const char *cli_embedded_name, *cli_embedded_text;
+const lipc_override *cli_embedded_sets;
+int cli_embedded_n_sets;
+const char *cli_program = "lipc";
+
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
-    fprintf(stderr, "lipc %s: error: ", cmd);
+    fprintf(stderr, "%s %s: error: ", cli_program, cmd);
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry 'lipc %s --help'.\n", cmd);
+    fprintf(stderr, "\nTry '%s %s --help'.\n", cli_program, cmd);
     return CLI_EXIT_USAGE;
 }
 
@@ -31,9 +37,15 @@ lipc_status cli_compile(const char *path, const lipc_override *sets, int n_sets,
 {
     lipc_diags d;
     lipc_diags_init(&d);
-    lipc_load_options lo = {.sets = sets, .n_sets = n_sets};
+    bool embedded = cli_embedded_text && strcmp(path, cli_embedded_name) == 0;
+    lipc_load_options lo = {.sets = embedded ? cli_embedded_sets : sets,
+                            .n_sets = embedded ? cli_embedded_n_sets : n_sets};
     lipc_graph *g = NULL;
-    lipc_status st = lipc_frontend_load_file(path, &lo, &d, &g);
+    lipc_status st =
+        embedded
+            ? lipc_frontend_load_string(path, cli_embedded_text, strlen(cli_embedded_text), &lo,
+                                        &d, &g)
+            : lipc_frontend_load_file(path, &lo, &d, &g);
     if (st == LIPC_OK) {
         st = lipc_pipeline_run(g, po, &d);
         if (st != LIPC_OK) {

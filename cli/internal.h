@@ -22,9 +22,22 @@ int cli_parse_set(const char *cmd, char *arg, lipc_override *sets, int *n_sets);
 lipc_status cli_compile(const char *path, const lipc_override *sets, int n_sets,
                         const lipc_pipeline_options *po, lipc_graph **out);
 
-/* The commands of cli/run.c: train, certify, bound. argv excludes the command. */
+/* A model built into the program (an executable of `lipc build`): its file
+ * name and text. When set, commands take no FILE and no --set (the code is
+ * specialised for the build's parameters). */
+extern const char *cli_embedded_name, *cli_embedded_text;
+extern const lipc_override *cli_embedded_sets;
+extern int cli_embedded_n_sets;
+/* The program's name in messages: "lipc", or the built executable's. */
+extern const char *cli_program;
+
+/* The commands of cli/run.c: train, certify, bound, predict. argv excludes the
+ * command. */
+int cli_predict(int argc, char **argv);
 int cli_train(int argc, char **argv);
 int cli_certify(int argc, char **argv);
 int cli_bound(int argc, char **argv);
+/* cli/build.c */
+int cli_build(int argc, char **argv);
 
 #endif

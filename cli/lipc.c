@@ -27,9 +27,11 @@ static const char *usage_main =
     "  check FILE...     validate models and print a summary of each\n"
     "  dump FILE         print the IR after a pass (text, Graphviz dot or JSON)\n"
     "  ops               list the ops of the model language and their attributes\n"
-    "  train FILE        certified training (reference backend for now)\n"
+    "  train FILE        certified training (compiled for this CPU by default)\n"
     "  certify FILE      clean accuracy and verified robust accuracy of a checkpoint\n"
     "  bound FILE        per-layer Lipschitz estimates of a checkpoint\n"
+    "  predict FILE      classify a test split with a checkpoint\n"
+    "  build FILE -o N   a standalone executable N for the model (train, certify, ...)\n"
     "\n"
     "options:\n"
     "  -h, --help        this help; `lipc <command> --help` for a command's\n"
@@ -504,8 +506,12 @@ int main(int argc, char **argv)
         return cli_certify(argc - 2, argv + 2);
     if (!strcmp(cmd, "bound"))
         return cli_bound(argc - 2, argv + 2);
+    if (!strcmp(cmd, "predict"))
+        return cli_predict(argc - 2, argv + 2);
+    if (!strcmp(cmd, "build"))
+        return cli_build(argc - 2, argv + 2);
     static const char *const commands[] = {"check", "dump", "ops", "train", "certify", "bound",
-                                           NULL};
+                                           "predict", "build", NULL};
     const char *best = lipc_closest_word(cmd, commands);
     fprintf(stderr, "lipc: error: unknown command '%s'", cmd);
     if (best)

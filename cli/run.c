@@ -148,6 +148,9 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
         } else if (!strcmp(a, "--no-augment")) {
             r->no_augment = true;
         } else if ((v = opt_value(argc, argv, &i, "--set", &missing))) {
+            if (cli_embedded_text)
+                return cli_usage_error(r->cmd, "this executable is compiled for fixed parameters; "
+                                               "build another with lipc build --set %s", v);
             char *copy = (char *)v;
             if ((rc = cli_parse_set(r->cmd, copy, r->sets, &r->n_sets)))
                 return rc;
@@ -223,12 +226,17 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
             return cli_usage_error(r->cmd, "%s needs a value", a);
         } else if (a[0] == '-' && a[1]) {
             return cli_usage_error(r->cmd, "unknown option '%s'", a);
-        } else if (r->file) {
-            return cli_usage_error(r->cmd, "one model file, please; '%s' is a second", a);
+        } else if (r->file || cli_embedded_text) {
+            return cli_usage_error(r->cmd, cli_embedded_text
+                                               ? "this executable has its model built in; '%s' "
+                                                 "is not an option"
+                                               : "one model file, please; '%s' is a second", a);
         } else {
             r->file = a;
         }
     }
+    if (cli_embedded_text)
+        r->file = cli_embedded_name;
     if (!r->file)
         return cli_usage_error(r->cmd, "no model file given");
     return -1;
@@ -830,6 +838,74 @@ int cli_certify(int argc, char **argv)
     lipc_diags_print(&d, stderr);
     lipc_diags_free(&d);
     lipc_free(rep);
+    lipc_dataset_free(&test);
+    lipc_train_state_free(&st);
+    lipc_compiled_free(c);
+    lipc_graph_free(g);
+    return cli_status_exit(s);
+}
+
+/* ---- predict ------------------------------------------------------------------ */
+
+static const char *usage_predict =
+    "usage: lipc predict FILE --weights W [options]\n"
+    "\n"
+    "Classifies the test split: one line per image (index, predicted class,\n"
+    "label), then the accuracy. Predictions only: `certify` says which are robust.\n"
+    "\n"
+    "options:\n"
+    "  --data NAME|PATH    as for train (default fashion-mnist); the test split\n"
+    "  --limit N           the first N test examples\n"
+    "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable\n";
+
+int cli_predict(int argc, char **argv)
+{
+    run_args r = {.cmd = "predict", .target = "cpu", .data = "fashion-mnist"};
+    int rc = parse_args(&r, argc, argv, usage_predict);
+    if (rc >= 0)
+        return rc;
+    if (!r.weights)
+        return cli_usage_error("predict", "--weights is required");
+    lipc_graph *g = NULL;
+    lipc_compiled *c = compile_for(&r, &g, &rc);
+    if (!c)
+        return rc;
+    const lipc_model_desc *m = &c->desc;
+    lipc_train_state st;
+    lipc_dataset test;
+    memset(&test, 0, sizeof test);
+    lipc_status s = load_weights(r.weights, m, &st);
+    if (s == LIPC_OK)
+        s = load_data(&r, LIPC_SPLIT_TEST, &test);
+    lipc_diags d;
+    lipc_diags_init(&d);
+    if (s == LIPC_OK && !lipc_dataset_fits(m, &test, &d))
+        s = LIPC_ERR_INPUT;
+    int batch = 256, k = m->classes;
+    size_t in = (size_t)m->in_c * (size_t)m->in_h * (size_t)m->in_w;
+    double *logits = s == LIPC_OK ? lipc_malloc(sizeof(double) * (size_t)batch * (size_t)k) : NULL;
+    if (s == LIPC_OK && !logits)
+        s = LIPC_ERR_NOMEM;
+    long correct = 0;
+    for (long b0 = 0; s == LIPC_OK && b0 < test.n; b0 += batch) {
+        int n = test.n - b0 < batch ? (int)(test.n - b0) : batch;
+        s = c->ops.predict(c->ops.ctx, st.params, n, test.x + (size_t)b0 * in, logits);
+        for (int i = 0; s == LIPC_OK && i < n; i++) {
+            int best = 0;
+            for (int j = 1; j < k; j++)
+                if (logits[(size_t)i * k + j] > logits[(size_t)i * k + best])
+                    best = j;
+            int label = test.y[b0 + i];
+            correct += best == label;
+            printf("%ld %d %d\n", b0 + i, best, label);
+        }
+    }
+    if (s == LIPC_OK)
+        fprintf(stderr, "%s predict: accuracy %.4f on %ld test images\n", cli_program,
+                test.n ? (double)correct / (double)test.n : 0.0, (long)test.n);
+    lipc_diags_print(&d, stderr);
+    lipc_diags_free(&d);
+    lipc_free(logits);
     lipc_dataset_free(&test);
     lipc_train_state_free(&st);
     lipc_compiled_free(c);

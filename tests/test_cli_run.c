@@ -63,22 +63,42 @@ typedef struct result {
     char *out, *err;    /* stdout, stderr */
 } result;
 
-/* Runs `lipc ARGS` in the temporary directory (ARGS printf-style). */
-static result run_lipc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static result run_lipc(const char *fmt, ...)
+/* Runs `PROG ARGS` in the temporary directory (ARGS printf-style). */
+static result run_prog(const char *prog, const char *fmt, va_list ap)
 {
     char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
     snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >'%s/.stdout' 2>'%s/.stderr'", test_tmp_dir,
-             LIPC_BINARY, args, test_tmp_dir, test_tmp_dir);
+             prog, args, test_tmp_dir, test_tmp_dir);
     int st = system(cmd);
     char out[256], err[256];
     snprintf(out, sizeof out, "%s/.stdout", test_tmp_dir);
     snprintf(err, sizeof err, "%s/.stderr", test_tmp_dir);
     result r = {WIFEXITED(st) ? WEXITSTATUS(st) : 128, slurp(out), slurp(err)};
+    return r;
+}
+
+/* Runs `lipc ARGS` in the temporary directory (ARGS printf-style). */
+static result run_lipc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static result run_lipc(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    result r = run_prog(LIPC_BINARY, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* Runs the executable tmp/syn (made by lipc build) with ARGS. */
+static result run_built(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static result run_built(const char *fmt, ...)
+{
+    char prog[512];
+    snprintf(prog, sizeof prog, "%s/syn", test_tmp_dir);
+    va_list ap;
+    va_start(ap, fmt);
+    result r = run_prog(prog, fmt, ap);
+    va_end(ap);
     return r;
 }
 
@@ -834,5 +854,58 @@ Test(cli_run, bound_estimates_match_exact_singular_values)
     cr_expect_eq(n_dense, 4);
     lipc_st_free(&f);
     json_decref(j);
+    free_result(&r);
+}
+
+/* `lipc build`: a standalone executable that trains, certifies and predicts
+ * with the same kernels as the JIT (the same bits), and needs no LLVM. */
+Test(cli_run, built_executable_trains_certifies_and_matches_the_jit, .timeout = 120)
+{
+    result r = run_lipc("build %s -o syn", SYN);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    free_result(&r);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "ldd '%s/syn' 2>/dev/null | grep -qi llvm", test_tmp_dir);
+    cr_expect_neq(system(cmd), 0, "the built executable links LLVM");
+
+    r = run_built("train --data synthetic:256 --epochs 2 --seed 3 --out a.safetensors");
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    free_result(&r);
+    r = run_lipc("train %s --data synthetic:256 --epochs 2 --seed 3 --out b.safetensors", SYN);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    free_result(&r);
+    char *a = NULL, *b = NULL;
+    snprintf(cmd, sizeof cmd, "cmp -s '%s/a.safetensors' '%s/b.safetensors'", test_tmp_dir,
+             test_tmp_dir);
+    cr_expect_eq(system(cmd), 0, "the executable and the JIT trained different weights");
+
+    r = run_built("certify --weights a.safetensors --data synthetic:256 --eps 0.1,0.3 --json");
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    json_t *ja = parse_json(&r);
+    free_result(&r);
+    r = run_lipc("certify %s --weights a.safetensors --data synthetic:256 --eps 0.1,0.3 --json",
+                 SYN);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    json_t *jb = parse_json(&r);
+    free_result(&r);
+    cr_expect_eq(num(ja, "clean_acc"), num(jb, "clean_acc"));
+    cr_expect_eq(num(ja, "k_sub"), num(jb, "k_sub"));
+    a = json_dumps(json_object_get(ja, "vra"), JSON_SORT_KEYS);
+    b = json_dumps(json_object_get(jb, "vra"), JSON_SORT_KEYS);
+    cr_expect_str_eq(a, b);
+    free(a);
+    free(b);
+    json_decref(ja);
+    json_decref(jb);
+
+    r = run_built("predict --weights a.safetensors --data synthetic:256");
+    cr_expect_eq(r.rc, 0, "%s", r.err);
+    cr_expect_eq(count_lines(r.out, ""), 64, "one line per test image:\n%s", r.out);
+    cr_expect(strstr(r.err, "syn predict: accuracy"), "%s", r.err);
+    free_result(&r);
+    /* the parameters are compiled in */
+    r = run_built("train --set width=4");
+    cr_expect_eq(r.rc, 2);
+    cr_expect(strstr(r.err, "fixed parameters"), "%s", r.err);
     free_result(&r);
 }

@@ -41,8 +41,6 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const lipc_kkind_names[LIPC_K_KINDS] = {
-    "forward", "backward", "wgrad", "patches", "unpatch", "forward64", "patches64"};
 
 #define CONV_CB 8       /* output channels per block in fast conv forward */
 #define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
@@ -1285,10 +1283,6 @@ static void emit_dense(const em *e, const lipc_node *v, lipc_kkind kind, lipc_ki
 
 /* ---- the module ------------------------------------------------------------------------------ */
 
-void lipc_kernel_name(lipc_kkind kind, const lipc_node *n, char *buf, size_t size)
-{
-    snprintf(buf, size, "%s.%s", lipc_kkind_names[kind], n->name);
-}
 
 static bool has_weight_grad(const lipc_node *n)
 {

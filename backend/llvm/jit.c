@@ -88,24 +88,40 @@ static int vector_width(bool portable)
     return avx512 ? 16 : 8;
 }
 
-void lipc_jit_free(lipc_jit *j)
+static void jit_dispose(void *owner)
 {
-    if (j->jit) {
-        LLVMErrorRef e = LLVMOrcDisposeLLJIT(j->jit);
-        if (e)
-            LLVMConsumeError(e);
-    }
-    for (int k = 0; k < LIPC_K_KINDS; k++) {
-        lipc_free(j->info[k]);
-        lipc_free(j->fn[k]);
-    }
-    memset(j, 0, sizeof *j);
+    LLVMErrorRef e = LLVMOrcDisposeLLJIT(owner);
+    if (e)
+        LLVMConsumeError(e);
 }
 
-lipc_status lipc_jit_compile(const lipc_program *train, bool portable, lipc_jit *j,
+/* Emits the kernels of train into a new module of ctx and moves their
+ * descriptions into k. NULL (after diagnostics) on failure. */
+static LLVMModuleRef emit_into(const lipc_program *train, LLVMContextRef ctx, bool portable,
+                               lipc_kernels *k, lipc_diags *d, lipc_status *st)
+{
+    int errors = d->n_errors;
+    lipc_kmodule km;
+    if (!lipc_llvm_emit(train, ctx, vector_width(portable), &km, d)) {
+        lipc_kmodule_free(&km);
+        *st = d->n_errors > errors ? LIPC_ERR_UNSUPPORTED : LIPC_ERR_NOMEM;
+        return NULL;
+    }
+    k->n_ids = km.n_ids;
+    k->vl = km.vl;
+    for (int i = 0; i < LIPC_K_KINDS; i++) {
+        k->info[i] = km.info[i];
+        km.info[i] = NULL;
+    }
+    LLVMModuleRef mod = km.mod;
+    km.mod = NULL;
+    return mod;
+}
+
+lipc_status lipc_jit_compile(const lipc_program *train, bool portable, lipc_kernels *k,
                              lipc_diags *d)
 {
-    memset(j, 0, sizeof *j);
+    memset(k, 0, sizeof *k);
     double t0 = lipc_now();
     init_native();
     LLVMOrcJITTargetMachineBuilderRef jtmb;
@@ -114,67 +130,83 @@ lipc_status lipc_jit_compile(const lipc_program *train, bool portable, lipc_jit 
         return llvm_error(d, "detecting the host", e);
     LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
     LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(builder, jtmb);
-    if ((e = LLVMOrcCreateLLJIT(&j->jit, builder))) { /* consumes builder */
-        j->jit = NULL;
+    LLVMOrcLLJITRef jit;
+    if ((e = LLVMOrcCreateLLJIT(&jit, builder))) /* consumes builder */
         return llvm_error(d, "creating the JIT", e);
-    }
+    k->owner = jit;
+    k->owner_free = jit_dispose;
 
     LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
     LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
-    int errors = d->n_errors;
-    lipc_kmodule km;
-    if (!lipc_llvm_emit(train, ctx, vector_width(portable), &km, d)) {
-        lipc_kmodule_free(&km);
+    lipc_status st = LIPC_OK;
+    LLVMModuleRef mod = emit_into(train, ctx, portable, k, d, &st);
+    if (!mod) {
         LLVMOrcDisposeThreadSafeContext(tsc);
-        lipc_jit_free(j);
-        return d->n_errors > errors ? LIPC_ERR_UNSUPPORTED : LIPC_ERR_NOMEM;
+        lipc_kernels_free(k);
+        return st;
     }
-    j->n_ids = km.n_ids;
-    j->vl = km.vl;
-    for (int k = 0; k < LIPC_K_KINDS; k++) {
-        j->info[k] = km.info[k];
-        km.info[k] = NULL;
-    }
-    LLVMModuleRef mod = km.mod;
-    km.mod = NULL;
-    LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(j->jit));
-    LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(j->jit));
-    lipc_status st = optimise(mod, LLVMOrcLLJITGetTripleString(j->jit), portable, d);
+    LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(jit));
+    LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(jit));
+    st = optimise(mod, LLVMOrcLLJITGetTripleString(jit), portable, d);
     if (st != LIPC_OK) {
         LLVMDisposeModule(mod);
         LLVMOrcDisposeThreadSafeContext(tsc);
-        lipc_jit_free(j);
+        lipc_kernels_free(k);
         return st;
     }
     /* the thread-safe module owns mod and shares the context */
     LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(mod, tsc);
     LLVMOrcDisposeThreadSafeContext(tsc);
-    if ((e = LLVMOrcLLJITAddLLVMIRModule(j->jit, LLVMOrcLLJITGetMainJITDylib(j->jit), tsm))) {
-        lipc_jit_free(j);
+    if ((e = LLVMOrcLLJITAddLLVMIRModule(jit, LLVMOrcLLJITGetMainJITDylib(jit), tsm))) {
+        lipc_kernels_free(k);
         return llvm_error(d, "adding the kernels", e);
     }
     /* code generation happens on the first lookup */
     const lipc_graph *g = train->g;
-    for (int k = 0; k < LIPC_K_KINDS; k++)
-        if (!(j->fn[k] = lipc_calloc((size_t)j->n_ids, sizeof(lipc_kernel_fn)))) {
-            lipc_jit_free(j);
+    for (int i = 0; i < LIPC_K_KINDS; i++)
+        if (!(k->fn[i] = lipc_calloc((size_t)k->n_ids, sizeof(lipc_kernel_fn)))) {
+            lipc_kernels_free(k);
             return LIPC_ERR_NOMEM;
         }
     for (const lipc_node *n = g->first; n; n = n->next)
-        for (int k = 0; k < LIPC_K_KINDS; k++) {
-            if (!j->info[k][n->id].present)
+        for (int i = 0; i < LIPC_K_KINDS; i++) {
+            if (!k->info[i][n->id].present)
                 continue;
             char name[256];
-            lipc_kernel_name((lipc_kkind)k, n, name, sizeof name);
+            lipc_kernel_name((lipc_kkind)i, n, name, sizeof name);
             LLVMOrcExecutorAddress addr = 0;
-            if ((e = LLVMOrcLLJITLookup(j->jit, &addr, name))) {
-                lipc_jit_free(j);
+            if ((e = LLVMOrcLLJITLookup(jit, &addr, name))) {
+                lipc_kernels_free(k);
                 return llvm_error(d, "compiling the kernels", e);
             }
-            j->fn[k][n->id] = (lipc_kernel_fn)(uintptr_t)addr;
+            k->fn[i][n->id] = (lipc_kernel_fn)(uintptr_t)addr;
         }
-    j->compile_seconds = lipc_now() - t0;
+    k->compile_seconds = lipc_now() - t0;
     return LIPC_OK;
+}
+
+lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forward,
+                             const lipc_cpu_options *o, lipc_diags *d, lipc_cpu **out)
+{
+    *out = NULL;
+    lipc_kernels k;
+    lipc_status st = lipc_jit_compile(train, o && o->portable, &k, d);
+    return st == LIPC_OK ? lipc_cpu_new(train, forward, o, &k, out) : st;
+}
+
+static lipc_status jit_source(const lipc_program *train, bool portable, void *ctx,
+                              lipc_kernels *k, lipc_diags *d)
+{
+    (void)ctx;
+    return lipc_jit_compile(train, portable, k, d);
+}
+
+lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
+                                lipc_diags *d, lipc_compiled **out)
+{
+    if (strcmp(target, "cpu") != 0)
+        return lipc_compile(g, target, d, out);
+    return lipc_compile_cpu(g, jit_source, NULL, o, d, out);
 }
 
 lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool portable,
@@ -226,6 +258,129 @@ lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool
         LLVMDisposeMessage(triple);
     }
     lipc_kmodule_free(&km);
+    LLVMContextDispose(ctx);
+    return st;
+}
+
+/* ---- ahead of time: an object file for `lipc build` ----------------------------------------- */
+
+/* A private constant C string in mod; returns a pointer to it. */
+static LLVMValueRef const_string(LLVMModuleRef mod, LLVMContextRef ctx, const char *s,
+                                 const char *name)
+{
+    LLVMValueRef init = LLVMConstStringInContext(ctx, s, (unsigned)strlen(s), false);
+    LLVMValueRef g = LLVMAddGlobal(mod, LLVMTypeOf(init), name);
+    LLVMSetInitializer(g, init);
+    LLVMSetGlobalConstant(g, true);
+    LLVMSetLinkage(g, LLVMPrivateLinkage);
+    return g;
+}
+
+lipc_status lipc_llvm_build_object(const lipc_program *train, bool portable, const char *source,
+                                   const char *yaml, const char *sets, const char *path,
+                                   lipc_diags *d)
+{
+    init_native();
+    LLVMContextRef ctx = LLVMContextCreate();
+    lipc_kernels k;
+    memset(&k, 0, sizeof k);
+    lipc_status st = LIPC_OK;
+    LLVMModuleRef mod = emit_into(train, ctx, portable, &k, d, &st);
+    if (!mod) {
+        LLVMContextDispose(ctx);
+        return st;
+    }
+    /* the kernel table: {name, function, blocks, flags} per kernel */
+    LLVMTypeRef ptr = LLVMPointerTypeInContext(ctx, 0), i64 = LLVMInt64TypeInContext(ctx);
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(ctx);
+    LLVMTypeRef fields[4] = {ptr, ptr, i64, i32};
+    LLVMTypeRef entry = LLVMStructTypeInContext(ctx, fields, 4, false);
+    int n = 0, cap = 64;
+    LLVMValueRef *rows = lipc_malloc(sizeof *rows * (size_t)cap);
+    for (const lipc_node *v = train->g->first; v && rows; v = v->next)
+        for (int i = 0; i < LIPC_K_KINDS && rows; i++) {
+            const lipc_kinfo *info = &k.info[i][v->id];
+            if (!info->present)
+                continue;
+            char name[256];
+            lipc_kernel_name((lipc_kkind)i, v, name, sizeof name);
+            if (n == cap) {
+                LLVMValueRef *more = lipc_realloc(rows, sizeof *rows * (size_t)(cap *= 2));
+                if (!more) {
+                    lipc_free(rows);
+                    rows = NULL;
+                    break;
+                }
+                rows = more;
+            }
+            LLVMValueRef vals[4] = {
+                const_string(mod, ctx, name, ".name"),
+                LLVMGetNamedFunction(mod, name),
+                LLVMConstInt(i64, (unsigned long long)info->blocks, false),
+                LLVMConstInt(i32, (info->flipped ? 1u : 0u) | (info->patch ? 2u : 0u), false),
+            };
+            rows[n++] = LLVMConstNamedStruct(entry, vals, 4);
+        }
+    lipc_kernels_free(&k);
+    if (!rows) {
+        LLVMDisposeModule(mod);
+        LLVMContextDispose(ctx);
+        return LIPC_ERR_NOMEM;
+    }
+    LLVMValueRef table = LLVMConstArray2(entry, rows, (uint64_t)n);
+    lipc_free(rows);
+    LLVMValueRef gt = LLVMAddGlobal(mod, LLVMTypeOf(table), "lipc_kernel_table");
+    LLVMSetInitializer(gt, table);
+    LLVMSetGlobalConstant(gt, true);
+    LLVMValueRef gn = LLVMAddGlobal(mod, i32, "lipc_kernel_count");
+    LLVMSetInitializer(gn, LLVMConstInt(i32, (unsigned long long)n, false));
+    LLVMSetGlobalConstant(gn, true);
+    /* the model itself, for the executable's frontend and diagnostics */
+    LLVMValueRef y = LLVMConstStringInContext(ctx, yaml, (unsigned)strlen(yaml), false);
+    LLVMValueRef gy = LLVMAddGlobal(mod, LLVMTypeOf(y), "lipc_model_yaml");
+    LLVMSetInitializer(gy, y);
+    LLVMSetGlobalConstant(gy, true);
+    const char *names[2] = {"lipc_model_source", "lipc_model_sets"};
+    const char *texts[2] = {source, sets};
+    for (int i = 0; i < 2; i++) {
+        LLVMValueRef s = LLVMConstStringInContext(ctx, texts[i], (unsigned)strlen(texts[i]), false);
+        LLVMValueRef gs = LLVMAddGlobal(mod, LLVMTypeOf(s), names[i]);
+        LLVMSetInitializer(gs, s);
+        LLVMSetGlobalConstant(gs, true);
+    }
+
+    char *triple = LLVMGetDefaultTargetTriple();
+    LLVMSetTarget(mod, triple);
+    st = optimise(mod, triple, portable, d);
+    LLVMTargetRef target = NULL;
+    char *err = NULL;
+    if (st == LIPC_OK && LLVMGetTargetFromTriple(triple, &target, &err)) {
+        lipc_diag_error(d, LIPC_NO_LOC, "llvm: no target for '%s': %s", triple, err);
+        LLVMDisposeMessage(err);
+        st = LIPC_ERR_UNSUPPORTED;
+    }
+    if (st == LIPC_OK) {
+        char *cpu = portable ? NULL : LLVMGetHostCPUName();
+        char *features = portable ? NULL : LLVMGetHostCPUFeatures();
+        LLVMTargetMachineRef tm = LLVMCreateTargetMachine(
+            target, triple, portable ? LIPC_PORTABLE_CPU : cpu, portable ? "" : features,
+            LLVMCodeGenLevelAggressive, LLVMRelocPIC, LLVMCodeModelDefault);
+        LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
+        LLVMSetModuleDataLayout(mod, layout);
+        LLVMDisposeTargetData(layout);
+        if (LLVMTargetMachineEmitToFile(tm, mod, path, LLVMObjectFile, &err)) {
+            lipc_diag_error(d, LIPC_NO_LOC, "llvm: writing %s: %s", path, err);
+            LLVMDisposeMessage(err);
+            st = LIPC_ERR_IO;
+        }
+        LLVMDisposeTargetMachine(tm);
+        if (cpu)
+            LLVMDisposeMessage(cpu);
+        if (features)
+            LLVMDisposeMessage(features);
+    }
+    LLVMDisposeMessage(triple);
+    LLVMDisposeModule(mod);
     LLVMContextDispose(ctx);
     return st;
 }

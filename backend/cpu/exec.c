@@ -1,4 +1,4 @@
-/* backend/llvm/exec.c: the cpu target's entry points: a training or forward
+/* backend/cpu/exec.c: the cpu target's entry points: a training or forward
  * program run step by step, each step one or two compiled kernels (emit.c)
  * handed to the runtime's thread pool.
  *
@@ -16,7 +16,7 @@
  * a step gives the same bits for any thread count. The loss, the norms and
  * the optimiser are serial.
  */
-#include "backend/llvm/internal.h"
+#include "backend/cpu/kernels.h"
 #include "ir/ops/internal.h"
 
 #include <math.h>
@@ -25,7 +25,7 @@
 #include <string.h>
 
 struct lipc_cpu {
-    lipc_jit jit;
+    lipc_kernels k;             /* the compiled kernels */
     const lipc_program *train, *forward;
     const lipc_graph *g;
     lipc_pool *pool;
@@ -61,7 +61,7 @@ static void profile_print(const lipc_cpu *c)
 {
     double total = 0.0;
     for (int k = 0; k < LIPC_K_KINDS; k++)
-        for (int i = 0; i < c->jit.n_ids; i++)
+        for (int i = 0; i < c->k.n_ids; i++)
             total += c->prof_s[k][i];
     fprintf(stderr, "lipc profile: %.3f s in kernels, %.3f s in training steps\n", total,
             c->prof_step_s);
@@ -94,7 +94,7 @@ void lipc_cpu_free(lipc_cpu *c)
         lipc_free(c->prof_s[k]);
         lipc_free(c->prof_n[k]);
     }
-    lipc_jit_free(&c->jit);
+    lipc_kernels_free(&c->k);
     lipc_pool_free(c->pool);
     void *bufs[] = {c->arena, c->grads, c->grads64, c->flipped, c->zeros, c->sink, c->vec,
                     c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->w64, c->logits64,
@@ -106,25 +106,24 @@ void lipc_cpu_free(lipc_cpu *c)
     lipc_free(c);
 }
 
-double lipc_cpu_compile_seconds(const lipc_cpu *c) { return c->jit.compile_seconds; }
+double lipc_cpu_compile_seconds(const lipc_cpu *c) { return c->k.compile_seconds; }
 int lipc_cpu_threads(const lipc_cpu *c) { return lipc_pool_threads(c->pool); }
 
-lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forward,
-                             const lipc_cpu_options *o, lipc_diags *d, lipc_cpu **out)
+lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
+                         const lipc_cpu_options *o, lipc_kernels *kernels, lipc_cpu **out)
 {
     *out = NULL;
     LIPC_ASSERT(train->entry == LIPC_ENTRY_TRAIN && train->head && forward->g == train->g);
     lipc_cpu *c = lipc_calloc(1, sizeof *c);
-    if (!c)
+    if (!c) {
+        lipc_kernels_free(kernels);
         return LIPC_ERR_NOMEM;
+    }
     c->train = train;
     c->forward = forward;
     c->g = train->g;
-    lipc_status st = lipc_jit_compile(train, o && o->portable, &c->jit, d);
-    if (st != LIPC_OK) {
-        lipc_cpu_free(c);
-        return st;
-    }
+    c->k = *kernels;
+    memset(kernels, 0, sizeof *kernels);
     size_t np = c->g->n_param_elems, ch = max_channels(c->g), max_v = 1;
     for (int b = 0; b < train->n_bounds; b++)
         if (train->bounds[b].v_len > max_v)
@@ -153,7 +152,7 @@ lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forw
         return LIPC_ERR_NOMEM;
     }
     for (const lipc_node *v = c->g->first; v; v = v->next)
-        if (c->jit.info[LIPC_K_FORWARD][v->id].patch) {
+        if (c->k.info[LIPC_K_FORWARD][v->id].patch) {
             size_t len = (size_t)lipc_shape_numel(v->in[0]->shape);
             if (len > c->patch_len)
                 c->patch_len = len; /* patches hold the input's values, rearranged */
@@ -162,8 +161,8 @@ lipc_status lipc_cpu_compile(const lipc_program *train, const lipc_program *forw
     if (prof && *prof && strcmp(prof, "0") != 0) {
         c->profile = true;
         for (int k = 0; k < LIPC_K_KINDS; k++) {
-            c->prof_s[k] = lipc_calloc((size_t)c->jit.n_ids, sizeof(double));
-            c->prof_n[k] = lipc_calloc((size_t)c->jit.n_ids, sizeof(long));
+            c->prof_s[k] = lipc_calloc((size_t)c->k.n_ids, sizeof(double));
+            c->prof_n[k] = lipc_calloc((size_t)c->k.n_ids, sizeof(long));
             if (!c->prof_s[k] || !c->prof_n[k])
                 c->profile = false;
         }
@@ -249,9 +248,9 @@ static float *bias(const run *r, const lipc_node *v)
 
 static void launch(lipc_cpu *c, lipc_kkind k, const lipc_node *v, lipc_kargs *a)
 {
-    lipc_kernel_fn fn = c->jit.fn[k][v->id];
+    lipc_kernel_fn fn = c->k.fn[k][v->id];
     LIPC_ASSERT(fn);
-    int64_t blocks = c->jit.info[k][v->id].blocks;
+    int64_t blocks = c->k.info[k][v->id].blocks;
     if (!c->profile) {
         lipc_pool_run(c->pool, fn, a, blocks ? blocks : a->n);
         return;
@@ -269,7 +268,7 @@ static void prepare_weights(const run *r)
     lipc_cpu *c = r->c;
     const lipc_graph *g = c->g;
     for (const lipc_node *v = g->first; v; v = v->next) {
-        if (v->op == LIPC_OP_CONV2D && c->jit.info[LIPC_K_BACKWARD][v->id].patch) {
+        if (v->op == LIPC_OP_CONV2D && c->k.info[LIPC_K_BACKWARD][v->id].patch) {
             /* W'[k, o] = W[o, k], k = (i, y, x) */
             size_t co = (size_t)v->shape.d[0], off = param_offset(g, v, 0);
             size_t kk = g->params[v->param[0]].numel / co;
@@ -278,7 +277,7 @@ static void prepare_weights(const run *r)
             for (size_t o = 0; o < co; o++)
                 for (size_t k = 0; k < kk; k++)
                     f[k * co + o] = w[o * kk + k];
-        } else if (v->op == LIPC_OP_CONV2D && c->jit.info[LIPC_K_BACKWARD][v->id].flipped) {
+        } else if (v->op == LIPC_OP_CONV2D && c->k.info[LIPC_K_BACKWARD][v->id].flipped) {
             /* W'[i, o, kh-1-y, kw-1-x] = W[o, i, y, x] */
             int co = v->shape.d[0], cin = v->in[0]->shape.d[0];
             int kh = v->a.kernel[0], kw = v->a.kernel[1];
@@ -322,7 +321,7 @@ static void forward_with(const run *r, const lipc_node *v, int n, float *in0, fl
                          float *out, float *w, float *b)
 {
     lipc_kargs a = {.n = n, .scale = 1.0f};
-    bool patch = r->c->jit.info[LIPC_K_FORWARD][v->id].patch;
+    bool patch = r->c->k.info[LIPC_K_FORWARD][v->id].patch;
     a.p[0] = patch ? patches(r, v, n, in0) : in0;
     a.p[1] = in1;
     a.p[2] = out;
@@ -350,7 +349,7 @@ static void run_wgrad(const run *r, const lipc_node *v, int n, float *x, float *
                       float *db, float scale)
 {
     lipc_kargs a = {.n = n, .scale = scale};
-    a.p[0] = r->c->jit.info[LIPC_K_WGRAD][v->id].patch ? patches(r, v, n, x) : x;
+    a.p[0] = r->c->k.info[LIPC_K_WGRAD][v->id].patch ? patches(r, v, n, x) : x;
     a.p[1] = dout;
     a.p[2] = dw;
     a.p[3] = db ? db : r->c->sink;
@@ -372,10 +371,10 @@ static void run_adjoint(const run *r, const lipc_node *v, int n, float *dout, fl
         a.p[4] = act(r, v);
     }
     if (v->n_param)
-        a.p[5] = c->jit.info[LIPC_K_BACKWARD][v->id].flipped
+        a.p[5] = c->k.info[LIPC_K_BACKWARD][v->id].flipped
                      ? c->flipped + param_offset(c->g, v, 0)
                      : weight(r, v);
-    if (!c->jit.info[LIPC_K_BACKWARD][v->id].patch) {
+    if (!c->k.info[LIPC_K_BACKWARD][v->id].patch) {
         launch(c, LIPC_K_BACKWARD, v, &a);
         return;
     }
@@ -404,7 +403,7 @@ static void run_backward(const run *r, const lipc_step *s)
         }
     if (any)
         run_adjoint(r, v, r->n, grad(r, v), din[0], din[1]);
-    if (!c->jit.info[LIPC_K_WGRAD][v->id].present)
+    if (!c->k.info[LIPC_K_WGRAD][v->id].present)
         return;
     const lipc_graph *g = c->g;
     float *db = v->a.bias ? c->grads + param_offset(g, v, 1) : NULL;
@@ -742,7 +741,7 @@ static void forward64(const run *r, const lipc_node *v, double *in0, double *in1
 {
     lipc_cpu *c = r->c;
     lipc_kargs a = {.n = r->n, .scale = 1.0f};
-    if (c->jit.info[LIPC_K_FORWARD64][v->id].patch) {
+    if (c->k.info[LIPC_K_FORWARD64][v->id].patch) {
         lipc_kargs pa = {.n = r->n, .scale = 1.0f};
         pa.p[0] = (float *)in0;
         pa.p[1] = (float *)c->patch64;

@@ -1,9 +1,9 @@
-/* backend/llvm/target.c: the "cpu" target of lipc_compile_target: the
+/* backend/cpu/target.c: the "cpu" target from a kernel source: the
  * tables every target shares (backend/describe.c) and the kernels of this
  * backend for training, inference, certified inference (logits with rounding
  * bounds) and power iteration. The input gradient (for empirical lower bounds
  * only) is the reference's. */
-#include "backend/llvm/internal.h"
+#include "backend/cpu/kernels.h"
 
 #include <string.h>
 
@@ -45,18 +45,22 @@ static lipc_status cpu_predict_bounded(void *ctx, const float *params, int n, co
 
 static void cpu_free(void *backend) { lipc_cpu_free(backend); }
 
-lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
-                                lipc_diags *d, lipc_compiled **out)
+lipc_status lipc_compile_cpu(lipc_graph *g, lipc_kernel_source source, void *ctx,
+                             const lipc_cpu_options *o, lipc_diags *d, lipc_compiled **out)
 {
-    if (strcmp(target, "cpu") != 0)
-        return lipc_compile(g, target, d, out);
     lipc_status st = lipc_compile_tables(g, LIPC_DTYPE_F32, d, out);
     if (st != LIPC_OK)
         return st;
     lipc_compiled *c = *out;
     lipc_compiled_use_ref(c);
+    lipc_kernels k;
+    memset(&k, 0, sizeof k);
     lipc_cpu *cpu = NULL;
-    if ((st = lipc_cpu_compile(c->train, c->forward, o, d, &cpu)) != LIPC_OK) {
+    st = source(c->train, o && o->portable, ctx, &k, d);
+    if (st == LIPC_OK)
+        st = lipc_cpu_new(c->train, c->forward, o, &k, &cpu);
+    if (st != LIPC_OK) {
+        lipc_kernels_free(&k);
         lipc_compiled_free(c);
         *out = NULL;
         return st;
