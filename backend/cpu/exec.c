@@ -52,7 +52,12 @@ struct lipc_cpu {
     bool profile;
     double *prof_s[LIPC_K_KINDS];
     long *prof_n[LIPC_K_KINDS];
-    double prof_step_s, prof_serial_s;
+    double prof_step_s, prof_pi_s;
+    /* parallel power iteration: per bound, scratch [pi_max_v] and two patch
+     * buffers [patch_len] (single vectors), pi_stride floats apart */
+    float *pi_buf;
+    int *pi_bounds;
+    size_t pi_stride, pi_max_v;
 };
 
 /* The profile: each kernel's share of the time in kernels, and the rest of
@@ -63,7 +68,8 @@ static void profile_print(const lipc_cpu *c)
     for (int k = 0; k < LIPC_K_KINDS; k++)
         for (int i = 0; i < c->k.n_ids; i++)
             total += c->prof_s[k][i];
-    fprintf(stderr, "lipc profile: %.3f s in kernels, %.3f s in training steps\n", total,
+    fprintf(stderr, "lipc profile: %.3f s in kernels on the pool, %.3f s in power iteration "
+            "(layers in parallel), %.3f s in training steps\n", total, c->prof_pi_s,
             c->prof_step_s);
     for (const lipc_node *n = c->g->first; n; n = n->next)
         for (int k = 0; k < LIPC_K_KINDS; k++)
@@ -100,7 +106,7 @@ void lipc_cpu_free(lipc_cpu *c)
                     c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->w64, c->logits64,
                     c->dlogits64, c->sigma, c->dk, c->patch_a, c->patch_b,
                     c->x64, c->err, c->tmp, c->p64, c->absw, c->absb, c->zeros64,
-                    c->patch64};
+                    c->patch64, c->pi_buf, c->pi_bounds};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         lipc_free(bufs[i]);
     lipc_free(c);
@@ -157,6 +163,14 @@ lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
             if (len > c->patch_len)
                 c->patch_len = len; /* patches hold the input's values, rearranged */
         }
+    c->pi_max_v = max_v;
+    c->pi_stride = max_v + 2 * c->patch_len;
+    c->pi_buf = lipc_calloc(c->pi_stride * (size_t)(train->n_bounds + 1), sizeof(float));
+    c->pi_bounds = lipc_calloc((size_t)train->n_bounds + 1, sizeof(int));
+    if (!c->pi_buf || !c->pi_bounds) {
+        lipc_cpu_free(c);
+        return LIPC_ERR_NOMEM;
+    }
     const char *prof = getenv("LIPC_PROFILE");
     if (prof && *prof && strcmp(prof, "0") != 0) {
         c->profile = true;
@@ -212,7 +226,17 @@ typedef struct run {
     const lipc_program *p;
     const float *params;
     int n;
+    /* kernels run on this thread alone (inside a task of the pool), with
+     * these buffers; else on the pool, with the runner's */
+    bool serial;
+    float *patch_a, *patch_b, *scratch;
 } run;
+
+/* A run on the runner's own buffers. */
+static run run_of(lipc_cpu *c, const lipc_program *p, const float *params, int n)
+{
+    return (run){c, p, params, n, false, c->patch_a, c->patch_b, c->scratch};
+}
 
 static float *act(const run *r, const lipc_node *v)
 {
@@ -246,13 +270,14 @@ static float *bias(const run *r, const lipc_node *v)
     return has ? (float *)r->params + param_offset(r->c->g, v, 1) : r->c->zeros;
 }
 
-static void launch(lipc_cpu *c, lipc_kkind k, const lipc_node *v, lipc_kargs *a)
+static void launch(const run *r, lipc_kkind k, const lipc_node *v, lipc_kargs *a)
 {
+    lipc_cpu *c = r->c;
     lipc_kernel_fn fn = c->k.fn[k][v->id];
     LIPC_ASSERT(fn);
     int64_t blocks = c->k.info[k][v->id].blocks;
-    if (!c->profile) {
-        lipc_pool_run(c->pool, fn, a, blocks ? blocks : a->n);
+    if (!c->profile || r->serial) { /* serial runs are profiled as a whole */
+        lipc_pool_run(r->serial ? NULL : c->pool, fn, a, blocks ? blocks : a->n);
         return;
     }
     double t0 = lipc_now();
@@ -311,9 +336,9 @@ static float *patches(const run *r, const lipc_node *v, int n, float *in)
 {
     lipc_kargs a = {.n = n, .scale = 1.0f};
     a.p[0] = in;
-    a.p[1] = r->c->patch_a;
-    launch(r->c, LIPC_K_PATCHES, v, &a);
-    return r->c->patch_a;
+    a.p[1] = r->patch_a;
+    launch(r, LIPC_K_PATCHES, v, &a);
+    return r->patch_a;
 }
 
 /* out = op(in0, in1) on n examples, with this bias (zeros for the linear map) */
@@ -329,7 +354,7 @@ static void forward_with(const run *r, const lipc_node *v, int n, float *in0, fl
         a.p[3] = w;
         a.p[4] = b;
     }
-    launch(r->c, LIPC_K_FORWARD, v, &a);
+    launch(r, LIPC_K_FORWARD, v, &a);
 }
 
 static void forward_into(const run *r, const lipc_node *v, int n, float *in0, float *in1,
@@ -353,7 +378,7 @@ static void run_wgrad(const run *r, const lipc_node *v, int n, float *x, float *
     a.p[1] = dout;
     a.p[2] = dw;
     a.p[3] = db ? db : r->c->sink;
-    launch(r->c, LIPC_K_WGRAD, v, &a);
+    launch(r, LIPC_K_WGRAD, v, &a);
 }
 
 /* din += A^T dout (conv, dense) or J^T dout */
@@ -375,17 +400,17 @@ static void run_adjoint(const run *r, const lipc_node *v, int n, float *dout, fl
                      ? c->flipped + param_offset(c->g, v, 0)
                      : weight(r, v);
     if (!c->k.info[LIPC_K_BACKWARD][v->id].patch) {
-        launch(c, LIPC_K_BACKWARD, v, &a);
+        launch(r, LIPC_K_BACKWARD, v, &a);
         return;
     }
     /* into the patches' gradient, then back to the input's layout */
-    memset(c->patch_b, 0, sizeof(float) * (size_t)lipc_shape_numel(v->in[0]->shape) * (size_t)n);
-    a.p[1] = c->patch_b;
-    launch(c, LIPC_K_BACKWARD, v, &a);
+    memset(r->patch_b, 0, sizeof(float) * (size_t)lipc_shape_numel(v->in[0]->shape) * (size_t)n);
+    a.p[1] = r->patch_b;
+    launch(r, LIPC_K_BACKWARD, v, &a);
     lipc_kargs u = {.n = n, .scale = 1.0f};
-    u.p[0] = c->patch_b;
+    u.p[0] = r->patch_b;
     u.p[1] = din0;
-    launch(c, LIPC_K_UNPATCH, v, &u);
+    launch(r, LIPC_K_UNPATCH, v, &u);
 }
 
 static void run_backward(const run *r, const lipc_step *s)
@@ -458,13 +483,13 @@ static double power_iter(const run *r, int b, int iters)
     double sigma = 0.0, change = 0.0;
     for (int it = 0; it < iters; it++) {
         forward_into(r, v, 1, vv, NULL, u, c->zeros);
-        memset(c->scratch, 0, sizeof(float) * bd->v_len);
-        run_adjoint(r, v, 1, u, c->scratch, NULL);
-        double s = norm2f(c->scratch, bd->v_len);
+        memset(r->scratch, 0, sizeof(float) * bd->v_len);
+        run_adjoint(r, v, 1, u, r->scratch, NULL);
+        double s = norm2f(r->scratch, bd->v_len);
         if (s == 0.0)
             break;
         for (size_t i = 0; i < bd->v_len; i++)
-            vv[i] = (float)(c->scratch[i] / s);
+            vv[i] = (float)(r->scratch[i] / s);
         double est = sqrt(s);
         change = sigma > 0.0 ? fabs(est - sigma) / est : 1.0;
         sigma = est;
@@ -477,6 +502,41 @@ static double power_iter(const run *r, int b, int iters)
     return change;
 }
 
+/* The power iterations of a step, one layer per task: single vectors are too
+ * small to split, but the layers are independent. Task t of T takes the
+ * layers t, t + T, ... (the layers of a model are alike in cost in runs, so
+ * this deals them out evenly), each on its own buffers. */
+typedef struct pi_job {
+    const run *r;
+    const int *bounds;
+    int n_bounds, tasks, iters;
+} pi_job;
+
+static void pi_task(void *ctx, int64_t lo, int64_t hi)
+{
+    const pi_job *j = ctx;
+    lipc_cpu *c = j->r->c;
+    for (int64_t t = lo; t < hi; t++)
+        for (int i = (int)t; i < j->n_bounds; i += j->tasks) {
+            size_t slot = (size_t)(j->bounds[i]) * c->pi_stride;
+            run r = *j->r;
+            r.serial = true;
+            r.scratch = c->pi_buf + slot;
+            r.patch_a = r.scratch + c->pi_max_v;
+            r.patch_b = r.patch_a + c->patch_len;
+            power_iter(&r, j->bounds[i], j->iters);
+        }
+}
+
+static void power_iter_all(const run *r, const int *bounds, int n, int iters)
+{
+    int tasks = lipc_pool_threads(r->c->pool);
+    pi_job j = {r, bounds, n, tasks < n ? tasks : n, iters};
+    double t0 = lipc_now();
+    lipc_pool_run(r->c->pool, pi_task, &j, j.tasks);
+    r->c->prof_pi_s += lipc_now() - t0;
+}
+
 /* ---- entry points -------------------------------------------------------------------------- */
 
 lipc_status lipc_cpu_predict(lipc_cpu *c, const float *params, int n, const float *x,
@@ -486,7 +546,7 @@ lipc_status lipc_cpu_predict(lipc_cpu *c, const float *params, int n, const floa
     lipc_status st = reserve(c, p, n);
     if (st != LIPC_OK)
         return st;
-    run r = {c, p, params, n};
+    run r = run_of(c, p, params, n);
     prepare_weights(&r);
     const lipc_graph *g = c->g;
     memcpy(act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
@@ -507,7 +567,7 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
     lipc_status status = reserve(c, p, n);
     if (status != LIPC_OK)
         return status;
-    run r = {c, p, st->params, n};
+    run r = run_of(c, p, st->params, n);
     size_t np = g->n_param_elems;
     memset(c->grads, 0, sizeof(float) * np);
     memcpy(c->vec, st->vec, sizeof(float) * p->n_vec_elems);
@@ -525,9 +585,17 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
         case LIPC_STEP_FORWARD:
             run_forward(&r, stp->node);
             break;
-        case LIPC_STEP_POWER_ITER:
-            power_iter(&r, stp->bound, h->power_iters);
+        case LIPC_STEP_POWER_ITER: {
+            /* this step and the POWER_ITER steps right after it, at once */
+            int n_pi = 0;
+            while (s + n_pi < p->n_steps && p->steps[s + n_pi].op == LIPC_STEP_POWER_ITER) {
+                c->pi_bounds[n_pi] = p->steps[s + n_pi].bound;
+                n_pi++;
+            }
+            power_iter_all(&r, c->pi_bounds, n_pi, h->power_iters);
+            s += n_pi - 1;
             break;
+        }
         case LIPC_STEP_BOUND:
             k_sub = lipc_program_eval_bound(p, c->sigma, c->dk);
             break;
@@ -618,7 +686,7 @@ lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int
     lipc_status st = reserve(c, p, 1);
     if (st != LIPC_OK)
         return st;
-    run r = {c, p, params, 1};
+    run r = run_of(c, p, params, 1);
     prepare_weights(&r);
     memcpy(c->vec, vec, sizeof(float) * p->n_vec_elems);
     for (int b = 0; b < p->n_bounds; b++) {
@@ -745,7 +813,7 @@ static void forward64(const run *r, const lipc_node *v, double *in0, double *in1
         lipc_kargs pa = {.n = r->n, .scale = 1.0f};
         pa.p[0] = (float *)in0;
         pa.p[1] = (float *)c->patch64;
-        launch(c, LIPC_K_PATCHES64, v, &pa);
+        launch(r, LIPC_K_PATCHES64, v, &pa);
         in0 = c->patch64;
     }
     a.p[0] = (float *)in0;
@@ -753,7 +821,7 @@ static void forward64(const run *r, const lipc_node *v, double *in0, double *in1
     a.p[2] = (float *)out;
     a.p[3] = (float *)w;
     a.p[4] = (float *)(b ? b : c->zeros64);
-    launch(c, LIPC_K_FORWARD64, v, &a);
+    launch(r, LIPC_K_FORWARD64, v, &a);
 }
 
 /* The value and its bound at node v, from its inputs'. */
@@ -861,7 +929,7 @@ lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, co
         st = reserve_bounded(c, p, n);
     if (st != LIPC_OK)
         return st;
-    run r = {c, p, params, n};
+    run r = run_of(c, p, params, n);
     prepare_weights(&r); /* the head's rows in double: r64 */
     const lipc_graph *g = c->g;
     for (size_t i = 0; i < g->n_param_elems; i++)
