@@ -34,7 +34,7 @@ run() { # run LABEL BATCH ARGS...
       esac
     done
     set -- "$model" "${sets[@]}"
-    python3 bench/torch_peer.py --model "$model" "${sets[@]}" --batch "$batch" --threads "$t" \
+    /usr/bin/python3 bench/torch_peer.py --model "$model" "${sets[@]}" --batch "$batch" --threads "$t" \
         --channels-last --steps "$steps" --warmup 3 --json > "$p"
     local lt lc pt pc
     lt=$(field "$l" train_img_s); lc=$(field "$l" certify_img_s)
