@@ -43,6 +43,7 @@
 
 
 #define CONV_CB 8       /* output channels per block in fast conv forward */
+#define CONV_RY 2       /* output rows per block in fast conv forward */
 #define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
 #define WGRAD_CHUNK 8   /* examples per partial sum in fast conv wgrad */
 #define MM 4            /* the register block of dense products (MM x MM) */
@@ -601,52 +602,62 @@ static void tap_range(int k, int pad, int s, int len, int out, int *lo, int *hi)
  * with the column masks constant per (tile, kx). */
 static void conv_row(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
                      LLVMValueRef w, LLVMValueRef bias, LLVMValueRef co, int cb, LLVMValueRef y,
-                     int ky_lo, int ky_hi, LLVMValueRef *acc)
+                     int ry, int ky_lo, int ky_hi, LLVMValueRef *acc)
 {
     int64_t in_plane = (int64_t)g->h * g->w, out_plane = (int64_t)g->oh * g->ow;
     int64_t wstride = (int64_t)g->cin * g->kh * g->kw;
+    LIPC_ASSERT(ry >= 1 && ry <= CONV_RY);
     for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
         lanes out_m = lane_range(0, g->ow - x0, e->vl);
-        for (int j = 0; j < cb; j++) {
-            LLVMValueRef c = iaxc(e, co, 1, j);
-            LLVMValueRef v = g->bias ? splat(e, load(e, bias, c)) : vzero(e);
-            if (g->identity)
-                v = fadd(e, v, vload(e, xb, iadd(e, iaxc(e, c, in_plane, x0), iaxc(e, y, g->w, 0)),
-                                    out_m), false);
-            var_set(e, acc[j], v);
-        }
+        for (int r = 0; r < ry; r++)
+            for (int j = 0; j < cb; j++) {
+                LLVMValueRef c = iaxc(e, co, 1, j);
+                LLVMValueRef v = g->bias ? splat(e, load(e, bias, c)) : vzero(e);
+                if (g->identity)
+                    v = fadd(e, v, vload(e, xb, iadd(e, iaxc(e, c, in_plane, x0),
+                                                     iaxc(e, y, g->w, r * g->w)), out_m), false);
+                var_set(e, acc[r * CONV_CB + j], v);
+            }
         loop li;
         LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
         LLVMValueRef xi = at(e, xb, iaxc(e, i, in_plane, 0));
         LLVMValueRef wi = at(e, w, iadd(e, imul(e, co, ci(e, wstride)), iaxc(e, i, (int64_t)g->kh * g->kw, 0)));
-        LLVMValueRef a[CONV_CB];
-        for (int j = 0; j < cb; j++)
-            a[j] = var_get(e, e->vt, acc[j]);
+        LLVMValueRef a[CONV_RY * CONV_CB];
+        for (int r = 0; r < ry; r++)
+            for (int j = 0; j < cb; j++)
+                a[r * CONV_CB + j] = var_get(e, e->vt, acc[r * CONV_CB + j]);
         for (int ky = ky_lo; ky < ky_hi; ky++) {
-            LLVMValueRef row = iaxc(e, iaxc(e, y, 1, ky - g->top), g->w, 0);
             for (int kx = 0; kx < g->kw; kx++) {
                 int c0 = x0 + kx - g->left; /* input column of lane 0 */
                 lanes m = out_m & lane_range(-c0, g->w - c0, e->vl);
                 if (!m)
                     continue;
-                LLVMValueRef xv = vload(e, xi, iaxc(e, row, 1, c0), m);
+                /* one input vector per row, one broadcast weight per channel,
+                 * shared by the rows: ry x cb FMAs */
+                LLVMValueRef xv[CONV_RY];
+                for (int r = 0; r < ry; r++)
+                    xv[r] = vload(e, xi, iaxc(e, iaxc(e, y, g->w, (r + ky - g->top) * g->w), 1, c0),
+                                  m);
                 for (int j = 0; j < cb; j++) {
-                    LLVMValueRef wv = load(e, wi, ci(e, j * wstride + ky * g->kw + kx));
-                    a[j] = vfma(e, splat(e, wv), xv, a[j]);
+                    LLVMValueRef wv = splat(e, load(e, wi, ci(e, j * wstride + ky * g->kw + kx)));
+                    for (int r = 0; r < ry; r++)
+                        a[r * CONV_CB + j] = vfma(e, wv, xv[r], a[r * CONV_CB + j]);
                 }
             }
         }
-        for (int j = 0; j < cb; j++)
-            var_set(e, acc[j], a[j]);
+        for (int r = 0; r < ry; r++)
+            for (int j = 0; j < cb; j++)
+                var_set(e, acc[r * CONV_CB + j], a[r * CONV_CB + j]);
         loop_close(e, &li);
-        for (int j = 0; j < cb; j++) {
-            LLVMValueRef c = iaxc(e, co, 1, j);
-            LLVMValueRef idx = iadd(e, iaxc(e, c, out_plane, x0), iaxc(e, y, g->ow, 0));
-            LLVMValueRef v = var_get(e, e->vt, acc[j]);
-            if (g->accumulate)
-                v = fadd(e, v, vload(e, yb, idx, out_m), false);
-            vstore(e, v, yb, idx, out_m);
-        }
+        for (int r = 0; r < ry; r++)
+            for (int j = 0; j < cb; j++) {
+                LLVMValueRef c = iaxc(e, co, 1, j);
+                LLVMValueRef idx = iadd(e, iaxc(e, c, out_plane, x0), iaxc(e, y, g->ow, r * g->ow));
+                LLVMValueRef v = var_get(e, e->vt, acc[r * CONV_CB + j]);
+                if (g->accumulate)
+                    v = fadd(e, v, vload(e, yb, idx, out_m), false);
+                vstore(e, v, yb, idx, out_m);
+            }
     }
 }
 
@@ -654,8 +665,9 @@ static void conv_row(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueR
  * inside the input) in one loop, the border rows one by one with their
  * valid taps [ky_lo, ky_hi). */
 typedef struct row_visit {
-    void (*row)(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ky_lo,
-                int ky_hi);
+    /* rows y .. y + ry - 1 (ry <= CONV_RY, all interior when ry > 1) */
+    void (*row)(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ry,
+                int ky_lo, int ky_hi);
     const void *ctx;
 } row_visit;
 
@@ -670,10 +682,14 @@ static void for_rows(const em *e, const conv_geo *g, const row_visit *rv)
         in_hi = in_lo;
     for (int y = 0; y < g->oh; y++) {
         if (y == in_lo && in_hi > in_lo) {
+            /* CONV_RY rows at a time, then the rest one by one */
+            int pairs_end = in_lo + (in_hi - in_lo) / CONV_RY * CONV_RY;
             loop ly;
-            LLVMValueRef yv = loop_open(e, &ly, ci(e, in_lo), ci(e, in_hi), "y");
-            rv->row(e, g, rv->ctx, yv, 0, g->kh);
+            LLVMValueRef yv = loop_step(e, &ly, ci(e, in_lo), ci(e, pairs_end), CONV_RY, "y");
+            rv->row(e, g, rv->ctx, yv, CONV_RY, 0, g->kh);
             loop_close(e, &ly);
+            for (int t = pairs_end; t < in_hi; t++)
+                rv->row(e, g, rv->ctx, ci(e, t), 1, 0, g->kh);
             y = in_hi - 1;
             continue;
         }
@@ -681,7 +697,7 @@ static void for_rows(const em *e, const conv_geo *g, const row_visit *rv)
         int ky_hi = g->h + g->top - y < g->kh ? g->h + g->top - y : g->kh;
         if (ky_hi <= ky_lo) /* no tap reads the input */
             ky_lo = ky_hi = 0;
-        rv->row(e, g, rv->ctx, ci(e, y), ky_lo, ky_hi);
+        rv->row(e, g, rv->ctx, ci(e, y), 1, ky_lo, ky_hi);
     }
 }
 
@@ -690,11 +706,11 @@ typedef struct conv_row_ctx {
     int cb;
 } conv_row_ctx;
 
-static void conv_row_cb(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y,
+static void conv_row_cb(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ry,
                         int ky_lo, int ky_hi)
 {
     const conv_row_ctx *c = ctx;
-    conv_row(e, g, c->xb, c->yb, c->w, c->bias, c->co, c->cb, y, ky_lo, ky_hi, c->acc);
+    conv_row(e, g, c->xb, c->yb, c->w, c->bias, c->co, c->cb, y, ry, ky_lo, ky_hi, c->acc);
 }
 
 static void conv_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
@@ -710,8 +726,8 @@ static void conv_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValue
 static void emit_conv_fast(const em *e, const conv_geo *g, LLVMValueRef pin, LLVMValueRef pout,
                            LLVMValueRef w, LLVMValueRef bias)
 {
-    LLVMValueRef acc[CONV_CB];
-    for (int j = 0; j < CONV_CB; j++)
+    LLVMValueRef acc[CONV_RY * CONV_CB];
+    for (int j = 0; j < CONV_RY * CONV_CB; j++)
         acc[j] = var_new(e, e->vt, "acc");
     loop lb, lc;
     LLVMValueRef b = batch_open(e, &lb);
@@ -739,10 +755,19 @@ typedef struct wgrad_ctx {
 
 /* One output row y: the dout tiles of the block's channels, times the input
  * rows of its valid taps, into the (channel, tap) accumulators. */
-static void wgrad_row(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ky_lo,
-                      int ky_hi)
+static void wgrad_row1(const em *e, const conv_geo *g, const wgrad_ctx *c, LLVMValueRef y,
+                       int ky_lo, int ky_hi);
+
+static void wgrad_row(const em *e, const conv_geo *g, const void *ctx, LLVMValueRef y, int ry,
+                      int ky_lo, int ky_hi)
 {
-    const wgrad_ctx *c = ctx;
+    for (int r = 0; r < ry; r++)
+        wgrad_row1(e, g, ctx, iaxc(e, y, 1, r), ky_lo, ky_hi);
+}
+
+static void wgrad_row1(const em *e, const conv_geo *g, const wgrad_ctx *c, LLVMValueRef y,
+                       int ky_lo, int ky_hi)
+{
     int64_t out_plane = (int64_t)g->oh * g->ow;
     int taps = g->kh * g->kw;
     for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
