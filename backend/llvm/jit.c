@@ -209,6 +209,41 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
     return lipc_compile_cpu(g, jit_source, NULL, o, d, out);
 }
 
+/* Ahead of time (an object file or assembly): mod optimised for the host, or
+ * the portable CPU, with its triple and data layout set, and a target machine
+ * for it (the caller disposes of it). NULL with *st set on failure. */
+static LLVMTargetMachineRef static_machine(LLVMModuleRef mod, bool portable, lipc_diags *d,
+                                           lipc_status *st)
+{
+    char *triple = LLVMGetDefaultTargetTriple();
+    LLVMSetTarget(mod, triple);
+    LLVMTargetMachineRef tm = NULL;
+    LLVMTargetRef target = NULL;
+    char *err = NULL;
+    *st = optimise(mod, triple, portable, d);
+    if (*st == LIPC_OK && LLVMGetTargetFromTriple(triple, &target, &err)) {
+        lipc_diag_error(d, LIPC_NO_LOC, "llvm: no target for '%s': %s", triple, err);
+        LLVMDisposeMessage(err);
+        *st = LIPC_ERR_UNSUPPORTED;
+    }
+    if (*st == LIPC_OK) {
+        char *cpu = portable ? NULL : LLVMGetHostCPUName();
+        char *features = portable ? NULL : LLVMGetHostCPUFeatures();
+        tm = LLVMCreateTargetMachine(target, triple, portable ? LIPC_PORTABLE_CPU : cpu,
+                                     portable ? "" : features, LLVMCodeGenLevelAggressive,
+                                     LLVMRelocPIC, LLVMCodeModelDefault);
+        LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
+        LLVMSetModuleDataLayout(mod, layout);
+        LLVMDisposeTargetData(layout);
+        if (cpu)
+            LLVMDisposeMessage(cpu);
+        if (features)
+            LLVMDisposeMessage(features);
+    }
+    LLVMDisposeMessage(triple);
+    return tm;
+}
+
 lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool portable,
                                   lipc_diags *d, lipc_buf *out)
 {
@@ -224,38 +259,19 @@ lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool
         lipc_buf_puts(out, text);
         LLVMDisposeMessage(text);
     } else {
-        char *triple = LLVMGetDefaultTargetTriple();
-        LLVMSetTarget(km.mod, triple);
-        st = optimise(km.mod, triple, portable, d);
-        LLVMTargetRef target = NULL;
+        LLVMTargetMachineRef tm = static_machine(km.mod, portable, d, &st);
+        LLVMMemoryBufferRef mb = NULL;
         char *err = NULL;
-        if (st == LIPC_OK && LLVMGetTargetFromTriple(triple, &target, &err)) {
-            lipc_diag_error(d, LIPC_NO_LOC, "llvm: no target for '%s': %s", triple, err);
+        if (tm && LLVMTargetMachineEmitToMemoryBuffer(tm, km.mod, LLVMAssemblyFile, &err, &mb)) {
+            lipc_diag_error(d, LIPC_NO_LOC, "llvm: emitting assembly: %s", err);
             LLVMDisposeMessage(err);
             st = LIPC_ERR_UNSUPPORTED;
+        } else if (tm) {
+            lipc_buf_printf(out, "%.*s", (int)LLVMGetBufferSize(mb), LLVMGetBufferStart(mb));
+            LLVMDisposeMemoryBuffer(mb);
         }
-        if (st == LIPC_OK) {
-            char *cpu = portable ? NULL : LLVMGetHostCPUName();
-            char *features = portable ? NULL : LLVMGetHostCPUFeatures();
-            LLVMTargetMachineRef tm = LLVMCreateTargetMachine(
-                target, triple, portable ? LIPC_PORTABLE_CPU : cpu, portable ? "" : features,
-                LLVMCodeGenLevelAggressive, LLVMRelocPIC, LLVMCodeModelDefault);
-            LLVMMemoryBufferRef mb = NULL;
-            if (LLVMTargetMachineEmitToMemoryBuffer(tm, km.mod, LLVMAssemblyFile, &err, &mb)) {
-                lipc_diag_error(d, LIPC_NO_LOC, "llvm: emitting assembly: %s", err);
-                LLVMDisposeMessage(err);
-                st = LIPC_ERR_UNSUPPORTED;
-            } else {
-                lipc_buf_printf(out, "%.*s", (int)LLVMGetBufferSize(mb), LLVMGetBufferStart(mb));
-                LLVMDisposeMemoryBuffer(mb);
-            }
+        if (tm)
             LLVMDisposeTargetMachine(tm);
-            if (cpu)
-                LLVMDisposeMessage(cpu);
-            if (features)
-                LLVMDisposeMessage(features);
-        }
-        LLVMDisposeMessage(triple);
     }
     lipc_kmodule_free(&km);
     LLVMContextDispose(ctx);
@@ -349,37 +365,15 @@ lipc_status lipc_llvm_build_object(const lipc_program *train, bool portable, con
         LLVMSetGlobalConstant(gs, true);
     }
 
-    char *triple = LLVMGetDefaultTargetTriple();
-    LLVMSetTarget(mod, triple);
-    st = optimise(mod, triple, portable, d);
-    LLVMTargetRef target = NULL;
+    LLVMTargetMachineRef tm = static_machine(mod, portable, d, &st);
     char *err = NULL;
-    if (st == LIPC_OK && LLVMGetTargetFromTriple(triple, &target, &err)) {
-        lipc_diag_error(d, LIPC_NO_LOC, "llvm: no target for '%s': %s", triple, err);
+    if (tm && LLVMTargetMachineEmitToFile(tm, mod, path, LLVMObjectFile, &err)) {
+        lipc_diag_error(d, LIPC_NO_LOC, "llvm: writing %s: %s", path, err);
         LLVMDisposeMessage(err);
-        st = LIPC_ERR_UNSUPPORTED;
+        st = LIPC_ERR_IO;
     }
-    if (st == LIPC_OK) {
-        char *cpu = portable ? NULL : LLVMGetHostCPUName();
-        char *features = portable ? NULL : LLVMGetHostCPUFeatures();
-        LLVMTargetMachineRef tm = LLVMCreateTargetMachine(
-            target, triple, portable ? LIPC_PORTABLE_CPU : cpu, portable ? "" : features,
-            LLVMCodeGenLevelAggressive, LLVMRelocPIC, LLVMCodeModelDefault);
-        LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
-        LLVMSetModuleDataLayout(mod, layout);
-        LLVMDisposeTargetData(layout);
-        if (LLVMTargetMachineEmitToFile(tm, mod, path, LLVMObjectFile, &err)) {
-            lipc_diag_error(d, LIPC_NO_LOC, "llvm: writing %s: %s", path, err);
-            LLVMDisposeMessage(err);
-            st = LIPC_ERR_IO;
-        }
+    if (tm)
         LLVMDisposeTargetMachine(tm);
-        if (cpu)
-            LLVMDisposeMessage(cpu);
-        if (features)
-            LLVMDisposeMessage(features);
-    }
-    LLVMDisposeMessage(triple);
     LLVMDisposeModule(mod);
     LLVMContextDispose(ctx);
     return st;
