@@ -924,7 +924,16 @@ lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, co
                                      double *logits, double *logit_err)
 {
     const lipc_program *p = c->forward;
-    lipc_status st = reserve(c, p, n);
+    lipc_status st = LIPC_OK;
+    if (c->k.more) { /* the double kernels are compiled on first use */
+        lipc_diags d;
+        lipc_diags_init(&d);
+        st = c->k.more(&c->k, &d);
+        lipc_diags_print(&d, stderr);
+        lipc_diags_free(&d);
+    }
+    if (st == LIPC_OK)
+        st = reserve(c, p, n);
     if (st == LIPC_OK)
         st = reserve_bounded(c, p, n);
     if (st != LIPC_OK)

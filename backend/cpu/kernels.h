@@ -70,6 +70,11 @@ typedef struct lipc_kernels {
     double compile_seconds;     /* emit + optimise + code generation */
     void *owner;
     void (*owner_free)(void *owner);
+    /* the certification kernels (FORWARD64, PATCHES64) when they are made on
+     * first use (the JIT), else NULL: adds them to k */
+    lipc_status (*more)(struct lipc_kernels *k, lipc_diags *d);
+    const lipc_program *train;  /* for more */
+    bool portable;
 } lipc_kernels;
 
 void lipc_kernels_free(lipc_kernels *k);

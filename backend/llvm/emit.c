@@ -1379,8 +1379,8 @@ void lipc_kmodule_free(lipc_kmodule *km)
     memset(km, 0, sizeof *km);
 }
 
-bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmodule *km,
-                    lipc_diags *d)
+bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned parts,
+                    lipc_kmodule *km, lipc_diags *d)
 {
     const lipc_graph *g = p->g;
     memset(km, 0, sizeof *km);
@@ -1411,7 +1411,7 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmod
             factor[p->bounds[b].node->id] = true;
     static const bool none[LIPC_MAX_INPUTS] = {false, false};
     static const bool first[LIPC_MAX_INPUTS] = {true, false};
-    for (int s = 0; ok && s < p->n_steps; s++) {
+    for (int s = 0; ok && (parts & LIPC_EMIT_FLOAT) && s < p->n_steps; s++) {
         const lipc_step *st = &p->steps[s];
         const lipc_node *v = st->node;
         if (st->op == LIPC_STEP_FORWARD) {
@@ -1434,7 +1434,7 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmod
         }
     }
     /* factors with no BACKWARD step (none today: every factor has a weight) */
-    for (int b = 0; ok && b < p->n_bounds; b++) {
+    for (int b = 0; ok && (parts & LIPC_EMIT_FLOAT) && b < p->n_bounds; b++) {
         const lipc_node *v = p->bounds[b].node;
         if (p->bounds[b].kind != LIPC_LIP_OPNORM)
             continue;
@@ -1450,7 +1450,7 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, lipc_kmod
     e.esize = 8;
     e.vt = LLVMVectorType(e.f32, (unsigned)e.vl);
     e.mt = LLVMVectorType(e.i1, (unsigned)e.vl);
-    for (int s = 0; ok && s < p->n_steps; s++) {
+    for (int s = 0; ok && (parts & LIPC_EMIT_DOUBLE) && s < p->n_steps; s++) {
         const lipc_step *st = &p->steps[s];
         const lipc_node *v = st->node;
         if (st->op != LIPC_STEP_FORWARD)

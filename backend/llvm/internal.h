@@ -19,12 +19,16 @@ typedef struct lipc_kmodule {
     int vl;             /* floats per vector register the kernels use */
 } lipc_kmodule;
 
+/* Which kernels lipc_llvm_emit makes: the float ones (training, inference,
+ * power iteration) and the double ones (certified inference). */
+enum { LIPC_EMIT_FLOAT = 1, LIPC_EMIT_DOUBLE = 2, LIPC_EMIT_ALL = 3 };
+
 /* Emits the kernels of a TRAIN program (whose steps hold every node) into a
  * new module of ctx, verified. vl is the vector width in floats (16 for
  * AVX-512, 8 for AVX2). False with an error in d when an op has no emitter;
  * the caller frees km with lipc_kmodule_free either way. */
-bool lipc_llvm_emit(const lipc_program *train, LLVMContextRef ctx, int vl, lipc_kmodule *km,
-                    lipc_diags *d);
+bool lipc_llvm_emit(const lipc_program *train, LLVMContextRef ctx, int vl, unsigned parts,
+                    lipc_kmodule *km, lipc_diags *d);
 void lipc_kmodule_free(lipc_kmodule *km);
 
 /* The CPU the portable target (--portable) compiles for: AVX2 and FMA. */

@@ -97,25 +97,91 @@ static void jit_dispose(void *owner)
 
 /* Emits the kernels of train into a new module of ctx and moves their
  * descriptions into k. NULL (after diagnostics) on failure. */
+static bool is_double_kind(int kind)
+{
+    return kind == LIPC_K_FORWARD64 || kind == LIPC_K_PATCHES64;
+}
+
+/* Emits the parts of train's kernels into a new module of ctx and moves their
+ * descriptions into k (with LIPC_EMIT_FLOAT, every kind's table, the double
+ * ones still empty). NULL (after diagnostics) on failure. */
 static LLVMModuleRef emit_into(const lipc_program *train, LLVMContextRef ctx, bool portable,
-                               lipc_kernels *k, lipc_diags *d, lipc_status *st)
+                               unsigned parts, lipc_kernels *k, lipc_diags *d, lipc_status *st)
 {
     int errors = d->n_errors;
     lipc_kmodule km;
-    if (!lipc_llvm_emit(train, ctx, vector_width(portable), &km, d)) {
+    if (!lipc_llvm_emit(train, ctx, vector_width(portable), parts, &km, d)) {
         lipc_kmodule_free(&km);
         *st = d->n_errors > errors ? LIPC_ERR_UNSUPPORTED : LIPC_ERR_NOMEM;
         return NULL;
     }
     k->n_ids = km.n_ids;
     k->vl = km.vl;
-    for (int i = 0; i < LIPC_K_KINDS; i++) {
-        k->info[i] = km.info[i];
-        km.info[i] = NULL;
-    }
+    for (int i = 0; i < LIPC_K_KINDS; i++)
+        if ((parts & LIPC_EMIT_FLOAT) || is_double_kind(i)) {
+            lipc_free(k->info[i]);
+            k->info[i] = km.info[i];
+            km.info[i] = NULL;
+        }
     LLVMModuleRef mod = km.mod;
     km.mod = NULL;
     return mod;
+}
+
+/* Emits, optimises and adds the parts of train's kernels to the JIT k owns,
+ * and looks up their addresses. */
+static lipc_status jit_add(lipc_kernels *k, unsigned parts, lipc_diags *d)
+{
+    LLVMOrcLLJITRef jit = k->owner;
+    LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
+    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+    lipc_status st = LIPC_OK;
+    LLVMModuleRef mod = emit_into(k->train, ctx, k->portable, parts, k, d, &st);
+    if (!mod) {
+        LLVMOrcDisposeThreadSafeContext(tsc);
+        return st;
+    }
+    LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(jit));
+    LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(jit));
+    st = optimise(mod, LLVMOrcLLJITGetTripleString(jit), k->portable, d);
+    if (st != LIPC_OK) {
+        LLVMDisposeModule(mod);
+        LLVMOrcDisposeThreadSafeContext(tsc);
+        return st;
+    }
+    /* the thread-safe module owns mod and shares the context */
+    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(mod, tsc);
+    LLVMOrcDisposeThreadSafeContext(tsc);
+    LLVMErrorRef e = LLVMOrcLLJITAddLLVMIRModule(jit, LLVMOrcLLJITGetMainJITDylib(jit), tsm);
+    if (e)
+        return llvm_error(d, "adding the kernels", e);
+    /* code generation happens on the first lookup */
+    for (int i = 0; i < LIPC_K_KINDS; i++)
+        if (!k->fn[i] && !(k->fn[i] = lipc_calloc((size_t)k->n_ids, sizeof(lipc_kernel_fn))))
+            return LIPC_ERR_NOMEM;
+    for (const lipc_node *n = k->train->g->first; n; n = n->next)
+        for (int i = 0; i < LIPC_K_KINDS; i++) {
+            if (!k->info[i][n->id].present || is_double_kind(i) != !(parts & LIPC_EMIT_FLOAT))
+                continue;
+            char name[256];
+            lipc_kernel_name((lipc_kkind)i, n, name, sizeof name);
+            LLVMOrcExecutorAddress addr = 0;
+            if ((e = LLVMOrcLLJITLookup(jit, &addr, name)))
+                return llvm_error(d, "compiling the kernels", e);
+            k->fn[i][n->id] = (lipc_kernel_fn)(uintptr_t)addr;
+        }
+    return LIPC_OK;
+}
+
+/* The certification kernels, on first use. */
+static lipc_status jit_more(lipc_kernels *k, lipc_diags *d)
+{
+    double t0 = lipc_now();
+    lipc_status st = jit_add(k, LIPC_EMIT_DOUBLE, d);
+    if (st == LIPC_OK)
+        k->more = NULL;
+    k->compile_seconds += lipc_now() - t0;
+    return st;
 }
 
 lipc_status lipc_jit_compile(const lipc_program *train, bool portable, lipc_kernels *k,
@@ -135,52 +201,14 @@ lipc_status lipc_jit_compile(const lipc_program *train, bool portable, lipc_kern
         return llvm_error(d, "creating the JIT", e);
     k->owner = jit;
     k->owner_free = jit_dispose;
-
-    LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
-    lipc_status st = LIPC_OK;
-    LLVMModuleRef mod = emit_into(train, ctx, portable, k, d, &st);
-    if (!mod) {
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        lipc_kernels_free(k);
-        return st;
-    }
-    LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(jit));
-    LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(jit));
-    st = optimise(mod, LLVMOrcLLJITGetTripleString(jit), portable, d);
+    k->train = train;
+    k->portable = portable;
+    lipc_status st = jit_add(k, LIPC_EMIT_FLOAT, d);
     if (st != LIPC_OK) {
-        LLVMDisposeModule(mod);
-        LLVMOrcDisposeThreadSafeContext(tsc);
         lipc_kernels_free(k);
         return st;
     }
-    /* the thread-safe module owns mod and shares the context */
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(mod, tsc);
-    LLVMOrcDisposeThreadSafeContext(tsc);
-    if ((e = LLVMOrcLLJITAddLLVMIRModule(jit, LLVMOrcLLJITGetMainJITDylib(jit), tsm))) {
-        lipc_kernels_free(k);
-        return llvm_error(d, "adding the kernels", e);
-    }
-    /* code generation happens on the first lookup */
-    const lipc_graph *g = train->g;
-    for (int i = 0; i < LIPC_K_KINDS; i++)
-        if (!(k->fn[i] = lipc_calloc((size_t)k->n_ids, sizeof(lipc_kernel_fn)))) {
-            lipc_kernels_free(k);
-            return LIPC_ERR_NOMEM;
-        }
-    for (const lipc_node *n = g->first; n; n = n->next)
-        for (int i = 0; i < LIPC_K_KINDS; i++) {
-            if (!k->info[i][n->id].present)
-                continue;
-            char name[256];
-            lipc_kernel_name((lipc_kkind)i, n, name, sizeof name);
-            LLVMOrcExecutorAddress addr = 0;
-            if ((e = LLVMOrcLLJITLookup(jit, &addr, name))) {
-                lipc_kernels_free(k);
-                return llvm_error(d, "compiling the kernels", e);
-            }
-            k->fn[i][n->id] = (lipc_kernel_fn)(uintptr_t)addr;
-        }
+    k->more = jit_more;
     k->compile_seconds = lipc_now() - t0;
     return LIPC_OK;
 }
@@ -252,7 +280,7 @@ lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool
     int errors = d->n_errors;
     lipc_kmodule km;
     lipc_status st = LIPC_OK;
-    if (!lipc_llvm_emit(train, ctx, vector_width(portable), &km, d)) {
+    if (!lipc_llvm_emit(train, ctx, vector_width(portable), LIPC_EMIT_ALL, &km, d)) {
         st = d->n_errors > errors ? LIPC_ERR_UNSUPPORTED : LIPC_ERR_NOMEM;
     } else if (!assembly) {
         char *text = LLVMPrintModuleToString(km.mod);
@@ -301,7 +329,7 @@ lipc_status lipc_llvm_build_object(const lipc_program *train, bool portable, con
     lipc_kernels k;
     memset(&k, 0, sizeof k);
     lipc_status st = LIPC_OK;
-    LLVMModuleRef mod = emit_into(train, ctx, portable, &k, d, &st);
+    LLVMModuleRef mod = emit_into(train, ctx, portable, LIPC_EMIT_ALL, &k, d, &st);
     if (!mod) {
         LLVMContextDispose(ctx);
         return st;
