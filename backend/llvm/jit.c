@@ -125,6 +125,7 @@ static LLVMModuleRef emit_into(const lipc_program *train, LLVMContextRef ctx, bo
         }
     LLVMModuleRef mod = km.mod;
     km.mod = NULL;
+    lipc_kmodule_free(&km); /* the tables not moved */
     return mod;
 }
 
