@@ -291,6 +291,20 @@ static lipc_status load_weights(const char *path, const lipc_model_desc *m,
     return s;
 }
 
+/* --weights into st, then the test split into test, checked against the
+ * model (certify, predict). */
+static lipc_status load_weights_and_test(const run_args *r, const lipc_model_desc *m,
+                                         lipc_train_state *st, lipc_dataset *test,
+                                         lipc_diags *d)
+{
+    lipc_status s = load_weights(r->weights, m, st);
+    if (s == LIPC_OK)
+        s = load_data(r, LIPC_SPLIT_TEST, test);
+    if (s == LIPC_OK && !lipc_dataset_fits(m, test, d))
+        s = LIPC_ERR_INPUT;
+    return s;
+}
+
 /* ---- train -------------------------------------------------------------------- */
 
 static const char *usage_train =
@@ -738,11 +752,7 @@ int cli_certify(int argc, char **argv)
     lipc_cert_summary cs;
     lipc_diags d;
     lipc_diags_init(&d);
-    lipc_status s = rep ? load_weights(r.weights, m, &st) : LIPC_ERR_NOMEM;
-    if (s == LIPC_OK)
-        s = load_data(&r, LIPC_SPLIT_TEST, &test);
-    if (s == LIPC_OK && !lipc_dataset_fits(m, &test, &d))
-        s = LIPC_ERR_INPUT;
+    lipc_status s = rep ? load_weights_and_test(&r, m, &st, &test, &d) : LIPC_ERR_NOMEM;
     if (s == LIPC_OK)
         s = run_bound(c, &st, r.iters, r.tol, rep);
     double k_est = rep ? rep[m->n_factors].value : NAN, k_sound = NAN;
@@ -871,16 +881,11 @@ int cli_predict(int argc, char **argv)
     if (!c)
         return rc;
     const lipc_model_desc *m = &c->desc;
-    lipc_train_state st;
-    lipc_dataset test;
-    memset(&test, 0, sizeof test);
-    lipc_status s = load_weights(r.weights, m, &st);
-    if (s == LIPC_OK)
-        s = load_data(&r, LIPC_SPLIT_TEST, &test);
+    lipc_train_state st = {0};
+    lipc_dataset test = {0};
     lipc_diags d;
     lipc_diags_init(&d);
-    if (s == LIPC_OK && !lipc_dataset_fits(m, &test, &d))
-        s = LIPC_ERR_INPUT;
+    lipc_status s = load_weights_and_test(&r, m, &st, &test, &d);
     int batch = 256, k = m->classes;
     size_t in = (size_t)m->in_c * (size_t)m->in_h * (size_t)m->in_w;
     double *logits = s == LIPC_OK ? lipc_malloc(sizeof(double) * (size_t)batch * (size_t)k) : NULL;
