@@ -19,6 +19,12 @@ It reports the median images/s over the timed steps, the model's FLOPs per
 image, the achieved GFLOP/s and the peak RSS. `--check` tests that the peer
 computes what lipc computes (see check()).
 
+`--device cuda` runs the same on the current NVIDIA GPU: the model, its
+power-iteration vectors, the optimiser state and the batch (drawn on the host,
+copied once) live there; the clock is read after torch.cuda.synchronize();
+TF32 is allowed in training unless `--tf32 off` and never in infer+cert or
+--check; the peak GPU memory is reported too. `--threads` applies to the CPU only.
+
 OPENBLAS_CORETYPE=SkylakeX is set below before torch is imported, unless the
 environment already sets it: Debian's OpenBLAS does not recognise the CPUs of
 the development machines and otherwise falls back to a slow SSE kernel
@@ -223,7 +229,7 @@ class Peer(torch.nn.Module):
             if n["op"] == "conv2d":
                 w = w + getattr(self, self.eyes[n["id"]])
             else:
-                w = w + torch.eye(w.shape[0], w.shape[1], dtype=w.dtype)
+                w = w + torch.eye(w.shape[0], w.shape[1], dtype=w.dtype, device=w.device)
         return w
 
     @staticmethod
@@ -321,6 +327,11 @@ class Peer(torch.nn.Module):
                 for _ in range(iters):
                     z = self.adjoint(f, self.linear(f, v, w), w, shape)
                     s = z.norm()
+                    if v.is_cuda:
+                        # the same rule (a zero z leaves v as it was) without
+                        # waiting on the GPU for s in every iteration
+                        v = torch.where(s > 0, z / s, v)
+                        continue
                     if s == 0:
                         break
                     v = z / s
@@ -329,7 +340,7 @@ class Peer(torch.nn.Module):
     def k_sub(self, weights=None):
         """K_sub = prod sigma_f, sigma_f = ||A_f v_f|| with v_f held constant:
         its gradient w.r.t. the weight is u v^T, u = A v / ||A v|| (as lipc)."""
-        k = torch.tensor(self.const, dtype=self.params[0].dtype)
+        k = torch.tensor(self.const, dtype=self.params[0].dtype, device=self.params[0].device)
         sig = []
         for f in self.factors:
             w = weights[f["id"]] if weights else self.weight(f)
@@ -347,7 +358,7 @@ class Peer(torch.nn.Module):
 
 def pair_dist(r):
     """||r_a - r_b|| for all pairs; the diagonal is 0 with a zero gradient."""
-    eye = torch.eye(r.shape[0], dtype=r.dtype)
+    eye = torch.eye(r.shape[0], dtype=r.dtype, device=r.device)
     sq = ((r[:, None, :] - r[None, :, :]) ** 2).sum(-1)
     return torch.sqrt(sq + eye) - eye
 
@@ -407,6 +418,22 @@ def flops(peer, batch, power_iters):
 
 # ---- timing -------------------------------------------------------------------------
 
+def set_tf32(dev, on):
+    """On a GPU: whether convolutions and matrix products in float32 may use
+    TF32 (10-bit mantissa inputs, float32 accumulation). No effect on the CPU."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
+def clock(dev):
+    """Seconds, read once the device has finished the work queued so far
+    (GPU kernels run asynchronously to the Python that launches them)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
+
+
 def synthetic(peer, batch, seed, channels_last):
     g = torch.Generator().manual_seed(seed)
     shape = [batch] + peer.desc["input"]["shape"]
@@ -419,10 +446,11 @@ def synthetic(peer, batch, seed, channels_last):
 
 
 def bench_train(peer, x, y, args):
+    # built after the parameters moved, so its state sits on their device
     opt = torch.optim.AdamW(peer.params, lr=args.lr, weight_decay=args.weight_decay)
     times, losses = [], []
     for step in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0 = clock(args.dev)
         opt.zero_grad(set_to_none=True)
         peer.power_iterate(args.power_iters)
         f = peer(x)
@@ -432,7 +460,7 @@ def bench_train(peer, x, y, args):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(peer.params, args.clip)
         opt.step()
-        dt = time.perf_counter() - t0
+        dt = clock(args.dev) - t0
         if step >= args.warmup:
             times.append(dt)
         losses.append(float(loss))
@@ -446,11 +474,11 @@ def bench_infer(peer, x, args):
         k, _ = peer.k_sub()
         kpair = k * pair_dist(peer.head_rows())
         for step in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
+            t0 = clock(args.dev)
             f = peer(x)
             _, cert, _ = certify(f, kpair, args.eps)
             int(cert.sum())
-            dt = time.perf_counter() - t0
+            dt = clock(args.dev) - t0
             if step >= args.warmup:
                 times.append(dt)
     return times, float(k)
@@ -485,8 +513,11 @@ def check(peer, args):
     iteration estimates and K_sub against `lipc bound`; on the first --check-n
     Fashion-MNIST test images, each prediction against `lipc predict` and the
     correct and certified counts and mean radius against
-    `lipc certify --bound estimate`. Runs in float64, as lipc's reference."""
+    `lipc certify --bound estimate`. Runs in float64, as lipc's reference,
+    on the peer's device (test data drawn on the host and copied there)."""
     ok = True
+    dev = args.dev
+    set_tf32(dev, False)
     peer.double()
     print("torch_peer check:")
     want = sum(p["numel"] for p in peer.desc["params"])
@@ -498,7 +529,8 @@ def check(peer, args):
     for n in peer.nodes:
         if not n["attrs"].get("fold_identity"):
             continue
-        x = torch.randn([2] + peer.byid[n["inputs"][0]]["shape"], generator=g, dtype=torch.float64)
+        x = torch.randn([2] + peer.byid[n["inputs"][0]]["shape"], generator=g,
+                        dtype=torch.float64).to(dev)
         w = peer.p(n["params"][0])
         peer.residual = "fold"
         folded = peer.linear(n, x, peer.weight(n))
@@ -517,9 +549,9 @@ def check(peer, args):
         shape = peer.byid[f["inputs"][0]]["shape"]
         w = peer.weight(f)
         xs = [1] + shape if f["op"] == "conv2d" else [1, shape[0]]
-        x = torch.randn(xs, generator=g, dtype=torch.float64)
+        x = torch.randn(xs, generator=g, dtype=torch.float64).to(dev)
         ax = peer.linear(f, x, w)
-        yv = torch.randn(ax.shape, generator=g, dtype=torch.float64)
+        yv = torch.randn(ax.shape, generator=g, dtype=torch.float64).to(dev)
         aty = peer.adjoint(f, yv, w, shape)
         lhs, rhs = float((ax * yv).sum()), float((x * aty).sum())
         worst_adj = max(worst_adj, abs(lhs - rhs) / max(abs(lhs), 1e-30))
@@ -527,7 +559,7 @@ def check(peer, args):
                  f"max rel diff {worst_adj:.2e}")
 
     x, _ = synthetic(peer, 4, 3, False)
-    x = x.double()
+    x = x.double().to(dev)
     with torch.no_grad():
         ref = peer(x)
         xl = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
@@ -583,6 +615,7 @@ def check_against_lipc(peer, args):
     cert_k, cert = cert["k_sub"], cert["details"]
     xs = read_idx_images(os.path.join(args.data, "t10k-images-idx3-ubyte.gz"), args.check_n)
     ys = read_idx_labels(os.path.join(args.data, "t10k-labels-idx1-ubyte.gz"), args.check_n)
+    xs, ys = xs.to(args.dev), ys.to(args.dev)
     # lipc's own K_sub here, so this compares the logits and the head rows
     kpair = cert_k * pair_dist(peer.head_rows().detach())
     with torch.no_grad():
@@ -595,7 +628,7 @@ def check_against_lipc(peer, args):
         [args.lipc, "predict", args.model, "--weights", args.weights, "--target", "ref",
          "--limit", str(args.check_n)] + common,
         check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().split("\n")
-    theirs = torch.tensor([int(l.split()[1]) for l in lines if l.strip()])
+    theirs = torch.tensor([int(l.split()[1]) for l in lines if l.strip()], device=args.dev)
     same = int((theirs == pred).sum()) if len(theirs) == len(pred) else -1
     ok &= report(same == len(pred), "per-image predictions vs lipc predict",
                  f"{same} of {len(pred)} agree")
@@ -620,7 +653,12 @@ def main():
                     help="override a model parameter (passed to lipc dump)")
     ap.add_argument("--lipc", default=os.path.join(ROOT, "build", "lipc"))
     ap.add_argument("--batch", type=int, default=None, help="default: the model's train batch")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where the model, its state and the batch live (cuda: the current GPU)")
+    ap.add_argument("--tf32", choices=["on", "off"], default="on",
+                    help="cuda: TF32 in the training step (infer+cert and --check never use it)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (cpu only; ignored with --device cuda)")
     ap.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     ap.add_argument("--residual", choices=["fold", "add"], default="fold",
                     help="fold: one conv with W + I_c (default); add: conv_W(x) + x")
@@ -644,7 +682,20 @@ def main():
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args()
 
-    if args.threads:
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("torch_peer: --device cuda, but this PyTorch sees no CUDA device "
+                  "(torch.cuda.is_available() is false)", file=sys.stderr)
+            sys.exit(2)
+        args.dev = torch.device("cuda", torch.cuda.current_device())
+        gpu = torch.cuda.get_device_name(args.dev)
+        where = f"{args.dev} {gpu}"
+        torch.backends.cudnn.benchmark = True  # the shapes never change
+    else:
+        args.dev, gpu, where = torch.device("cpu"), None, "cpu"
+    cuda = args.dev.type == "cuda"
+
+    if args.threads and not cuda:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals slow convolutions ~170x on these CPUs
     torch.manual_seed(args.seed)
@@ -660,6 +711,9 @@ def main():
     peer.init_params(args.seed)
     if args.weights:
         peer.load(read_safetensors(args.weights))
+    # parameters, folded identities and power-iteration vectors, initialised on
+    # the host as on the CPU, then moved once (no-op on the CPU)
+    peer.to(args.dev)
 
     if args.check:
         sys.exit(0 if check(peer, args) else 1)
@@ -667,9 +721,13 @@ def main():
     if args.channels_last:
         peer.to_channels_last()
     x, y = synthetic(peer, args.batch, args.seed, args.channels_last)
+    x, y = x.to(args.dev), y.to(args.dev)  # drawn on the host, copied once (keeps the layout)
     fl = flops(peer, args.batch, args.power_iters)
     res = {"model": desc["name"], "file": os.path.relpath(args.model, ROOT), "set": args.set,
-           "batch": args.batch, "threads": torch.get_num_threads(),
+           "batch": args.batch, "threads": None if cuda else torch.get_num_threads(),
+           "device": where, "gpu": gpu, "tf32_train": (args.tf32 == "on") if cuda else None,
+           "cuda": torch.version.cuda if cuda else None,
+           "cudnn": torch.backends.cudnn.version() if cuda else None,
            "layout": "nhwc" if args.channels_last else "nchw", "residual": args.residual,
            "power_iters": args.power_iters, "eps": args.eps, "steps": args.steps,
            "warmup": args.warmup, "torch": torch.__version__,
@@ -678,6 +736,7 @@ def main():
            "flops_forward_per_image": fl["forward"], "flops_train_per_image": fl["train"],
            "flops_power_per_step": fl["power_per_step"]}
     if args.only != "infer":
+        set_tf32(args.dev, args.tf32 == "on")
         times, losses = bench_train(peer, x, y, args)
         med = statistics.median(times)
         res.update(train_step_s=med, train_steps_s=[round(t, 4) for t in times],
@@ -685,17 +744,24 @@ def main():
                    train_gflop_s=fl["train"] * args.batch / med / 1e9,
                    train_loss_first=losses[0], train_loss_last=losses[-1])
     if args.only != "train":
+        set_tf32(args.dev, False)  # the certificate's margins in full float32
         times, k = bench_infer(peer, x, args)
         med = statistics.median(times)
         res.update(infer_step_s=med, infer_steps_s=[round(t, 4) for t in times],
                    infer_img_s=args.batch / med,
                    infer_gflop_s=fl["infer"] * args.batch / med / 1e9, k_sub=k)
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["peak_gpu_mib"] = torch.cuda.max_memory_allocated(args.dev) / 2**20 if cuda else None
 
     if args.json:
         print(json.dumps(res))
         return
-    print(f"{res['model']} {' '.join(args.set)}: batch {args.batch}, {res['threads']} threads, "
+    if cuda:
+        on = f"{where}, TF32 {args.tf32} in training (off in infer+cert)" + \
+            (" (--threads ignored)" if args.threads else "")
+    else:
+        on = f"{res['threads']} threads"
+    print(f"{res['model']} {' '.join(args.set)}: batch {args.batch}, {on}, "
           f"{res['layout']}, torch {res['torch']}, {res['params']} parameters")
     print(f"  FLOPs/image: forward {fl['forward'] / 1e6:.1f} M, train step "
           f"{fl['train'] / 1e6:.1f} M ({args.power_iters} power iterations)")
@@ -706,7 +772,8 @@ def main():
     if "infer_img_s" in res:
         print(f"  infer + cert   {res['infer_img_s']:8.1f} img/s  {res['infer_gflop_s']:6.1f} GFLOP/s"
               f"  (median batch {res['infer_step_s'] * 1e3:.1f} ms; K_sub {res['k_sub']:.4g})")
-    print(f"  peak RSS {res['peak_rss_mib']:.0f} MiB")
+    print(f"  peak RSS {res['peak_rss_mib']:.0f} MiB"
+          + (f", peak GPU memory {res['peak_gpu_mib']:.0f} MiB" if cuda else ""))
 
 
 if __name__ == "__main__":
