@@ -395,6 +395,10 @@ typedef struct lipc_model_ops {
     /* One training step on x [n, in numel], y [n]; updates st. */
     lipc_status (*train_step)(void *ctx, lipc_train_state *st, int n, const float *x,
                               const int32_t *y, const lipc_hyper *h, lipc_step_stats *out);
+    /* A backend that keeps the training state on its device between steps
+     * brings st up to date on the host (NULL: st is always current). The
+     * runtime calls it before it reads st: validation, checkpoints, the end. */
+    lipc_status (*sync_state)(void *ctx, lipc_train_state *st);
     /* logits [n, classes] */
     lipc_status (*predict)(void *ctx, const float *params, int n, const float *x,
                            double *logits);

@@ -317,6 +317,9 @@ lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
         res->train_acc = (double)sum_correct / (double)sum_n;
         res->train_cert = (double)sum_cert / (double)sum_n;
         res->k_sub = stats.k_sub;
+        /* validation and the checkpoint read st */
+        if (ops->sync_state && (s = ops->sync_state(ops->ctx, st)) != LIPC_OK)
+            break;
         bool do_val = o->val &&
                       ((o->val_every > 0 && epoch % o->val_every == 0) || st->step == total);
         if (do_val && (s = validate(m, ops, st, o, res)) != LIPC_OK)
@@ -351,6 +354,11 @@ lipc_status lipc_train_run(const lipc_model_desc *m, const lipc_model_ops *ops,
         sum_n = sum_correct = sum_cert = 0;
     }
     lipc_progress_end(&prog);
+    if (ops->sync_state) {
+        lipc_status c = ops->sync_state(ops->ctx, st);
+        if (s == LIPC_OK)
+            s = c;
+    }
     res->steps = st->step - start;
     res->epochs = (int)(st->step / per_epoch);
     res->seconds = lipc_now() - t0;
