@@ -206,7 +206,8 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
     *out = NULL;
     bool f32 = strcmp(target, "ref-f32") == 0;
     if (strcmp(target, "ref") != 0 && !f32) {
-        static const char *const targets[] = {"ref", "ref-f32", "cpu", "cuda", NULL};
+        static const char *const targets[] = {"ref", "ref-f32", "cpu", "cuda", "cuda-emulator",
+                                              NULL};
         bool known = false;
         for (int i = 0; targets[i]; i++)
             known |= strcmp(targets[i], target) == 0;
@@ -222,9 +223,10 @@ lipc_status lipc_compile(lipc_graph *g, const char *target, lipc_diags *d, lipc_
             m = lipc_diag_error(d, LIPC_NO_LOC,
                                 "target 'cuda': this lipc was built without the CUDA toolkit");
             lipc_diag_hint(m, "use --target=ref, or rebuild lipc where the CUDA toolkit is installed");
-        } else if (strcmp(target, "cpu") == 0) {
-            /* the LLVM backend compiles it: lipc_compile_target */
-            m = lipc_diag_error(d, LIPC_NO_LOC, "target 'cpu' is not linked into this program");
+        } else if (strcmp(target, "cpu") == 0 || strncmp(target, "cuda", 4) == 0) {
+            /* lipc_compile_target compiles them */
+            m = lipc_diag_error(d, LIPC_NO_LOC, "target '%s' is not linked into this program",
+                                target);
             lipc_diag_hint(m, "use --target=ref (the reference interpreter)");
         } else {
             m = lipc_diag_error(d, LIPC_NO_LOC, "target '%s' is not implemented yet", target);

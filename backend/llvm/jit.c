@@ -14,6 +14,7 @@
  * LIPC_ERR_UNSUPPORTED.
  */
 #include "backend/llvm/internal.h"
+#include "backend/cuda/gpu.h"
 
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
@@ -21,6 +22,7 @@
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Reports an LLVMErrorRef (consumed) as "llvm: what: message". */
@@ -233,6 +235,13 @@ static lipc_status jit_source(const lipc_program *train, bool portable, void *ct
 lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
                                 lipc_diags *d, lipc_compiled **out)
 {
+    if (strcmp(target, "cuda") == 0 || strcmp(target, "cuda-emulator") == 0) {
+        lipc_gpu_dev *dev = NULL;
+        lipc_status st = strcmp(target, "cuda") == 0
+                             ? lipc_gpu_cuda_new(d, &dev)
+                             : lipc_gpu_emulator_new(getenv("CC"), 3, d, &dev);
+        return st == LIPC_OK ? lipc_compile_gpu(g, dev, d, out) : st;
+    }
     if (strcmp(target, "cpu") != 0)
         return lipc_compile(g, target, d, out);
     return lipc_compile_cpu(g, jit_source, NULL, o, d, out);

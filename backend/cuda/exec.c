@@ -1,0 +1,764 @@
+/* backend/cuda/exec.c: the cuda target's driver.
+ *
+ * It runs a program step by step as the cpu driver does (backend/cpu/exec.c),
+ * launching the model's kernels (emit.c) on a device (gpu.h): activations and
+ * gradients in one device arena laid out by plan-memory; parameters, moments,
+ * power-iteration vectors and gradients in device buffers that stay there
+ * between training steps (lipc_gpu_sync_state copies them back).
+ *
+ * The host keeps what is small and wants double: the factor tree
+ * (lipc_program_eval_bound), the loss on the n x classes logits
+ * (lipc_ref_loss, exactly the reference's), the head's row normalisation and
+ * the clipping factor. A step copies to the host the logits, the sigmas and
+ * the gradient norm's partial sums, and back the logits' gradient and the
+ * head's; everything of the size of the network stays on the device. Power
+ * iteration normalises on the device (norm kernels write the norm where the
+ * scaling kernel reads it), so it needs no copy until its sigmas.
+ *
+ * Errors: the first failing device call is kept and every later call of the
+ * step is skipped; the entry point returns it (LIPC_ERR_UNSUPPORTED, with the
+ * device's message on stderr).
+ */
+#include "backend/cuda/gpu.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { K_SUMSQ, K_DOT, K_FINISH, K_DIV, K_AXPY, K_ADAMW, K_SGD, K_GENERIC };
+static const char *const generic_names[K_GENERIC] = {
+    "lipc_sumsq", "lipc_dot", "lipc_norm_finish", "lipc_div", "lipc_axpy", "lipc_adamw", "lipc_sgd"};
+
+struct lipc_gpu {
+    lipc_gpu_dev *dev;
+    const lipc_program *train, *forward;
+    const lipc_graph *g;
+    void **fn[LIPC_G_KINDS];    /* [n_ids] */
+    void *gk[K_GENERIC];
+    lipc_status fail;           /* the first device error of a call */
+    size_t np, md, max_v;
+    /* device */
+    float *arena;
+    size_t arena_cap;           /* floats */
+    float *params, *opt_m, *opt_v, *vec, *grads;   /* the training state */
+    float *pparams, *pvec;      /* predict's and lipschitz's own copies */
+    float *head_r, *head_dr, *tmp, *scratch;
+    double *partials, *norms;   /* [LIPC_GPU_PARTIALS], [n_bounds + 1] */
+    /* host */
+    double *r64, *w64, *dr64, *dw64, *hpart, *sigma, *dk;
+    float *hf, *hw, *hvec;        /* [md], [md], [n_vec_elems] */
+    double *logits64, *dlogits64;
+    float *logitsf;
+    size_t logits_cap;
+    /* whose state the device holds, at which step; stale: the host's copy
+     * is older */
+    const lipc_train_state *owner;
+    long owner_step;
+    bool stale;
+};
+
+/* ---- device calls with a sticky error ---- */
+
+static void note_fail(lipc_gpu *c, lipc_status st)
+{
+    if (st != LIPC_OK && c->fail == LIPC_OK) {
+        c->fail = st;
+        fprintf(stderr, "lipc: cuda target: %s\n", c->dev->ops->error(c->dev));
+    }
+}
+
+static void launch(lipc_gpu *c, void *k, long long items, const lipc_gargs *a)
+{
+    if (c->fail == LIPC_OK)
+        note_fail(c, c->dev->ops->launch(c->dev, k, items, a));
+}
+
+static void upload(lipc_gpu *c, void *dst, const void *src, size_t bytes)
+{
+    if (c->fail == LIPC_OK)
+        note_fail(c, c->dev->ops->upload(c->dev, dst, src, bytes));
+}
+
+static void download(lipc_gpu *c, void *dst, const void *src, size_t bytes)
+{
+    if (c->fail == LIPC_OK)
+        note_fail(c, c->dev->ops->download(c->dev, dst, src, bytes));
+    else
+        memset(dst, 0, bytes);
+}
+
+static void zero(lipc_gpu *c, void *dst, size_t bytes)
+{
+    if (c->fail == LIPC_OK)
+        note_fail(c, c->dev->ops->zero(c->dev, dst, bytes));
+}
+
+static lipc_status dev_alloc(lipc_gpu *c, size_t bytes, void *out)
+{
+    void *p = NULL;
+    lipc_status st = c->dev->ops->alloc(c->dev, bytes ? bytes : 1, &p);
+    memcpy(out, &p, sizeof p);
+    return st;
+}
+
+/* ---- setup ---- */
+
+void lipc_gpu_free(lipc_gpu *c)
+{
+    if (!c)
+        return;
+    if (c->dev) {
+        void *dbufs[] = {c->arena, c->params, c->opt_m,  c->opt_v,   c->vec,  c->grads,
+                         c->pparams, c->pvec, c->head_r, c->head_dr, c->tmp, c->scratch,
+                         c->partials, c->norms};
+        for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++)
+            if (dbufs[i])
+                c->dev->ops->release(c->dev, dbufs[i]);
+        c->dev->ops->destroy(c->dev);
+    }
+    void *hbufs[] = {c->fn[0], c->fn[1], c->fn[2], c->r64, c->w64, c->dr64, c->dw64, c->hpart,
+                     c->sigma, c->dk, c->hf, c->hw, c->hvec, c->logits64, c->dlogits64, c->logitsf};
+    for (size_t i = 0; i < sizeof hbufs / sizeof *hbufs; i++)
+        lipc_free(hbufs[i]);
+    lipc_free(c);
+}
+
+lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
+                         lipc_gpu_dev *dev, lipc_diags *d, lipc_gpu **out)
+{
+    *out = NULL;
+    LIPC_ASSERT(train->entry == LIPC_ENTRY_TRAIN && train->head && forward->g == train->g);
+    lipc_gpu *c = lipc_calloc(1, sizeof *c);
+    if (!c) {
+        dev->ops->destroy(dev);
+        return LIPC_ERR_NOMEM;
+    }
+    c->dev = dev;
+    c->train = train;
+    c->forward = forward;
+    c->g = train->g;
+    int n_ids = c->g->next_id;
+    bool *has[LIPC_G_KINDS];
+    lipc_status st = LIPC_OK;
+    for (int k = 0; k < LIPC_G_KINDS; k++) {
+        c->fn[k] = lipc_calloc((size_t)n_ids + 1, sizeof(void *));
+        has[k] = lipc_calloc((size_t)n_ids + 1, sizeof(bool));
+        if (!c->fn[k] || !has[k])
+            st = LIPC_ERR_NOMEM;
+    }
+    lipc_buf src;
+    lipc_buf_init(&src);
+    if (st == LIPC_OK)
+        st = lipc_cuda_emit(train, has, &src, d);
+    if (st == LIPC_OK)
+        st = dev->ops->load(dev, lipc_buf_str(&src), d);
+    lipc_buf_free(&src);
+    for (int k = 0; k < LIPC_G_KINDS && st == LIPC_OK; k++)
+        for (const lipc_node *v = c->g->first; v; v = v->next) {
+            char name[64];
+            snprintf(name, sizeof name, "%s_%d", lipc_gkind_names[k], v->id);
+            if (has[k][v->id] && !(c->fn[k][v->id] = dev->ops->kernel(dev, name))) {
+                lipc_diag_error(d, LIPC_NO_LOC, "the cuda target lost its kernel %s", name);
+                st = LIPC_ERR_UNSUPPORTED;
+                break;
+            }
+        }
+    for (int i = 0; i < K_GENERIC && st == LIPC_OK; i++)
+        if (!(c->gk[i] = dev->ops->kernel(dev, generic_names[i]))) {
+            lipc_diag_error(d, LIPC_NO_LOC, "the cuda target lost its kernel %s",
+                            generic_names[i]);
+            st = LIPC_ERR_UNSUPPORTED;
+        }
+    for (int k = 0; k < LIPC_G_KINDS; k++)
+        lipc_free(has[k]);
+    if (st != LIPC_OK) {
+        lipc_gpu_free(c);
+        return st;
+    }
+    c->np = c->g->n_param_elems;
+    c->max_v = 1;
+    for (int b = 0; b < train->n_bounds; b++) {
+        if (train->bounds[b].v_len > c->max_v)
+            c->max_v = train->bounds[b].v_len;
+        if (train->bounds[b].u_len > c->max_v)
+            c->max_v = train->bounds[b].u_len;
+    }
+    const lipc_node *h = train->head;
+    c->md = (size_t)h->shape.d[0] * (size_t)h->in[0]->shape.d[0];
+    size_t np = c->np, nv = train->n_vec_elems, nb = (size_t)train->n_bounds + 1;
+    float **fbufs[] = {&c->params, &c->opt_m, &c->opt_v, &c->grads, &c->pparams};
+    for (size_t i = 0; i < sizeof fbufs / sizeof *fbufs && st == LIPC_OK; i++)
+        st = dev_alloc(c, sizeof(float) * (np + 1), fbufs[i]);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * (nv + 1), &c->vec);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * (nv + 1), &c->pvec);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * c->md, &c->head_r);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * c->md, &c->head_dr);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * c->md, &c->tmp);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * c->max_v, &c->scratch);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(double) * LIPC_GPU_PARTIALS, &c->partials);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(double) * nb, &c->norms);
+    c->r64 = lipc_calloc(c->md, sizeof(double));
+    c->w64 = lipc_calloc(c->md, sizeof(double));
+    c->dr64 = lipc_calloc(c->md, sizeof(double));
+    c->dw64 = lipc_calloc(c->md, sizeof(double));
+    c->hf = lipc_calloc(c->md, sizeof(float));
+    c->hw = lipc_calloc(c->md, sizeof(float));
+    c->hpart = lipc_calloc(LIPC_GPU_PARTIALS, sizeof(double));
+    c->sigma = lipc_calloc(nb, sizeof(double));
+    c->dk = lipc_calloc(nb, sizeof(double));
+    c->hvec = lipc_calloc(nv + 1, sizeof(float));
+    if (st == LIPC_OK && (!c->r64 || !c->w64 || !c->dr64 || !c->dw64 || !c->hf || !c->hw || !c->hpart ||
+                          !c->sigma || !c->dk || !c->hvec))
+        st = LIPC_ERR_NOMEM;
+    if (st != LIPC_OK) {
+        if (st != LIPC_ERR_NOMEM)
+            lipc_diag_error(d, LIPC_NO_LOC, "cuda target: %s", dev->ops->error(dev));
+        lipc_gpu_free(c);
+        return st;
+    }
+    *out = c;
+    return LIPC_OK;
+}
+
+/* The arena for a batch of n under program p, and the loss buffers. */
+static lipc_status reserve(lipc_gpu *c, const lipc_program *p, int n)
+{
+    size_t need = p->arena_per_example * (size_t)n + 1;
+    if (need > c->arena_cap) {
+        if (c->arena)
+            c->dev->ops->release(c->dev, c->arena);
+        c->arena = NULL;
+        c->arena_cap = 0;
+        lipc_status st = dev_alloc(c, sizeof(float) * need, &c->arena);
+        if (st != LIPC_OK) {
+            c->arena = NULL;
+            return st;
+        }
+        c->arena_cap = need;
+    }
+    size_t nl = (size_t)n * (size_t)p->g->classes + 1;
+    if (nl > c->logits_cap) {
+        lipc_free(c->logits64);
+        lipc_free(c->dlogits64);
+        lipc_free(c->logitsf);
+        c->logits64 = lipc_malloc(sizeof(double) * nl);
+        c->dlogits64 = lipc_malloc(sizeof(double) * nl);
+        c->logitsf = lipc_malloc(sizeof(float) * nl);
+        c->logits_cap = c->logits64 && c->dlogits64 && c->logitsf ? nl : 0;
+        if (!c->logits_cap)
+            return LIPC_ERR_NOMEM;
+    }
+    return LIPC_OK;
+}
+
+/* ---- values ---- */
+
+typedef struct run {
+    lipc_gpu *c;
+    const lipc_program *p;
+    float *params, *vec;        /* device */
+    int n;
+} run;
+
+static size_t numel(const lipc_node *v) { return (size_t)lipc_shape_numel(v->shape); }
+
+static float *act(const run *r, const lipc_node *v)
+{
+    return r->c->arena + r->p->act_offset[v->id] * (size_t)r->n;
+}
+
+static float *grad(const run *r, const lipc_node *v)
+{
+    LIPC_ASSERT(r->p->grad_offset[v->id] != (size_t)-1);
+    return r->c->arena + r->p->grad_offset[v->id] * (size_t)r->n;
+}
+
+static size_t param_offset(const lipc_graph *g, const lipc_node *v, int i)
+{
+    return g->params[v->param[i]].offset;
+}
+
+static float *weight(const run *r, const lipc_node *v)
+{
+    if (v->op == LIPC_OP_DENSE && v->a.normalize)
+        return r->c->head_r;
+    return r->params + param_offset(r->c->g, v, 0);
+}
+
+static float *bias(const run *r, const lipc_node *v)
+{
+    bool has = (v->op == LIPC_OP_CONV2D || v->op == LIPC_OP_DENSE) && v->a.bias;
+    return has ? r->params + param_offset(r->c->g, v, 1) : NULL;
+}
+
+static lipc_gargs args0(long long n)
+{
+    lipc_gargs a;
+    memset(&a, 0, sizeof a);
+    a.n = n;
+    return a;
+}
+
+static void forward_into(const run *r, const lipc_node *v, int n, float *in0, float *in1,
+                         float *out, float *b)
+{
+    lipc_gargs a = args0(n);
+    a.p[0] = in0;
+    a.p[1] = in1;
+    a.p[2] = out;
+    a.p[3] = v->n_param ? weight(r, v) : NULL;
+    a.p[4] = b;
+    launch(r->c, r->c->fn[LIPC_G_FWD][v->id], (long long)n * (long long)numel(v), &a);
+}
+
+/* din += A^T dout (conv, dense) or J^T dout */
+static void adjoint(const run *r, const lipc_node *v, int n, float *dout, float *din0,
+                    float *din1)
+{
+    lipc_gargs a = args0(n);
+    a.p[0] = dout;
+    a.p[1] = din0;
+    a.p[2] = din1;
+    if (v->op != LIPC_OP_CONV2D && v->op != LIPC_OP_DENSE) {
+        a.p[3] = act(r, v->in[0]);
+        a.p[4] = act(r, v);
+    }
+    a.p[5] = v->n_param ? weight(r, v) : NULL;
+    launch(r->c, r->c->fn[LIPC_G_BWD][v->id], (long long)n * (long long)numel(v->in[0]), &a);
+}
+
+static void wgrad(const run *r, const lipc_node *v, int n, float *x, float *dout, float *dw,
+                  float *db, double scale)
+{
+    const lipc_graph *g = r->c->g;
+    lipc_gargs a = args0(n);
+    a.p[0] = x;
+    a.p[1] = dout;
+    a.p[2] = dw;
+    a.p[3] = db;
+    a.s[0] = scale;
+    launch(r->c, r->c->fn[LIPC_G_WGRAD][v->id], (long long)g->params[v->param[0]].numel, &a);
+}
+
+/* dst[0] = ||x|| (device double) */
+static void norm_into(lipc_gpu *c, const float *x, size_t len, double *dst)
+{
+    lipc_gargs a = args0((long long)len);
+    a.p[0] = (void *)x;
+    a.p[1] = c->partials;
+    launch(c, c->gk[K_SUMSQ], LIPC_GPU_PARTIALS, &a);
+    lipc_gargs f = args0(1);
+    f.p[0] = c->partials;
+    f.p[1] = dst;
+    launch(c, c->gk[K_FINISH], 1, &f);
+}
+
+/* y = x / *den; where *den is 0: y unchanged (keep) or zeros */
+static void divide(lipc_gpu *c, float *y, const float *x, size_t len, double *den, bool keep)
+{
+    lipc_gargs a = args0((long long)len);
+    a.p[0] = y;
+    a.p[1] = (void *)x;
+    a.p[2] = den;
+    a.s[0] = keep ? 1.0 : 0.0;
+    launch(c, c->gk[K_DIV], (long long)len, &a);
+}
+
+static void axpy(lipc_gpu *c, float *y, const float *x, size_t len, double s)
+{
+    lipc_gargs a = args0((long long)len);
+    a.p[0] = y;
+    a.p[1] = (void *)x;
+    a.s[0] = s;
+    launch(c, c->gk[K_AXPY], (long long)len, &a);
+}
+
+/* ||x|| of a device vector, summed on the host in double */
+static double host_norm(lipc_gpu *c, const float *x, size_t len)
+{
+    lipc_gargs a = args0((long long)len);
+    a.p[0] = (void *)x;
+    a.p[1] = c->partials;
+    launch(c, c->gk[K_SUMSQ], LIPC_GPU_PARTIALS, &a);
+    download(c, c->hpart, c->partials, sizeof(double) * LIPC_GPU_PARTIALS);
+    double s = 0.0;
+    for (int i = 0; i < LIPC_GPU_PARTIALS; i++)
+        s += c->hpart[i];
+    return sqrt(s);
+}
+
+/* The head's effective rows from its weight w (host floats) into head_r,
+ * with w64 and r64 kept for the loss. */
+static void prepare_head(lipc_gpu *c, const lipc_program *p, const float *w)
+{
+    const lipc_node *h = p->head ? p->head : c->train->head;
+    int m = h->shape.d[0], dd = h->in[0]->shape.d[0];
+    for (size_t i = 0; i < c->md; i++)
+        c->w64[i] = w[i];
+    if (h->a.normalize)
+        lipc_rownorm_forward(m, dd, c->w64, c->r64);
+    else
+        memcpy(c->r64, c->w64, sizeof(double) * c->md);
+    for (size_t i = 0; i < c->md; i++)
+        c->hf[i] = (float)c->r64[i];
+    upload(c, c->head_r, c->hf, sizeof(float) * c->md);
+}
+
+/* The head weight as it is on the device. */
+static void prepare_head_device(const run *r)
+{
+    lipc_gpu *c = r->c;
+    const lipc_node *h = c->train->head;
+    download(c, c->hw, r->params + param_offset(c->g, h, 0), sizeof(float) * c->md);
+    prepare_head(c, r->p, c->hw);
+}
+
+/* Power iteration on A^T A for bound b, as the cpu driver's, normalising on
+ * the device; sigma = ||A v|| lands in norms[b]. */
+static void power_iter(const run *r, int b, int iters)
+{
+    lipc_gpu *c = r->c;
+    const lipc_bound *bd = &r->p->bounds[b];
+    const lipc_node *v = bd->node;
+    float *vv = r->vec + bd->v_offset, *u = r->vec + bd->u_offset;
+    double *tmpn = c->norms + r->p->n_bounds;
+    norm_into(c, vv, bd->v_len, tmpn);
+    divide(c, vv, vv, bd->v_len, tmpn, true);
+    for (int it = 0; it < iters; it++) {
+        forward_into(r, v, 1, vv, NULL, u, NULL);
+        zero(c, c->scratch, sizeof(float) * bd->v_len);
+        adjoint(r, v, 1, u, c->scratch, NULL);
+        norm_into(c, c->scratch, bd->v_len, tmpn);
+        divide(c, vv, c->scratch, bd->v_len, tmpn, true);
+    }
+    forward_into(r, v, 1, vv, NULL, u, NULL);
+    norm_into(c, u, bd->u_len, c->norms + b);
+    divide(c, u, u, bd->u_len, c->norms + b, false);
+}
+
+/* Vectors that are zero (a new run) start from the cpu driver's random ones. */
+static void seed_vectors(const lipc_program *p, float *vec)
+{
+    for (int b = 0; b < p->n_bounds; b++) {
+        const lipc_bound *bd = &p->bounds[b];
+        if (bd->kind != LIPC_LIP_OPNORM)
+            continue;
+        double s = 0.0;
+        for (size_t i = 0; i < bd->v_len; i++)
+            s += (double)vec[bd->v_offset + i] * vec[bd->v_offset + i];
+        if (s > 0.0 && isfinite(s))
+            continue;
+        lipc_rng rng;
+        lipc_rng_seed(&rng, 0x9e3779b97f4a7c15ull ^ (uint64_t)(b + 1));
+        for (size_t i = 0; i < bd->v_len; i++)
+            vec[bd->v_offset + i] = (float)lipc_rng_normal(&rng);
+    }
+}
+
+static void upload_vectors(lipc_gpu *c, const lipc_program *p, float *dst, const float *src)
+{
+    memcpy(c->hvec, src, sizeof(float) * p->n_vec_elems);
+    seed_vectors(p, c->hvec);
+    upload(c, dst, c->hvec, sizeof(float) * p->n_vec_elems);
+}
+
+/* ---- entry points ---- */
+
+/* The device copy of params: the training state's when params are its
+ * (newer on the device), else an upload. */
+static float *device_params(lipc_gpu *c, const float *params)
+{
+    if (c->owner && params == c->owner->params && c->owner->step == c->owner_step)
+        return c->params;
+    upload(c, c->pparams, params, sizeof(float) * c->np);
+    return c->pparams;
+}
+
+lipc_status lipc_gpu_predict(lipc_gpu *c, const float *params, int n, const float *x,
+                             float *logits)
+{
+    const lipc_program *p = c->forward;
+    lipc_status st = reserve(c, p, n);
+    if (st != LIPC_OK)
+        return st;
+    c->fail = LIPC_OK;
+    run r = {c, p, device_params(c, params), NULL, n};
+    prepare_head_device(&r);
+    const lipc_graph *g = c->g;
+    upload(c, act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
+    for (int s = 0; s < p->n_steps; s++)
+        if (p->steps[s].op == LIPC_STEP_FORWARD) {
+            const lipc_node *v = p->steps[s].node;
+            forward_into(&r, v, n, act(&r, v->in[0]), v->n_in > 1 ? act(&r, v->in[1]) : NULL,
+                         act(&r, v), v->n_param ? bias(&r, v) : NULL);
+        }
+    download(c, logits, act(&r, g->output), sizeof(float) * numel(g->output) * (size_t)n);
+    return c->fail;
+}
+
+static void upload_state(lipc_gpu *c, lipc_train_state *st)
+{
+    size_t bytes = sizeof(float) * c->np;
+    upload(c, c->params, st->params, bytes);
+    upload(c, c->opt_m, st->opt_m, bytes);
+    upload(c, c->opt_v, st->opt_v, bytes);
+    upload_vectors(c, c->train, c->vec, st->vec);
+    c->owner = st;
+    c->owner_step = st->step;
+    c->stale = false;
+}
+
+lipc_status lipc_gpu_sync_state(lipc_gpu *c, lipc_train_state *st)
+{
+    if (c->owner != st || !c->stale || st->step != c->owner_step)
+        return LIPC_OK;
+    c->fail = LIPC_OK;
+    size_t bytes = sizeof(float) * c->np;
+    download(c, st->params, c->params, bytes);
+    download(c, st->opt_m, c->opt_m, bytes);
+    download(c, st->opt_v, c->opt_v, bytes);
+    download(c, st->vec, c->vec, sizeof(float) * c->train->n_vec_elems);
+    if (c->fail == LIPC_OK)
+        c->stale = false;
+    return c->fail;
+}
+
+static void backward(const run *r, const lipc_step *s)
+{
+    lipc_gpu *c = r->c;
+    const lipc_node *v = s->node;
+    float *din[LIPC_MAX_INPUTS] = {NULL, NULL};
+    bool any = false;
+    for (int i = 0; i < v->n_in; i++)
+        if (s->need_din[i]) {
+            din[i] = grad(r, v->in[i]);
+            if (s->zero_din[i])
+                zero(c, din[i], sizeof(float) * numel(v->in[i]) * (size_t)r->n);
+            any = true;
+        }
+    if (any)
+        adjoint(r, v, r->n, grad(r, v), din[0], din[1]);
+    if (!c->fn[LIPC_G_WGRAD][v->id])
+        return;
+    const lipc_graph *g = c->g;
+    float *db = v->a.bias ? c->grads + param_offset(g, v, 1) : NULL;
+    if (v->op == LIPC_OP_DENSE && v->a.normalize) {
+        /* through the row normalisation, on the host in double */
+        int m = v->shape.d[0], dd = v->in[0]->shape.d[0];
+        zero(c, c->head_dr, sizeof(float) * c->md);
+        wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->head_dr, db, 1.0);
+        download(c, c->hf, c->head_dr, sizeof(float) * c->md);
+        for (size_t i = 0; i < c->md; i++) {
+            c->dr64[i] = c->hf[i];
+            c->dw64[i] = 0.0;
+        }
+        lipc_rownorm_backward(m, dd, c->w64, c->dr64, c->dw64);
+        for (size_t i = 0; i < c->md; i++)
+            c->hf[i] = (float)c->dw64[i];
+        upload(c, c->tmp, c->hf, sizeof(float) * c->md);
+        axpy(c, c->grads + param_offset(g, v, 0), c->tmp, c->md, 1.0);
+    } else {
+        wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->grads + param_offset(g, v, 0), db,
+              1.0);
+    }
+}
+
+static lipc_status train_step(lipc_gpu *c, lipc_train_state *st, int n, const float *x,
+                              const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
+                              double *grads_out)
+{
+    const lipc_program *p = c->train;
+    const lipc_graph *g = c->g;
+    lipc_status status = reserve(c, p, n);
+    if (status != LIPC_OK)
+        return status;
+    if (grads_out && (status = lipc_gpu_sync_state(c, st)) != LIPC_OK)
+        return status;
+    c->fail = LIPC_OK;
+    if (grads_out || c->owner != st || c->owner_step != st->step)
+        upload_state(c, st);
+    run r = {c, p, c->params, c->vec, n};
+    size_t np = c->np;
+    zero(c, c->grads, sizeof(float) * np);
+    prepare_head_device(&r);
+    upload(c, act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
+    memset(out, 0, sizeof *out);
+    const lipc_node *head = p->head;
+    int m = head->shape.d[0], dd = head->in[0]->shape.d[0];
+    double k_sub = 1.0, dl_dk = 0.0, gscale = 1.0;
+
+    for (int s = 0; s < p->n_steps && status == LIPC_OK && c->fail == LIPC_OK; s++) {
+        const lipc_step *stp = &p->steps[s];
+        switch (stp->op) {
+        case LIPC_STEP_FORWARD: {
+            const lipc_node *v = stp->node;
+            forward_into(&r, v, n, act(&r, v->in[0]), v->n_in > 1 ? act(&r, v->in[1]) : NULL,
+                         act(&r, v), v->n_param ? bias(&r, v) : NULL);
+            break;
+        }
+        case LIPC_STEP_POWER_ITER:
+            power_iter(&r, stp->bound, h->power_iters);
+            break;
+        case LIPC_STEP_BOUND:
+            download(c, c->sigma, c->norms, sizeof(double) * (size_t)p->n_bounds);
+            k_sub = lipc_program_eval_bound(p, c->sigma, c->dk);
+            break;
+        case LIPC_STEP_LOSS: {
+            size_t nl = (size_t)n * (size_t)m;
+            download(c, c->logitsf, act(&r, g->output), sizeof(float) * nl);
+            for (size_t i = 0; i < nl; i++)
+                c->logits64[i] = c->logitsf[i];
+            memset(c->dr64, 0, sizeof(double) * c->md);
+            lipc_loss_spec spec = {(lipc_loss)h->loss, h->eps, h->trades_lambda};
+            lipc_loss_result res;
+            status = lipc_ref_loss(&spec, n, m, dd, c->logits64, y, k_sub, c->r64,
+                                   c->dlogits64, c->dr64, &res);
+            if (status != LIPC_OK)
+                break;
+            dl_dk = res.dk_sub;
+            out->loss = res.loss;
+            out->correct = res.n_correct;
+            out->certified = res.n_certified;
+            for (size_t i = 0; i < nl; i++)
+                c->logitsf[i] = (float)c->dlogits64[i];
+            upload(c, grad(&r, g->output), c->logitsf, sizeof(float) * nl);
+            /* the K_sub path's gradient w.r.t. the head's rows, to the raw weight */
+            memset(c->dw64, 0, sizeof(double) * c->md);
+            if (head->a.normalize)
+                lipc_rownorm_backward(m, dd, c->w64, c->dr64, c->dw64);
+            else
+                memcpy(c->dw64, c->dr64, sizeof(double) * c->md);
+            for (size_t i = 0; i < c->md; i++)
+                c->hf[i] = (float)c->dw64[i];
+            upload(c, c->tmp, c->hf, sizeof(float) * c->md);
+            axpy(c, c->grads + param_offset(g, head, 0), c->tmp, c->md, 1.0);
+            break;
+        }
+        case LIPC_STEP_BACKWARD:
+            backward(&r, stp);
+            break;
+        case LIPC_STEP_SIGMA_GRAD: {
+            const lipc_bound *bd = &p->bounds[stp->bound];
+            double scale = dl_dk * c->dk[stp->bound];
+            if (scale != 0.0)
+                wgrad(&r, bd->node, 1, c->vec + bd->v_offset, c->vec + bd->u_offset,
+                      c->grads + param_offset(g, bd->node, 0), NULL, scale);
+            break;
+        }
+        case LIPC_STEP_CLIP: {
+            double norm = host_norm(c, c->grads, np);
+            if (h->clip > 0.0 && norm > h->clip)
+                gscale = h->clip / norm;
+            out->grad_norm = norm;
+            break;
+        }
+        case LIPC_STEP_UPDATE: {
+            if (grads_out)
+                break;
+            double t = (double)(st->step + 1);
+            lipc_gargs a = args0((long long)np);
+            a.p[0] = c->params;
+            a.p[1] = c->grads;
+            a.p[2] = c->opt_m;
+            a.p[3] = c->opt_v;
+            a.s[0] = h->lr;
+            a.s[4] = h->weight_decay;
+            a.s[7] = gscale;
+            if (h->optimizer == LIPC_OPTIM_ADAMW) {
+                a.s[1] = h->beta1;
+                a.s[2] = h->beta2;
+                a.s[3] = h->adam_eps;
+                a.s[5] = 1.0 - pow(h->beta1, t);
+                a.s[6] = 1.0 - pow(h->beta2, t);
+                launch(c, c->gk[K_ADAMW], (long long)np, &a);
+            } else {
+                a.s[1] = h->momentum;
+                launch(c, c->gk[K_SGD], (long long)np, &a);
+            }
+            break;
+        }
+        }
+    }
+    if (status == LIPC_OK)
+        status = c->fail;
+    if (status != LIPC_OK) {
+        c->owner = NULL; /* the device state is not to be trusted */
+        return status;
+    }
+    out->n = n;
+    out->k_sub = k_sub;
+    if (grads_out) {
+        float *gf = lipc_malloc(sizeof(float) * (np + 1));
+        if (!gf)
+            return LIPC_ERR_NOMEM;
+        download(c, gf, c->grads, sizeof(float) * np);
+        for (size_t i = 0; i < np; i++)
+            grads_out[i] = gf[i];
+        lipc_free(gf);
+        c->owner = NULL; /* the device's vectors moved; st's did not */
+        return c->fail;
+    }
+    st->step++;
+    c->owner_step = st->step;
+    c->stale = true;
+    return LIPC_OK;
+}
+
+lipc_status lipc_gpu_train_step(lipc_gpu *c, lipc_train_state *st, int n, const float *x,
+                                const int32_t *y, const lipc_hyper *h, lipc_step_stats *out)
+{
+    return train_step(c, st, n, x, y, h, out, NULL);
+}
+
+lipc_status lipc_gpu_gradients(lipc_gpu *c, lipc_train_state *st, int n, const float *x,
+                               const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
+                               double *grads)
+{
+    return train_step(c, st, n, x, y, h, out, grads);
+}
+
+lipc_status lipc_gpu_lipschitz(lipc_gpu *c, const float *params, float *vec, int max_iters,
+                               double tol, lipc_bound_report *report)
+{
+    const lipc_program *p = c->train;
+    lipc_status st = reserve(c, p, 1);
+    if (st != LIPC_OK)
+        return st;
+    c->fail = LIPC_OK;
+    run r = {c, p, device_params(c, params), c->pvec, 1};
+    upload_vectors(c, p, c->pvec, vec);
+    for (int b = 0; b < p->n_bounds; b++) {
+        report[b].iters = 0;
+        report[b].change = 0.0;
+        c->sigma[b] = 0.0;
+        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
+            continue;
+        /* chunks of 10 until sigma moves less than tol (relative) */
+        double change = 1.0;
+        int done = 0;
+        while (done < max_iters && change > tol && c->fail == LIPC_OK) {
+            int chunk = max_iters - done < 10 ? max_iters - done : 10;
+            double before = c->sigma[b];
+            power_iter(&r, b, chunk);
+            download(c, &c->sigma[b], c->norms + b, sizeof(double));
+            done += chunk;
+            change = c->sigma[b] > 0.0 ? fabs(c->sigma[b] - before) / c->sigma[b] : 0.0;
+        }
+        report[b].iters = done;
+        report[b].change = change;
+    }
+    double k = lipc_program_eval_bound(p, c->sigma, c->dk);
+    for (int b = 0; b < p->n_bounds; b++)
+        report[b].value = c->sigma[b];
+    report[p->n_bounds].value = k;
+    download(c, vec, c->pvec, sizeof(float) * p->n_vec_elems);
+    return c->fail;
+}

@@ -1,0 +1,225 @@
+/* tests/test_cuda.c: the cuda target without a GPU.
+ *
+ * The kernels are emitted as CUDA C (backend/cuda/emit.c). Here they are:
+ *  - compiled by NVRTC for the GPUs lipc targets (when the build has the
+ *    toolkit; NVRTC needs no GPU), so emission bugs show up on any machine;
+ *  - run by the cuda emulator (backend/cuda/emu.c: the same source compiled
+ *    for the host, three emulated threads walking each grid-stride loop),
+ *    under the cuda driver (backend/cuda/exec.c), against the reference:
+ *    logits, the gradient of whole training steps, steps themselves, power
+ *    iteration, and the training state kept on the device between steps.
+ * The tolerances are backend_check.c's. What only a GPU can show (the launch
+ * on real hardware, the CUDA runtime's copies) is in scripts/cuda-device.sh.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/gpu.h"
+#include "backend_check.h"
+#include "passes/passes.h"
+#include "testutil.h"
+
+#define EMU "cuda-emulator"
+
+static lipc_status gpu_gradients(void *backend, lipc_train_state *st, int n, const float *x,
+                                 const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
+                                 double *grads)
+{
+    return lipc_gpu_gradients(backend, st, n, x, y, h, out, grads);
+}
+
+static void check_text(const char *name, const char *text)
+{
+    lipc_graph *g = bc_load(name, text, NULL, NULL, 0);
+    bc_check_forward(EMU, name, g, 1);
+    bc_check_training(EMU, gpu_gradients, name, g, LIPC_LOSS_EMMA, 5);
+    bc_check_training(EMU, gpu_gradients, name, g, LIPC_LOSS_TRADES, 1);
+    lipc_graph_free(g);
+}
+
+Test(cuda, residual_zoo) { check_text("zoo", bc_zoo); }
+Test(cuda, strides_padding_pooling) { check_text("edges", bc_edges); }
+Test(cuda, one_by_one_maps) { check_text("tiny", bc_tiny); }
+Test(cuda, wide_maps) { check_text("wide", bc_wide); }
+Test(cuda, dense_only) { check_text("mlp", bc_mlp); }
+
+Test(cuda, liresnet_fmnist_small)
+{
+    const lipc_override sets[] = {{"width", "8"}, {"depth", "2"}, {"dense", "16"}};
+    lipc_graph *g = bc_load("liresnet-fmnist", NULL,
+                            LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml", sets, 3);
+    bc_check_forward(EMU, "liresnet-fmnist", g, 1);
+    bc_check_training(EMU, gpu_gradients, "liresnet-fmnist", g, LIPC_LOSS_EMMA, 9);
+    lipc_graph_free(g);
+}
+
+/* Power iteration to convergence agrees with the reference's. */
+Test(cuda, lipschitz_matches_reference)
+{
+    lipc_graph *g = bc_load("edges", bc_edges, NULL, NULL, 0);
+    lipc_compiled *gpu = bc_compile(EMU, g, 1), *ref = bc_compile_ref(g);
+    float *pf = bc_random_params(g, test_seed(), 0.1);
+    int nf = gpu->desc.n_factors;
+    size_t nv = gpu->desc.n_vec_elems;
+    float *v1 = calloc(nv + 1, sizeof(float)), *v2 = calloc(nv + 1, sizeof(float));
+    lipc_bound_report *r1 = malloc(sizeof *r1 * (size_t)(nf + 1));
+    lipc_bound_report *r2 = malloc(sizeof *r2 * (size_t)(nf + 1));
+    cr_assert_eq(gpu->ops.lipschitz(gpu->ops.ctx, pf, v1, 3000, 1e-9, r1), LIPC_OK);
+    cr_assert_eq(ref->ops.lipschitz(ref->ops.ctx, pf, v2, 3000, 1e-9, r2), LIPC_OK);
+    for (int b = 0; b <= nf; b++)
+        cr_expect(fabs(r1[b].value - r2[b].value) <= 1e-4 * r2[b].value,
+                  "factor %d: %.8g vs %.8g", b, r1[b].value, r2[b].value);
+    free(v1);
+    free(v2);
+    free(r1);
+    free(r2);
+    free(pf);
+    lipc_compiled_free(gpu);
+    lipc_compiled_free(ref);
+    lipc_graph_free(g);
+}
+
+/* Steps keep the state on the device: three steps, then sync_state, give the
+ * state that three steps of the cpu target give (float noise apart), and
+ * the device state is picked up again after the host reads it; a state the
+ * host replaced (another st, or a step count that moved) is uploaded anew. */
+Test(cuda, state_stays_on_device_between_steps)
+{
+    lipc_graph *g = bc_load("wide", bc_wide, NULL, NULL, 0);
+    lipc_compiled *gpu = bc_compile(EMU, g, 1), *cpu = bc_compile("cpu", g, 1);
+    size_t np = g->n_param_elems, nv = gpu->desc.n_vec_elems;
+    lipc_train_state s1, s2;
+    cr_assert_eq(lipc_train_state_alloc(&gpu->desc, &s1), LIPC_OK);
+    cr_assert_eq(lipc_train_state_alloc(&cpu->desc, &s2), LIPC_OK);
+    float *pf = bc_random_params(g, test_seed(), 0.05);
+    memcpy(s1.params, pf, sizeof(float) * np);
+    memcpy(s2.params, pf, sizeof(float) * np);
+    int n = 7;
+    float *x = bc_random_inputs(g, test_seed(), n);
+    int32_t y[7] = {0, 1, 2, 3, 0, 1, 2};
+    lipc_hyper h = bc_hyper(LIPC_LOSS_EMMA);
+    lipc_step_stats a, b;
+    for (int step = 0; step < 3; step++) {
+        cr_assert_eq(gpu->ops.train_step(gpu->ops.ctx, &s1, n, x, y, &h, &a), LIPC_OK);
+        cr_assert_eq(cpu->ops.train_step(cpu->ops.ctx, &s2, n, x, y, &h, &b), LIPC_OK);
+        cr_expect(fabs(a.loss - b.loss) <= 1e-4 * (1 + fabs(b.loss)), "step %d: %.8g vs %.8g",
+                  step, a.loss, b.loss);
+    }
+    /* the host copy is the one from before the steps until synced */
+    cr_expect(memcmp(s1.params, pf, sizeof(float) * np) == 0, "the host copy moved early");
+    cr_expect_eq(s1.step, 3);
+    cr_assert_eq(gpu->ops.sync_state(gpu->ops.ctx, &s1), LIPC_OK);
+    double worst = 0.0, worst_v = 0.0;
+    for (size_t i = 0; i < np; i++)
+        worst = fmax(worst, fabs((double)s1.params[i] - s2.params[i]));
+    for (size_t i = 0; i < nv; i++)
+        worst_v = fmax(worst_v, fabs((double)s1.vec[i] - s2.vec[i]));
+    cr_expect_leq(worst, 0.2 * h.lr, "parameters differ by %g after 3 steps", worst);
+    cr_expect_leq(worst_v, 1e-3, "power-iteration vectors differ by %g", worst_v);
+    /* predict on the state's parameters reads the device's copy, which is
+     * the synced one */
+    size_t m = (size_t)g->classes;
+    double *l1 = malloc(sizeof(double) * m * (size_t)n), *l2 = malloc(sizeof(double) * m * n);
+    cr_assert_eq(gpu->ops.predict(gpu->ops.ctx, s1.params, n, x, l1), LIPC_OK);
+    cr_assert_eq(cpu->ops.predict(cpu->ops.ctx, s1.params, n, x, l2), LIPC_OK);
+    cr_expect(test_allclose("predict after sync", l1, l2, m * (size_t)n, 1e-4, 1e-4));
+    /* a fourth step continues from the device state; replacing the host
+     * state (a resumed run) makes the next step upload it */
+    cr_assert_eq(gpu->ops.train_step(gpu->ops.ctx, &s1, n, x, y, &h, &a), LIPC_OK);
+    cr_assert_eq(cpu->ops.train_step(cpu->ops.ctx, &s2, n, x, y, &h, &b), LIPC_OK);
+    cr_expect(fabs(a.loss - b.loss) <= 1e-4 * (1 + fabs(b.loss)), "step 4: %.8g vs %.8g", a.loss,
+              b.loss);
+    memcpy(s1.params, pf, sizeof(float) * np);
+    memset(s1.opt_m, 0, sizeof(float) * np);
+    memset(s1.opt_v, 0, sizeof(float) * np);
+    memset(s1.vec, 0, sizeof(float) * nv);
+    s1.step = 0;
+    lipc_train_state s3;
+    cr_assert_eq(lipc_train_state_alloc(&cpu->desc, &s3), LIPC_OK);
+    memcpy(s3.params, pf, sizeof(float) * np);
+    cr_assert_eq(gpu->ops.train_step(gpu->ops.ctx, &s1, n, x, y, &h, &a), LIPC_OK);
+    cr_assert_eq(cpu->ops.train_step(cpu->ops.ctx, &s3, n, x, y, &h, &b), LIPC_OK);
+    cr_expect(fabs(a.loss - b.loss) <= 1e-4 * (1 + fabs(b.loss)),
+              "a replaced state was not uploaded: %.8g vs %.8g", a.loss, b.loss);
+    free(l1);
+    free(l2);
+    free(pf);
+    free(x);
+    lipc_train_state_free(&s1);
+    lipc_train_state_free(&s2);
+    lipc_train_state_free(&s3);
+    lipc_compiled_free(gpu);
+    lipc_compiled_free(cpu);
+    lipc_graph_free(g);
+}
+
+/* Every model of models/ and of the tests above compiles with NVRTC for the
+ * GPUs of the last generations (Ampere, Hopper), when the build has NVRTC. */
+Test(cuda, nvrtc_compiles_every_model)
+{
+    if (!lipc_nvrtc_available()) {
+        cr_log_warn("this build has no NVRTC: the CUDA C is checked by the emulator only");
+        return;
+    }
+    const char *texts[] = {bc_zoo, bc_edges, bc_tiny, bc_wide, bc_mlp};
+    const char *files[] = {"liresnet-fmnist.yaml", "liresnet-cifar10.yaml",
+                           "resnet-fmnist.yaml"};
+    for (int i = 0; i < 8; i++) {
+        char path[512];
+        lipc_graph *g;
+        if (i < 5) {
+            g = bc_load("text", texts[i], NULL, NULL, 0);
+        } else {
+            snprintf(path, sizeof path, "%s/models/%s", LIPC_SOURCE_DIR, files[i - 5]);
+            g = bc_load(files[i - 5], NULL, path, NULL, 0);
+        }
+        lipc_diags d;
+        lipc_diags_init(&d);
+        lipc_program *p = lipc_build_program(g, LIPC_ENTRY_TRAIN, &d);
+        cr_assert(p);
+        lipc_buf src;
+        lipc_buf_init(&src);
+        cr_assert_eq(lipc_cuda_emit(p, NULL, &src, &d), LIPC_OK);
+        const int archs[] = {80, 90};
+        for (int k = 0; k < 2; k++) {
+            lipc_buf code;
+            lipc_buf_init(&code);
+            lipc_status st = lipc_nvrtc_compile(lipc_buf_str(&src), archs[k], false, &code, &d);
+            if (st != LIPC_OK)
+                lipc_diags_print(&d, stderr);
+            cr_expect_eq(st, LIPC_OK, "model %d does not compile for sm_%d", i, archs[k]);
+            cr_expect_gt(code.len, 1000, "model %d: an empty cubin", i);
+            lipc_buf_free(&code);
+        }
+        lipc_buf_free(&src);
+        lipc_diags_free(&d);
+        lipc_program_free(p);
+        lipc_graph_free(g);
+    }
+}
+
+/* Without a GPU, --target=cuda fails with a message that says so. */
+Test(cuda, no_gpu_is_a_clear_error)
+{
+    lipc_graph *g = bc_load("mlp", bc_mlp, NULL, NULL, 0);
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_compiled *c = NULL;
+    lipc_status st = lipc_compile_target(g, "cuda", NULL, &d, &c);
+    if (st == LIPC_OK) { /* a machine with a GPU: nothing to check here */
+        lipc_compiled_free(c);
+    } else {
+        cr_expect_eq(st, LIPC_ERR_UNSUPPORTED);
+        lipc_buf b;
+        lipc_buf_init(&b);
+        lipc_diags_format(&d, &b);
+        const char *s = lipc_buf_str(&b);
+        cr_expect(strstr(s, "GPU") || strstr(s, "without the CUDA toolkit"), "%s", s);
+        cr_expect(strstr(s, "--target=cpu"), "no way out offered: %s", s);
+        lipc_buf_free(&b);
+    }
+    lipc_diags_free(&d);
+    lipc_graph_free(g);
+}
