@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "backend/cuda/gpu.h"
 #include "cli/internal.h"
 
 static const char *usage_main =
@@ -50,7 +51,7 @@ static const char *usage_check =
 
 static const char *usage_dump =
     "usage: lipc dump FILE [--print-after=PASS|all] [--format=text|dot|json]\n"
-    "                      [--emit=ir|train|forward|llvm|asm] [--set KEY=VALUE]...\n"
+    "                      [--emit=ir|train|forward|llvm|asm|cuda|ptx] [--set KEY=VALUE]...\n"
     "\n"
     "Prints the IR of a model after a pass of the pipeline (default: after the\n"
     "last one). Passes, in order:\n"
@@ -317,6 +318,7 @@ static int cmd_dump(int argc, char **argv)
     const char *after = NULL;
     const char *emit = "ir";
     bool portable = false;
+    int arch = 90;
     lipc_format format = LIPC_FORMAT_TEXT;
     for (int i = 0; i < argc; i++) {
         char *a = argv[i];
@@ -333,8 +335,11 @@ static int cmd_dump(int argc, char **argv)
                    "                       that entry point (steps, K_sub factors, memory plan);\n"
                    "                       llvm: the cpu target's kernels (forward, backward,\n"
                    "                       weight gradient per node) as LLVM IR, unoptimised;\n"
-                   "                       asm: the same as optimised host assembly\n"
+                   "                       asm: the same as optimised host assembly;\n"
+                   "                       cuda: the cuda target's kernels as CUDA C;\n"
+                   "                       ptx: the same compiled by NVRTC (for --arch)\n"
                    "  --portable           with --emit=asm: code for any AVX2 CPU (x86-64-v3)\n"
+                   "  --arch N             with --emit=ptx: compute capability (default 90)\n"
                    "  --set KEY=VALUE      override a parameter declared under `params:`\n",
                    lipc_pipeline[lipc_pipeline_len - 1].name);
             return 0;
@@ -343,9 +348,19 @@ static int cmd_dump(int argc, char **argv)
         } else if (!strncmp(a, "--emit=", 7)) {
             emit = a + 7;
             if (strcmp(emit, "ir") && strcmp(emit, "train") && strcmp(emit, "forward") &&
-                strcmp(emit, "llvm") && strcmp(emit, "asm"))
-                return cli_usage_error("dump",
-                                       "--emit takes ir, train, forward, llvm or asm, got '%s'", emit);
+                strcmp(emit, "llvm") && strcmp(emit, "asm") && strcmp(emit, "cuda") &&
+                strcmp(emit, "ptx"))
+                return cli_usage_error(
+                    "dump", "--emit takes ir, train, forward, llvm, asm, cuda or ptx, got '%s'",
+                    emit);
+        } else if (!strncmp(a, "--arch=", 7) || (!strcmp(a, "--arch") && i + 1 < argc)) {
+            const char *v = a[6] == '=' ? a + 7 : argv[++i];
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || n < 50 || n > 200)
+                return cli_usage_error("dump", "--arch takes a compute capability like 90, "
+                                               "got '%s'", v);
+            arch = (int)n;
         } else if (!strncmp(a, "--print-after=", 14)) {
             after = a + 14;
         } else if (!strcmp(a, "--print-after") && i + 1 < argc) {
@@ -413,10 +428,13 @@ static int cmd_dump(int argc, char **argv)
         lipc_diags d;
         lipc_diags_init(&d);
         bool code = strcmp(emit, "llvm") == 0 || strcmp(emit, "asm") == 0;
+        bool gpu = strcmp(emit, "cuda") == 0 || strcmp(emit, "ptx") == 0;
         lipc_program *p = lipc_build_program(
             g, strcmp(emit, "forward") == 0 ? LIPC_ENTRY_FORWARD : LIPC_ENTRY_TRAIN, &d);
         if (p && code)
             st = lipc_llvm_module_text(p, strcmp(emit, "asm") == 0, portable, &d, &out);
+        else if (p && gpu)
+            st = lipc_cuda_module_text(p, strcmp(emit, "ptx") == 0, arch, &d, &out);
         else if (p)
             lipc_program_print(p, &out);
         else

@@ -328,9 +328,12 @@ static const char *usage_train =
     "  --no-report         do not draw the training curves (PREFIX-training.svg\n"
     "                      beside the metrics, with gnuplot)\n"
     "  --resume PATH       continue a run from its checkpoint\n"
-    "  --target cpu|ref|ref-f32  the backend: cpu (default) compiles the model\n"
-    "                      with LLVM for this machine; ref is the reference\n"
-    "                      interpreter in double, ref-f32 the same storing floats\n"
+    "  --target T          the backend: cpu (default) compiles the model with\n"
+    "                      LLVM for this machine; cuda for the first NVIDIA GPU\n"
+    "                      (CUDA C through NVRTC); ref is the reference\n"
+    "                      interpreter in double, ref-f32 the same storing floats;\n"
+    "                      cuda-emulator runs the cuda target's kernels on the CPU\n"
+    "                      (slow: for checking it without a GPU)\n"
     "  --threads N         cpu target: threads (default: one per core)\n"
     "  --portable          cpu target: code for any AVX2 CPU, not this one's features\n"
     "  --set KEY=VALUE     override a parameter of the model\n"
@@ -476,6 +479,8 @@ int cli_train(int argc, char **argv)
     if (strcmp(c->ops.backend, "cpu") == 0)
         fprintf(stderr, "lipc train: compiled for this CPU in %.2f s, %d threads\n",
                 lipc_cpu_compile_seconds(c->backend), lipc_cpu_threads(c->backend));
+    else if (c->ops.device)
+        fprintf(stderr, "lipc train: running on %s\n", c->ops.device);
     if (r.resume) {
         fprintf(stderr, "lipc train: resuming from %s at step %ld\n", r.resume, st.step);
         lipc_resume_check(&st, &o, &d);
@@ -546,7 +551,7 @@ static const char *usage_bound =
     "  --tol T             stop when sigma moves less than T (default 1e-7)\n"
     "  --lower N           empirical lower bound over the first N test points\n"
     "  --data NAME|PATH    the data for --lower (default fashion-mnist)\n"
-    "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable, --json\n";
+    "  --set KEY=VALUE, --target cpu|cuda|ref|ref-f32, --threads N, --portable, --json\n";
 
 /* K_sub and the per-factor report, by power iteration to convergence. */
 static lipc_status run_bound(const lipc_compiled *c, lipc_train_state *st, int iters, double tol,
@@ -724,7 +729,7 @@ static const char *usage_certify =
     "                      estimate from below, for comparison only; the output\n"
     "                      says the certificates are then not guaranteed\n"
     "  --report PREFIX     draw VRA against eps: PREFIX-vra.svg (with gnuplot), .tsv, .gp\n"
-    "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable, --json\n";
+    "  --set KEY=VALUE, --target cpu|cuda|ref|ref-f32, --threads N, --portable, --json\n";
 
 int cli_certify(int argc, char **argv)
 {
@@ -866,7 +871,7 @@ static const char *usage_predict =
     "options:\n"
     "  --data NAME|PATH    as for train (default fashion-mnist); the test split\n"
     "  --limit N           the first N test examples\n"
-    "  --set KEY=VALUE, --target cpu|ref|ref-f32, --threads N, --portable\n";
+    "  --set KEY=VALUE, --target cpu|cuda|ref|ref-f32, --threads N, --portable\n";
 
 int cli_predict(int argc, char **argv)
 {

@@ -391,6 +391,7 @@ typedef struct lipc_bound_report {
 
 typedef struct lipc_model_ops {
     const char *backend;    /* "ref", "cpu", "cuda" */
+    const char *device;     /* the hardware in words, for progress output (or NULL) */
     void *ctx;
     /* One training step on x [n, in numel], y [n]; updates st. */
     lipc_status (*train_step)(void *ctx, lipc_train_state *st, int n, const float *x,

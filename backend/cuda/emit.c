@@ -493,3 +493,23 @@ lipc_status lipc_cuda_emit(const lipc_program *train, bool *has[LIPC_G_KINDS], l
     generic_kernels(&e);
     return out->failed ? LIPC_ERR_NOMEM : LIPC_OK;
 }
+
+lipc_status lipc_cuda_module_text(const lipc_program *train, bool ptx, int arch, lipc_diags *d,
+                                  lipc_buf *out)
+{
+    lipc_buf src;
+    lipc_buf_init(&src);
+    lipc_status st = lipc_cuda_emit(train, NULL, &src, d);
+    if (st == LIPC_OK && ptx) {
+        st = lipc_nvrtc_compile(lipc_buf_str(&src), arch, true, out, d);
+        /* PTX is text; drop the NUL NVRTC counts in its size */
+        while (st == LIPC_OK && out->len && out->data[out->len - 1] == '\0')
+            out->len--;
+    } else if (st == LIPC_OK) {
+        lipc_buf_puts(out, lipc_cuda_prelude);
+        lipc_buf_putc(out, '\n');
+        lipc_buf_puts(out, lipc_buf_str(&src));
+    }
+    lipc_buf_free(&src);
+    return st == LIPC_OK && out->failed ? LIPC_ERR_NOMEM : st;
+}

@@ -69,6 +69,11 @@ extern const char *const lipc_gkind_names[LIPC_G_KINDS];
 lipc_status lipc_cuda_emit(const lipc_program *train, bool *has[LIPC_G_KINDS], lipc_buf *out,
                            lipc_diags *d);
 
+/* `lipc dump --emit=cuda|ptx`: the prelude and the kernels of a TRAIN program
+ * as CUDA C, or compiled by NVRTC to PTX for compute capability arch. */
+lipc_status lipc_cuda_module_text(const lipc_program *train, bool ptx, int arch, lipc_diags *d,
+                                  lipc_buf *out);
+
 /* The prelude NVRTC gets before the source (the kernel macro, the argument
  * block). */
 extern const char lipc_cuda_prelude[];

@@ -63,7 +63,8 @@ lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
     }
     c->backend = gpu;
     c->backend_free = gpu_free;
-    c->ops.backend = "cuda";
+    c->ops.backend = strcmp(dev->ops->name, "cuda") == 0 ? "cuda" : "cuda-emulator";
+    c->ops.device = dev->describe;
     c->ops.train_step = gpu_train_step;
     c->ops.sync_state = gpu_sync_state;
     c->ops.predict = gpu_predict;
