@@ -415,6 +415,41 @@ static void generic_kernels(emitter *e)
         "        ((float *)a.p[0])[t] += (float)(a.s[0] * x[t]);\n"
         "}\n\n");
     put(e,
+        "LIPC_KERNEL(lipc_fold_eye)\n{\n"
+        "    const float *w = (const float *)a.p[1];\n"
+        "    long long s0 = (long long)a.s[0], s1 = (long long)a.s[1], s2 = (long long)a.s[2];\n"
+        "    for (long long t = LIPC_I0; t < a.n; t += LIPC_STEP) {\n"
+        "        int eye = (t / s1) %% (s0 / s1) == t / s0 && t %% s1 == s2;\n"
+        "        ((float *)a.p[0])[t] = w[t] + (eye ? 1.0f : 0.0f);\n"
+        "    }\n}\n\n");
+    put(e,
+        "LIPC_KERNEL(lipc_bias_add)\n{\n"
+        "    const float *bias = (const float *)a.p[1];\n"
+        "    long long s0 = (long long)a.s[0], s1 = (long long)a.s[1];\n"
+        "    for (long long t = LIPC_I0; t < a.n; t += LIPC_STEP)\n"
+        "        ((float *)a.p[0])[t] += bias[(t / s1) %% s0];\n"
+        "}\n\n");
+    put(e,
+        "LIPC_KERNEL(lipc_bias_grad)\n{\n"
+        "    const float *dy = (const float *)a.p[0];\n"
+        "    long long s0 = (long long)a.s[0], s1 = (long long)a.s[1];\n"
+        "    for (long long o = LIPC_I0; o < s0; o += LIPC_STEP) {\n"
+        "        double acc = 0.0;\n"
+        "        for (long long b = 0; b < a.n; b++)\n"
+        "            for (long long q = 0; q < s1; q++) acc += dy[(b * s0 + o) * s1 + q];\n"
+        "        ((float *)a.p[1])[o] += (float)(a.s[2] * acc);\n"
+        "    }\n}\n\n");
+    put(e,
+        "LIPC_KERNEL(lipc_fill)\n{\n"
+        "    unsigned long long seed = (unsigned long long)a.s[0];\n"
+        "    for (long long t = LIPC_I0; t < a.n; t += LIPC_STEP) {\n"
+        "        unsigned long long z = (unsigned long long)t + seed * 0x9e3779b97f4a7c15ULL;\n"
+        "        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;\n"
+        "        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;\n"
+        "        z ^= z >> 31;\n"
+        "        ((float *)a.p[0])[t] = (float)((double)(z >> 40) / 16777216.0 - 0.5);\n"
+        "    }\n}\n\n");
+    put(e,
         "LIPC_KERNEL(lipc_adamw)\n{\n"
         "    float *p = (float *)a.p[0], *m = (float *)a.p[2], *v = (float *)a.p[3];\n"
         "    const float *g = (const float *)a.p[1];\n"

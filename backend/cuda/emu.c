@@ -143,6 +143,53 @@ static lipc_status emu_zero(lipc_gpu_dev *dv, void *dst, size_t bytes)
     return LIPC_OK;
 }
 
+/* The library convolutions, as plain loops in double (the driver's library
+ * path is then tested here: effective weights, bias, accumulation). */
+static lipc_status emu_conv(lipc_gpu_dev *dv, const lipc_gconv *g, int n, lipc_gconv_op op,
+                            bool tf32, const float *a, const float *b, float *c, double alpha,
+                            double beta)
+{
+    (void)dv;
+    (void)tf32;
+    size_t in_n = (size_t)g->ci * g->h * g->w, out_n = (size_t)g->co * g->oh * g->ow;
+    size_t nw = (size_t)g->co * g->ci * g->kh * g->kw;
+    size_t len = op == LIPC_GCONV_FWD ? out_n * (size_t)n
+                 : op == LIPC_GCONV_BWD_DATA ? in_n * (size_t)n : nw;
+    double *acc = lipc_calloc(len + 1, sizeof(double));
+    if (!acc)
+        return LIPC_ERR_NOMEM;
+    for (int e = 0; e < n; e++)
+        for (int o = 0; o < g->co; o++)
+            for (int y = 0; y < g->oh; y++)
+                for (int x = 0; x < g->ow; x++)
+                    for (int i = 0; i < g->ci; i++)
+                        for (int ky = 0; ky < g->kh; ky++)
+                            for (int kx = 0; kx < g->kw; kx++) {
+                                int iy = y * g->sh + ky - g->ph, ix = x * g->sw + kx - g->pw;
+                                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+                                    continue;
+                                size_t pi = (size_t)e * in_n + ((size_t)i * g->h + iy) * g->w + ix;
+                                size_t po = (size_t)e * out_n + ((size_t)o * g->oh + y) * g->ow + x;
+                                size_t pw = (((size_t)o * g->ci + i) * g->kh + ky) * g->kw + kx;
+                                if (op == LIPC_GCONV_FWD)
+                                    acc[po] += (double)b[pw] * a[pi];
+                                else if (op == LIPC_GCONV_BWD_DATA)
+                                    acc[pi] += (double)b[pw] * a[po];
+                                else
+                                    acc[pw] += (double)b[po] * a[pi];
+                            }
+    for (size_t t = 0; t < len; t++)
+        c[t] = (float)(alpha * acc[t] + (beta != 0.0 ? beta * c[t] : 0.0));
+    lipc_free(acc);
+    return LIPC_OK;
+}
+
+static double emu_now(lipc_gpu_dev *dv)
+{
+    (void)dv;
+    return lipc_now();
+}
+
 static const char *emu_error(lipc_gpu_dev *dv) { return ((emu *)dv)->err; }
 
 static void emu_destroy(lipc_gpu_dev *dv)
@@ -165,6 +212,8 @@ static const lipc_gpu_dev_ops emu_ops = {
     .upload = emu_copy,
     .download = emu_copy,
     .zero = emu_zero,
+    .conv = emu_conv,
+    .now = emu_now,
     .error = emu_error,
     .destroy = emu_destroy,
 };

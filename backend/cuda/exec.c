@@ -23,11 +23,29 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-enum { K_SUMSQ, K_DOT, K_FINISH, K_DIV, K_AXPY, K_ADAMW, K_SGD, K_GENERIC };
+enum {
+    K_SUMSQ, K_DOT, K_FINISH, K_DIV, K_AXPY, K_ADAMW, K_SGD, K_FOLD_EYE, K_BIAS_ADD,
+    K_BIAS_GRAD, K_FILL, K_GENERIC
+};
 static const char *const generic_names[K_GENERIC] = {
-    "lipc_sumsq", "lipc_dot", "lipc_norm_finish", "lipc_div", "lipc_axpy", "lipc_adamw", "lipc_sgd"};
+    "lipc_sumsq", "lipc_dot", "lipc_norm_finish", "lipc_div", "lipc_axpy", "lipc_adamw",
+    "lipc_sgd", "lipc_fold_eye", "lipc_bias_add", "lipc_bias_grad", "lipc_fill"};
+
+const char *const lipc_gconv_op_names[LIPC_GCONV_OPS] = {"forward", "backward-data",
+                                                         "backward-filter"};
+
+/* Per conv layer, operation and batch class (0: one example, 1: more): where
+ * it runs, and what the measurement found. */
+enum { WHERE_UNDECIDED, WHERE_EMITTED, WHERE_LIBRARY };
+typedef struct conv_choice {
+    unsigned char where;
+    bool disagreed;             /* the library's result was off: not used */
+    int n;                      /* the batch it was measured at */
+    double emitted_s, library_s; /* seconds per call (0: not measured) */
+} conv_choice;
 
 struct lipc_gpu {
     lipc_gpu_dev *dev;
@@ -55,6 +73,14 @@ struct lipc_gpu {
     const lipc_train_state *owner;
     long owner_step;
     bool stale;
+    /* library convolutions */
+    lipc_conv_mode mode;
+    bool tf32;
+    lipc_gconv *geo;            /* [n_ids]: geo[id].id < 0 where no library can run it */
+    conv_choice *choice;        /* [n_ids * LIPC_GCONV_OPS * 2] */
+    float *weff;                /* [np]: folded conv weights with their identity */
+    float *tune[4];             /* scratch of measurements, tune_cap floats each */
+    size_t tune_cap;
 };
 
 /* ---- device calls with a sticky error ---- */
@@ -110,14 +136,16 @@ void lipc_gpu_free(lipc_gpu *c)
     if (c->dev) {
         void *dbufs[] = {c->arena, c->params, c->opt_m,  c->opt_v,   c->vec,  c->grads,
                          c->pparams, c->pvec, c->head_r, c->head_dr, c->tmp, c->scratch,
-                         c->partials, c->norms};
+                         c->partials, c->norms, c->weff, c->tune[0], c->tune[1],
+                         c->tune[2], c->tune[3]};
         for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++)
             if (dbufs[i])
                 c->dev->ops->release(c->dev, dbufs[i]);
         c->dev->ops->destroy(c->dev);
     }
     void *hbufs[] = {c->fn[0], c->fn[1], c->fn[2], c->r64, c->w64, c->dr64, c->dw64, c->hpart,
-                     c->sigma, c->dk, c->hf, c->hw, c->hvec, c->logits64, c->dlogits64, c->logitsf};
+                     c->sigma, c->dk, c->hf, c->hw, c->hvec, c->logits64, c->dlogits64, c->logitsf,
+                     c->geo, c->choice};
     for (size_t i = 0; i < sizeof hbufs / sizeof *hbufs; i++)
         lipc_free(hbufs[i]);
     lipc_free(c);
@@ -176,6 +204,33 @@ lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
         return st;
     }
     c->np = c->g->n_param_elems;
+    c->tf32 = true;
+    const char *mode = getenv("LIPC_CUDA_CONV");
+    c->mode = mode && strcmp(mode, "emitted") == 0   ? LIPC_CONV_EMITTED
+              : mode && strcmp(mode, "library") == 0 ? LIPC_CONV_LIBRARY
+                                                     : LIPC_CONV_AUTO;
+    c->geo = lipc_calloc((size_t)n_ids + 1, sizeof *c->geo);
+    c->choice = lipc_calloc((size_t)(n_ids + 1) * LIPC_GCONV_OPS * 2, sizeof *c->choice);
+    if (!c->geo || !c->choice) {
+        lipc_gpu_free(c);
+        return LIPC_ERR_NOMEM;
+    }
+    for (const lipc_node *v = c->g->first; v; v = v->next) {
+        lipc_gconv *q = &c->geo[v->id];
+        q->id = -1;
+        if (v->op != LIPC_OP_CONV2D)
+            continue;
+        lipc_shape in = v->in[0]->shape;
+        *q = (lipc_gconv){v->id, in.d[0], in.d[1], in.d[2], v->shape.d[0], v->shape.d[1],
+                          v->shape.d[2], v->a.kernel[0], v->a.kernel[1], v->a.stride[0],
+                          v->a.stride[1], v->a.pad[0], v->a.pad[2]};
+        /* a library pads both sides alike: others stay with the emitted kernel */
+        bool symmetric = v->a.pad[0] == v->a.pad[1] && v->a.pad[2] == v->a.pad[3] &&
+                         q->oh == (q->h + 2 * q->ph - q->kh) / q->sh + 1 &&
+                         q->ow == (q->w + 2 * q->pw - q->kw) / q->sw + 1;
+        if (!symmetric)
+            q->id = -1;
+    }
     c->max_v = 1;
     for (int b = 0; b < train->n_bounds; b++) {
         if (train->bounds[b].v_len > c->max_v)
@@ -189,6 +244,8 @@ lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
     float **fbufs[] = {&c->params, &c->opt_m, &c->opt_v, &c->grads, &c->pparams};
     for (size_t i = 0; i < sizeof fbufs / sizeof *fbufs && st == LIPC_OK; i++)
         st = dev_alloc(c, sizeof(float) * (np + 1), fbufs[i]);
+    if (st == LIPC_OK)
+        st = dev_alloc(c, sizeof(float) * (np + 1), &c->weff);
     if (st == LIPC_OK)
         st = dev_alloc(c, sizeof(float) * (nv + 1), &c->vec);
     if (st == LIPC_OK)
@@ -266,6 +323,7 @@ typedef struct run {
     const lipc_program *p;
     float *params, *vec;        /* device */
     int n;
+    bool training;              /* batch convolutions of a training step: TF32 allowed */
 } run;
 
 static size_t numel(const lipc_node *v) { return (size_t)lipc_shape_numel(v->shape); }
@@ -307,9 +365,220 @@ static lipc_gargs args0(long long n)
     return a;
 }
 
+/* ---- convolutions: the emitted kernel or the device's library ---- */
+
+/* One conv operation (gpu.h's lipc_gconv_op) the emitted way: a, b, c as
+ * the library takes them; bias (FWD) or dbias (BWD_FILTER) fused. */
+static void conv_emitted(lipc_gpu *c, const lipc_node *v, lipc_gconv_op op, int n,
+                         const float *a, const float *b, float *out, double alpha, float *bias)
+{
+    lipc_gargs g = args0(n);
+    const lipc_gconv *q = &c->geo[v->id];
+    if (op == LIPC_GCONV_FWD) {
+        g.p[0] = (void *)a;
+        g.p[2] = out;
+        g.p[3] = (void *)b;
+        g.p[4] = bias;
+        launch(c, c->fn[LIPC_G_FWD][v->id], (long long)n * q->co * q->oh * q->ow, &g);
+    } else if (op == LIPC_GCONV_BWD_DATA) {
+        g.p[0] = (void *)a;
+        g.p[1] = out;
+        g.p[5] = (void *)b;
+        launch(c, c->fn[LIPC_G_BWD][v->id], (long long)n * q->ci * q->h * q->w, &g);
+    } else {
+        g.p[0] = (void *)a;
+        g.p[1] = (void *)b;
+        g.p[2] = out;
+        g.p[3] = bias;
+        g.s[0] = alpha;
+        launch(c, c->fn[LIPC_G_WGRAD][v->id], (long long)q->co * q->ci * q->kh * q->kw, &g);
+    }
+}
+
+/* The same through the library: weff is the weight with the folded identity
+ * (FWD, BWD_DATA of a folded layer), bias added or dbias summed apart. */
+static void conv_library(lipc_gpu *c, const lipc_node *v, lipc_gconv_op op, int n, bool tf32,
+                         const float *a, const float *b, const float *weff, float *out,
+                         double alpha, float *bias)
+{
+    const lipc_gconv *q = &c->geo[v->id];
+    if (c->fail != LIPC_OK)
+        return;
+    const float *w = op != LIPC_GCONV_BWD_FILTER && v->a.fold_identity ? weff : b;
+    double beta = op == LIPC_GCONV_FWD ? 0.0 : 1.0;
+    note_fail(c, c->dev->ops->conv(c->dev, q, n, op, tf32, a, w, out, alpha, beta));
+    size_t hw = (size_t)q->oh * q->ow;
+    if (bias && op == LIPC_GCONV_FWD) {
+        lipc_gargs g = args0((long long)n * q->co * (long long)hw);
+        g.p[0] = out;
+        g.p[1] = bias;
+        g.s[0] = q->co;
+        g.s[1] = (double)hw;
+        launch(c, c->gk[K_BIAS_ADD], g.n, &g);
+    } else if (bias && op == LIPC_GCONV_BWD_FILTER) {
+        lipc_gargs g = args0(n);
+        g.p[0] = (void *)b;
+        g.p[1] = bias;
+        g.s[0] = q->co;
+        g.s[1] = (double)hw;
+        g.s[2] = alpha;
+        launch(c, c->gk[K_BIAS_GRAD], q->co, &g);
+    }
+}
+
+static double max_abs_diff(const float *x, const float *y, size_t n, double *scale)
+{
+    double d = 0.0, m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)x[i] - y[i]));
+        m = fmax(m, fabs((double)y[i]));
+    }
+    *scale = m;
+    return d;
+}
+
+/* Measures both ways of one operation on test data at batch n, checks that
+ * they agree, and records the faster. */
+static void conv_tune(lipc_gpu *c, const lipc_node *v, lipc_gconv_op op, int n, bool tf32,
+                      conv_choice *ch)
+{
+    const lipc_gconv *q = &c->geo[v->id];
+    size_t in_n = (size_t)n * q->ci * q->h * q->w, out_n = (size_t)n * q->co * q->oh * q->ow;
+    size_t nw = (size_t)q->co * q->ci * q->kh * q->kw;
+    size_t la = op == LIPC_GCONV_BWD_DATA ? out_n : in_n;
+    size_t lb = op == LIPC_GCONV_BWD_FILTER ? out_n : nw;
+    size_t lc = op == LIPC_GCONV_FWD ? out_n : op == LIPC_GCONV_BWD_DATA ? in_n : nw;
+    size_t need = la > lb ? la : lb;
+    need = need > lc ? need : lc;
+    ch->where = WHERE_EMITTED;
+    ch->n = n;
+    if (need > c->tune_cap) {
+        for (int i = 0; i < 4; i++) {
+            if (c->tune[i])
+                c->dev->ops->release(c->dev, c->tune[i]);
+            c->tune[i] = NULL;
+        }
+        c->tune_cap = 0;
+        for (int i = 0; i < 4; i++)
+            if (dev_alloc(c, sizeof(float) * need, &c->tune[i]) != LIPC_OK)
+                return; /* no room to measure: the emitted kernel */
+        c->tune_cap = need;
+    }
+    float *a = c->tune[0], *b = c->tune[1], *out = c->tune[2], *weff = c->tune[3];
+    lipc_gargs f = args0((long long)la);
+    f.p[0] = a;
+    f.s[0] = 1;
+    launch(c, c->gk[K_FILL], f.n, &f);
+    f = args0((long long)lb);
+    f.p[0] = b;
+    f.s[0] = 2;
+    launch(c, c->gk[K_FILL], f.n, &f);
+    if (v->a.fold_identity && op != LIPC_GCONV_BWD_FILTER) {
+        lipc_gargs e = args0((long long)nw);
+        e.p[0] = weff;
+        e.p[1] = b;
+        e.s[0] = (double)q->ci * q->kh * q->kw;
+        e.s[1] = (double)q->kh * q->kw;
+        e.s[2] = (double)v->a.pad[0] * q->kw + v->a.pad[2];
+        launch(c, c->gk[K_FOLD_EYE], e.n, &e);
+    }
+    float *want = lipc_malloc(sizeof(float) * (lc + 1)), *got = lipc_malloc(sizeof(float) * (lc + 1));
+    if (!want || !got) {
+        lipc_free(want);
+        lipc_free(got);
+        return;
+    }
+    /* agreement, from zeroed outputs */
+    zero(c, out, sizeof(float) * lc);
+    conv_emitted(c, v, op, n, a, b, out, 1.0, NULL);
+    download(c, want, out, sizeof(float) * lc);
+    zero(c, out, sizeof(float) * lc);
+    conv_library(c, v, op, n, tf32, a, b, weff, out, 1.0, NULL);
+    download(c, got, out, sizeof(float) * lc);
+    double scale, diff = max_abs_diff(got, want, lc, &scale);
+    lipc_free(want);
+    lipc_free(got);
+    if (c->fail != LIPC_OK) {
+        /* the library failed on this layer: keep the emitted kernel, go on */
+        fprintf(stderr, "lipc: cuda: the library's %s of %s failed; using the emitted kernel\n",
+                lipc_gconv_op_names[op], v->name);
+        c->fail = LIPC_OK;
+        return;
+    }
+    if (!(diff <= (tf32 ? 2e-2 : 1e-3) * (scale > 0 ? scale : 1.0))) {
+        ch->disagreed = true;
+        fprintf(stderr, "lipc: cuda: the library's %s of %s differs from the emitted kernel's "
+                        "by %.3g (largest value %.3g): using the emitted kernel\n",
+                lipc_gconv_op_names[op], v->name, diff, scale);
+        return;
+    }
+    /* speed: the median-free minimum of three calls each, after a warm-up */
+    double best[2] = {INFINITY, INFINITY};
+    for (int way = 0; way < 2; way++)
+        for (int rep = 0; rep < 4; rep++) {
+            double t0 = c->dev->ops->now(c->dev);
+            if (way == 0)
+                conv_emitted(c, v, op, n, a, b, out, 1.0, NULL);
+            else
+                conv_library(c, v, op, n, tf32, a, b, weff, out, 1.0, NULL);
+            double t = c->dev->ops->now(c->dev) - t0;
+            if (rep > 0 && t < best[way])
+                best[way] = t;
+        }
+    ch->emitted_s = best[0];
+    ch->library_s = best[1];
+    ch->where = c->mode == LIPC_CONV_LIBRARY || best[1] < best[0] ? WHERE_LIBRARY
+                                                                   : WHERE_EMITTED;
+}
+
+/* Where conv operation op of v runs at batch n (measured on first use). */
+static bool use_library(const run *r, const lipc_node *v, lipc_gconv_op op, int n)
+{
+    lipc_gpu *c = r->c;
+    if (v->op != LIPC_OP_CONV2D || !c->dev->ops->conv || c->geo[v->id].id < 0 ||
+        c->mode == LIPC_CONV_EMITTED)
+        return false;
+    conv_choice *ch = &c->choice[((size_t)v->id * LIPC_GCONV_OPS + op) * 2 + (n > 1)];
+    if (ch->where == WHERE_UNDECIDED && c->fail == LIPC_OK)
+        conv_tune(c, v, op, n, r->training && c->tf32 && n > 1, ch);
+    return ch->where == WHERE_LIBRARY;
+}
+
+/* The weights with their folded identity, for the library (after the
+ * parameters changed). */
+static void prepare_weff(const run *r)
+{
+    lipc_gpu *c = r->c;
+    if (!c->dev->ops->conv || c->mode == LIPC_CONV_EMITTED)
+        return;
+    for (const lipc_node *v = c->g->first; v; v = v->next) {
+        if (v->op != LIPC_OP_CONV2D || !v->a.fold_identity || c->geo[v->id].id < 0)
+            continue;
+        const lipc_gconv *q = &c->geo[v->id];
+        size_t off = c->g->params[v->param[0]].offset;
+        lipc_gargs e = args0((long long)q->co * q->ci * q->kh * q->kw);
+        e.p[0] = c->weff + off;
+        e.p[1] = r->params + off;
+        e.s[0] = (double)q->ci * q->kh * q->kw;
+        e.s[1] = (double)q->kh * q->kw;
+        e.s[2] = (double)v->a.pad[0] * q->kw + v->a.pad[2];
+        launch(c, c->gk[K_FOLD_EYE], e.n, &e);
+    }
+}
+
+static float *weff_of(const run *r, const lipc_node *v)
+{
+    return r->c->weff + param_offset(r->c->g, v, 0);
+}
+
 static void forward_into(const run *r, const lipc_node *v, int n, float *in0, float *in1,
                          float *out, float *b)
 {
+    if (use_library(r, v, LIPC_GCONV_FWD, n)) {
+        conv_library(r->c, v, LIPC_GCONV_FWD, n, r->training && r->c->tf32 && n > 1, in0,
+                     weight(r, v), weff_of(r, v), out, 1.0, b);
+        return;
+    }
     lipc_gargs a = args0(n);
     a.p[0] = in0;
     a.p[1] = in1;
@@ -323,6 +592,11 @@ static void forward_into(const run *r, const lipc_node *v, int n, float *in0, fl
 static void adjoint(const run *r, const lipc_node *v, int n, float *dout, float *din0,
                     float *din1)
 {
+    if (din0 && use_library(r, v, LIPC_GCONV_BWD_DATA, n)) {
+        conv_library(r->c, v, LIPC_GCONV_BWD_DATA, n, r->training && r->c->tf32 && n > 1, dout,
+                     weight(r, v), weff_of(r, v), din0, 1.0, NULL);
+        return;
+    }
     lipc_gargs a = args0(n);
     a.p[0] = dout;
     a.p[1] = din0;
@@ -338,6 +612,11 @@ static void adjoint(const run *r, const lipc_node *v, int n, float *dout, float 
 static void wgrad(const run *r, const lipc_node *v, int n, float *x, float *dout, float *dw,
                   float *db, double scale)
 {
+    if (use_library(r, v, LIPC_GCONV_BWD_FILTER, n)) {
+        conv_library(r->c, v, LIPC_GCONV_BWD_FILTER, n, r->training && r->c->tf32 && n > 1, x,
+                     dout, NULL, dw, scale, db);
+        return;
+    }
     const lipc_graph *g = r->c->g;
     lipc_gargs a = args0(n);
     a.p[0] = x;
@@ -346,6 +625,35 @@ static void wgrad(const run *r, const lipc_node *v, int n, float *x, float *dout
     a.p[3] = db;
     a.s[0] = scale;
     launch(r->c, r->c->fn[LIPC_G_WGRAD][v->id], (long long)g->params[v->param[0]].numel, &a);
+}
+
+void lipc_gpu_set_conv_mode(lipc_gpu *c, lipc_conv_mode mode)
+{
+    c->mode = mode;
+    size_t n = (size_t)(c->g->next_id + 1) * LIPC_GCONV_OPS * 2;
+    memset(c->choice, 0, sizeof *c->choice * n);
+}
+
+void lipc_gpu_set_tf32(lipc_gpu *c, bool allow) { c->tf32 = allow; }
+
+void lipc_gpu_describe_choices(const lipc_gpu *c, lipc_buf *out)
+{
+    for (const lipc_node *v = c->g->first; v; v = v->next)
+        for (int op = 0; op < LIPC_GCONV_OPS; op++)
+            for (int cls = 0; cls < 2; cls++) {
+                const conv_choice *ch = &c->choice[((size_t)v->id * LIPC_GCONV_OPS + op) * 2 + cls];
+                if (ch->where == WHERE_UNDECIDED)
+                    continue;
+                lipc_buf_printf(out, "%-40s %-15s batch %-4d %-8s", v->name,
+                                lipc_gconv_op_names[op], ch->n,
+                                ch->where == WHERE_LIBRARY ? "library" : "emitted");
+                if (ch->disagreed)
+                    lipc_buf_puts(out, "  (the library's result disagreed)");
+                else if (ch->library_s > 0)
+                    lipc_buf_printf(out, "  emitted %.3f ms, library %.3f ms",
+                                    1e3 * ch->emitted_s, 1e3 * ch->library_s);
+                lipc_buf_putc(out, '\n');
+            }
 }
 
 /* dst[0] = ||x|| (device double) */
@@ -490,8 +798,9 @@ lipc_status lipc_gpu_predict(lipc_gpu *c, const float *params, int n, const floa
     if (st != LIPC_OK)
         return st;
     c->fail = LIPC_OK;
-    run r = {c, p, device_params(c, params), NULL, n};
+    run r = {c, p, device_params(c, params), NULL, n, false};
     prepare_head_device(&r);
+    prepare_weff(&r);
     const lipc_graph *g = c->g;
     upload(c, act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
     for (int s = 0; s < p->n_steps; s++)
@@ -585,10 +894,11 @@ static lipc_status train_step(lipc_gpu *c, lipc_train_state *st, int n, const fl
     c->fail = LIPC_OK;
     if (grads_out || c->owner != st || c->owner_step != st->step)
         upload_state(c, st);
-    run r = {c, p, c->params, c->vec, n};
+    run r = {c, p, c->params, c->vec, n, true};
     size_t np = c->np;
     zero(c, c->grads, sizeof(float) * np);
     prepare_head_device(&r);
+    prepare_weff(&r);
     upload(c, act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
     memset(out, 0, sizeof *out);
     const lipc_node *head = p->head;
@@ -733,7 +1043,8 @@ lipc_status lipc_gpu_lipschitz(lipc_gpu *c, const float *params, float *vec, int
     if (st != LIPC_OK)
         return st;
     c->fail = LIPC_OK;
-    run r = {c, p, device_params(c, params), c->pvec, 1};
+    run r = {c, p, device_params(c, params), c->pvec, 1, false};
+    prepare_weff(&r);
     upload_vectors(c, p, c->pvec, vec);
     for (int b = 0; b < p->n_bounds; b++) {
         report[b].iters = 0;

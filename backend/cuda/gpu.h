@@ -78,7 +78,33 @@ lipc_status lipc_cuda_module_text(const lipc_program *train, bool ptx, int arch,
  * block). */
 extern const char lipc_cuda_prelude[];
 
+/*   lipc_fold_eye   p0 weff, p1 w [n]: weff = w + the identity on the centre
+ *                   tap: element t is on it when (t / s1) mod (s0 / s1) ==
+ *                   t / s0 and t mod s1 == s2 (s0 = ci kh kw, s1 = kh kw,
+ *                   s2 = the tap top kw + left)
+ *   lipc_bias_add   p0 y [n], p1 bias: y[t] += bias[(t / s1) mod s0]
+ *                   (s0 channels, s1 positions per channel)
+ *   lipc_bias_grad  p0 dy [n examples], p1 db [s0]: db[o] += s2 sum over the
+ *                   batch and the s1 positions of channel o
+ *   lipc_fill       p0 x [n]: reproducible values in [-0.5, 0.5) from the
+ *                   index and the seed s0 (library checks)
+ */
+
 /* ---- devices ------------------------------------------------------------------- */
+
+/* A convolution for a library (cuDNN): NCHW floats, symmetric padding. */
+typedef struct lipc_gconv {
+    int id;                 /* the node's id: a cache key */
+    int ci, h, w, co, oh, ow, kh, kw, sh, sw, ph, pw;
+} lipc_gconv;
+
+typedef enum lipc_gconv_op {
+    LIPC_GCONV_FWD,         /* a x, b w, c y:    y  = alpha conv(x, w)   + beta y  */
+    LIPC_GCONV_BWD_DATA,    /* a dy, b w, c dx:  dx = alpha conv^T(dy, w) + beta dx */
+    LIPC_GCONV_BWD_FILTER,  /* a x, b dy, c dw:  dw = alpha sum_b dy x^T  + beta dw */
+    LIPC_GCONV_OPS
+} lipc_gconv_op;
+extern const char *const lipc_gconv_op_names[LIPC_GCONV_OPS];
 
 typedef struct lipc_gpu_dev lipc_gpu_dev;
 typedef struct lipc_gpu_dev_ops {
@@ -97,6 +123,13 @@ typedef struct lipc_gpu_dev_ops {
     /* waits for the kernels before it */
     lipc_status (*download)(lipc_gpu_dev *dv, void *dst, const void *src, size_t bytes);
     lipc_status (*zero)(lipc_gpu_dev *dv, void *dst, size_t bytes);
+    /* Optional (NULL: none): a library convolution on n examples; tf32
+     * allows TensorFloat-32 arithmetic. */
+    lipc_status (*conv)(lipc_gpu_dev *dv, const lipc_gconv *g, int n, lipc_gconv_op op,
+                        bool tf32, const float *a, const float *b, float *c, double alpha,
+                        double beta);
+    /* Seconds on a monotonic clock, after the work queued so far has run. */
+    double (*now)(lipc_gpu_dev *dv);
     /* the last error in words (for messages) */
     const char *(*error)(lipc_gpu_dev *dv);
     void (*destroy)(lipc_gpu_dev *dv);
@@ -148,6 +181,20 @@ lipc_status lipc_gpu_gradients(lipc_gpu *c, lipc_train_state *st, int n, const f
                                double *grads);
 lipc_status lipc_gpu_lipschitz(lipc_gpu *c, const float *params, float *vec, int max_iters,
                                double tol, lipc_bound_report *report);
+
+/* Where convolutions run: the emitted kernels, the device's library, or
+ * (AUTO, the default) whichever is faster, per layer, operation and batch
+ * class (one example: power iteration; more: training), measured on their
+ * first use; a library result that disagrees with the emitted kernel's on
+ * test data is never used. LIPC_CUDA_CONV=emitted|library|auto sets it too. */
+typedef enum lipc_conv_mode { LIPC_CONV_AUTO, LIPC_CONV_EMITTED, LIPC_CONV_LIBRARY } lipc_conv_mode;
+void lipc_gpu_set_conv_mode(lipc_gpu *c, lipc_conv_mode mode);
+/* Forbids TensorFloat-32 in training convolutions (it is never used for
+ * inference or power iteration). */
+void lipc_gpu_set_tf32(lipc_gpu *c, bool allow);
+/* What runs where, one line per conv layer and operation (after the first
+ * step; for progress output and the benchmark). */
+void lipc_gpu_describe_choices(const lipc_gpu *c, lipc_buf *out);
 
 /* The "cuda" target on a device: tables, kernels, runner, entry points
  * (certified inference runs on the host in double, as the reference's). */
