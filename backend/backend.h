@@ -171,6 +171,9 @@ typedef struct lipc_compiled {
     lipc_model_ops ops;
     void *backend;                      /* the target's own state (cpu: lipc_cpu) */
     void (*backend_free)(void *backend);
+    /* a device target's companion on the host (cuda: the cpu target, whose
+     * certified inference it uses), owned; or NULL */
+    struct lipc_compiled *host;
 } lipc_compiled;
 
 /* The runtime's description of one parameter of g. */

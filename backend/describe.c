@@ -144,6 +144,7 @@ void lipc_compiled_free(lipc_compiled *c)
         return;
     if (c->backend_free)
         c->backend_free(c->backend);
+    lipc_compiled_free(c->host);
     lipc_program_free(c->train);
     lipc_program_free(c->forward);
     lipc_free(c->params);

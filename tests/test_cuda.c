@@ -268,3 +268,29 @@ Test(cuda, library_choices_are_reported, .init = library)
     lipc_compiled_free(c);
     lipc_graph_free(g);
 }
+
+/* Certified inference runs on the host: the cpu target's, bit for bit. */
+Test(cuda, certified_inference_is_the_cpu_targets)
+{
+    lipc_graph *g = bc_load("edges", bc_edges, NULL, NULL, 0);
+    lipc_compiled *gpu = bc_compile(EMU, g, 1), *cpu = bc_compile("cpu", g, 1);
+    cr_assert(gpu->host, "no host target attached");
+    int n = 3;
+    size_t len = (size_t)n * (size_t)g->classes;
+    float *pf = bc_random_params(g, test_seed(), 0.1), *x = bc_random_inputs(g, test_seed(), n);
+    double *l1 = malloc(sizeof(double) * len), *e1 = malloc(sizeof(double) * len);
+    double *l2 = malloc(sizeof(double) * len), *e2 = malloc(sizeof(double) * len);
+    cr_assert_eq(gpu->ops.predict_bounded(gpu->ops.ctx, pf, n, x, l1, e1), LIPC_OK);
+    cr_assert_eq(cpu->ops.predict_bounded(cpu->ops.ctx, pf, n, x, l2, e2), LIPC_OK);
+    cr_expect(memcmp(l1, l2, sizeof(double) * len) == 0);
+    cr_expect(memcmp(e1, e2, sizeof(double) * len) == 0);
+    free(l1);
+    free(e1);
+    free(l2);
+    free(e2);
+    free(pf);
+    free(x);
+    lipc_compiled_free(gpu);
+    lipc_compiled_free(cpu);
+    lipc_graph_free(g);
+}

@@ -200,5 +200,8 @@ void lipc_gpu_describe_choices(const lipc_gpu *c, lipc_buf *out);
  * (certified inference runs on the host in double, as the reference's). */
 lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
                              lipc_compiled **out);
+/* Certified inference of c through host, a cpu target of the same graph
+ * (moved into c). */
+void lipc_compiled_attach_host(lipc_compiled *c, lipc_compiled *host);
 
 #endif

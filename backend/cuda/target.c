@@ -1,7 +1,10 @@
 /* backend/cuda/target.c: the "cuda" target's entry points: training,
  * inference and power iteration on the device; certified inference (logits
- * with rigorous rounding bounds) stays on the host in double, the
- * reference's, as certification demands. */
+ * with rigorous rounding bounds) stays on the host in double: the cpu
+ * target's when one is attached (lipc_compiled_attach_host), else the
+ * reference's. The GPU's float logits carry no such bound (a library
+ * convolution may sum by Winograd or FFT, outside the error analysis), so
+ * certificates never rest on them. */
 #include "backend/cuda/gpu.h"
 
 #include <stdlib.h>
@@ -40,6 +43,20 @@ static lipc_status gpu_lipschitz(void *ctx, const float *params, float *vec, int
 {
     const lipc_compiled *c = ctx;
     return lipc_gpu_lipschitz(c->backend, params, vec, max_iters, tol, report);
+}
+
+static lipc_status host_predict_bounded(void *ctx, const float *params, int n, const float *x,
+                                        double *logits, double *logit_err)
+{
+    const lipc_compiled *c = ctx;
+    return c->host->ops.predict_bounded(c->host->ops.ctx, params, n, x, logits, logit_err);
+}
+
+void lipc_compiled_attach_host(lipc_compiled *c, lipc_compiled *host)
+{
+    c->host = host;
+    if (host && host->ops.predict_bounded)
+        c->ops.predict_bounded = host_predict_bounded;
 }
 
 static void gpu_free(void *backend) { lipc_gpu_free(backend); }

@@ -240,7 +240,13 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
         lipc_status st = strcmp(target, "cuda") == 0
                              ? lipc_gpu_cuda_new(d, &dev)
                              : lipc_gpu_emulator_new(getenv("CC"), 3, d, &dev);
-        return st == LIPC_OK ? lipc_compile_gpu(g, dev, d, out) : st;
+        if (st == LIPC_OK)
+            st = lipc_compile_gpu(g, dev, d, out);
+        /* certified inference stays on the host, in double: the cpu target's */
+        lipc_compiled *host = NULL;
+        if (st == LIPC_OK && lipc_compile_cpu(g, jit_source, NULL, o, d, &host) == LIPC_OK)
+            lipc_compiled_attach_host(*out, host);
+        return st;
     }
     if (strcmp(target, "cpu") != 0)
         return lipc_compile(g, target, d, out);
