@@ -206,6 +206,7 @@ typedef struct lipc_cpu lipc_cpu;
 typedef struct lipc_cpu_options {
     int threads;            /* < 1: one per core */
     bool portable;          /* AVX2 code for any x86-64-v3 CPU, not the host's */
+    bool no_tf32;           /* cuda: no TensorFloat-32 in training convolutions */
 } lipc_cpu_options;
 
 /* Compiles a model's TRAIN and FORWARD programs (built from the same graph).

@@ -6,6 +6,7 @@
 #
 #   bench/gpu_compare.sh [--steps S] [--warmup W] [--tf32 on|off]
 #                        [--certify-n N] [--models fmnist,cifar] [--build DIR]
+#                        [--step-bin PATH] [--dumps DIR]
 #
 # Defaults: 10 timed steps after 3 warm-up, TF32 on in the peer's training
 # step (PyTorch's own default for convolutions; lipc computes in plain float),
@@ -15,10 +16,14 @@
 #
 # Needs DIR/lipc and DIR/cpu_step (cmake --build DIR --target cpu_step), built
 # with the CUDA toolkit, and an NVIDIA GPU; exits 3 with one line when lipc or
-# PyTorch cannot use a GPU.
+# PyTorch cannot use a GPU. On a GPU machine without LLVM (scripts/cuda-device.sh):
+# --step-bin names the step benchmark built without it (gpu_step), and --dumps a
+# folder of the models' `lipc dump --format=json` made elsewhere (LABEL.json),
+# which the peer reads instead of running lipc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=10 warmup=3 tf32=on certify_n=1 models=fmnist,cifar build=${LIPC_BUILD:-build}
+step_bin="" dumps=""
 py=${PYTHON:-/usr/bin/python3}
 usage() {
   echo "gpu_compare: $1" >&2
@@ -34,11 +39,16 @@ while [ $# -gt 0 ]; do
     --certify-n) certify_n=$2; shift 2 ;;
     --models) models=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
+    --step-bin) step_bin=$2; shift 2 ;;
+    --dumps) dumps=$2; shift 2 ;;
     *) usage "unknown option '$1'" ;;
   esac
 done
 case "$tf32" in on|off) ;; *) usage "--tf32 takes on or off" ;; esac
-for f in "$build/lipc" "$build/cpu_step"; do
+step_bin=${step_bin:-$build/cpu_step}
+need=("$step_bin")
+[ -n "$dumps" ] || need+=("$build/lipc")
+for f in "${need[@]}"; do
   [ -x "$f" ] || { echo "gpu_compare: $f is missing (cmake --build $build --target lipc cpu_step)" >&2; exit 2; }
 done
 mkdir -p bench/out
@@ -60,7 +70,7 @@ run() { # run LABEL BATCH MODEL [--set K=V]...
   local l=bench/out/gpu-lipc-$label.json p=bench/out/gpu-torch-$label.json
   local le=bench/out/gpu-lipc-$label.err pe=bench/out/gpu-torch-$label.err
   echo "gpu_compare: $label: lipc --target cuda, batch $batch" >&2
-  if ! "$build/cpu_step" "$model" "$@" --target cuda --batch "$batch" --steps "$steps" \
+  if ! "$step_bin" "$model" "$@" --target cuda --batch "$batch" --steps "$steps" \
       --warmup "$warmup" --certify-n "$certify_n" > "$l" 2> "$le"; then
     cat "$le" >&2
     if grep -q 'no usable NVIDIA GPU\|built without the CUDA toolkit' "$le"; then
@@ -74,7 +84,9 @@ run() { # run LABEL BATCH MODEL [--set K=V]...
   iters=$(field "$l" power_iters)
   echo "gpu_compare: $label: PyTorch --device cuda, batch $batch, $iters power iterations" >&2
   local rc=0
-  "$py" bench/torch_peer.py --model "$model" "$@" --lipc "$build/lipc" --device cuda \
+  local src=(--model "$model" "$@" --lipc "$build/lipc")
+  [ -z "$dumps" ] || src=(--dump "$dumps/$label.json")
+  "$py" bench/torch_peer.py "${src[@]}" --device cuda \
       --tf32 "$tf32" --batch "$batch" --power-iters "$iters" --channels-last \
       --steps "$steps" --warmup "$warmup" --json > "$p" 2> "$pe" || rc=$?
   if [ "$rc" -ne 0 ]; then

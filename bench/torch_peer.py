@@ -652,6 +652,9 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="K=V",
                     help="override a model parameter (passed to lipc dump)")
     ap.add_argument("--lipc", default=os.path.join(ROOT, "build", "lipc"))
+    ap.add_argument("--dump", metavar="FILE",
+                    help="read the model from this `lipc dump --format=json` output "
+                         "instead of running lipc (--model and --set are then ignored)")
     ap.add_argument("--batch", type=int, default=None, help="default: the model's train batch")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="where the model, its state and the batch live (cuda: the current GPU)")
@@ -706,7 +709,11 @@ def main():
     if args.eps is None:
         args.eps = train_section_value(args.model, "eps", 36.0 / 255.0)
 
-    desc = lipc_dump(args.lipc, args.model, args.set)
+    if args.dump:
+        with open(args.dump) as f:
+            desc = json.load(f)
+    else:
+        desc = lipc_dump(args.lipc, args.model, args.set)
     peer = Peer(desc, args.residual)
     peer.init_params(args.seed)
     if args.weights:

@@ -28,7 +28,7 @@ typedef struct run_args {
     int n_sets;
     const char *target;
     int threads;                /* cpu target: 0 = one per core */
-    bool portable;
+    bool portable, no_tf32;
     const char *data;
     long limit;
     const char *weights;        /* certify, bound */
@@ -202,6 +202,8 @@ static int parse_args(run_args *r, int argc, char **argv, const char *usage)
             r->threads = (int)l;
         } else if (!strcmp(a, "--portable")) {
             r->portable = true;
+        } else if (!strcmp(a, "--no-tf32")) {
+            r->no_tf32 = true;
         } else if ((v = opt_value(argc, argv, &i, "--lower", &missing))) {
             if ((rc = count_value(r, "--lower", v, 1, 10000000, "a positive count", &l)))
                 return rc;
@@ -254,7 +256,8 @@ static lipc_compiled *compile_for(const run_args *r, lipc_graph **g, int *rc)
     lipc_diags d;
     lipc_diags_init(&d);
     lipc_compiled *c = NULL;
-    lipc_cpu_options co = {.threads = r->threads, .portable = r->portable};
+    lipc_cpu_options co = {.threads = r->threads, .portable = r->portable,
+                           .no_tf32 = r->no_tf32};
     st = lipc_compile_target(*g, r->target, &co, &d, &c);
     lipc_diags_print(&d, stderr);
     lipc_diags_free(&d);
@@ -336,6 +339,8 @@ static const char *usage_train =
     "                      (slow: for checking it without a GPU)\n"
     "  --threads N         cpu target: threads (default: one per core)\n"
     "  --portable          cpu target: code for any AVX2 CPU, not this one's features\n"
+    "  --no-tf32           cuda target: plain float convolutions in training too\n"
+    "                      (TensorFloat-32 is never used for inference)\n"
     "  --set KEY=VALUE     override a parameter of the model\n"
     "  --json              print the results as one JSON object on stdout\n";
 

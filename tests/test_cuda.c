@@ -90,6 +90,7 @@ Test(cuda, lipschitz_matches_reference)
     lipc_graph_free(g);
 }
 
+#ifndef LIPC_GPU_ONLY /* the cpu target is not in the GPU machine's bundle */
 /* Steps keep the state on the device: three steps, then sync_state, give the
  * state that three steps of the cpu target give (float noise apart), and
  * the device state is picked up again after the host reads it; a state the
@@ -163,6 +164,8 @@ Test(cuda, state_stays_on_device_between_steps)
     lipc_compiled_free(cpu);
     lipc_graph_free(g);
 }
+
+#endif
 
 /* Every model of models/ and of the tests above compiles with NVRTC for the
  * GPUs of the last generations (Ampere, Hopper), when the build has NVRTC. */
@@ -269,6 +272,7 @@ Test(cuda, library_choices_are_reported, .init = library)
     lipc_graph_free(g);
 }
 
+#ifndef LIPC_GPU_ONLY
 /* Certified inference runs on the host: the cpu target's, bit for bit. */
 Test(cuda, certified_inference_is_the_cpu_targets)
 {
@@ -294,3 +298,47 @@ Test(cuda, certified_inference_is_the_cpu_targets)
     lipc_compiled_free(cpu);
     lipc_graph_free(g);
 }
+#endif
+
+/* ---- on a GPU (skipped without one): the same checks on the device, with
+ * the convolutions measured and chosen (auto), forced to cuDNN, and emitted.
+ * scripts/cuda-device.sh runs them. */
+
+static bool have_gpu(void)
+{
+    lipc_diags d;
+    lipc_diags_init(&d);
+    lipc_gpu_dev *dev = NULL;
+    bool ok = lipc_gpu_cuda_new(&d, &dev) == LIPC_OK;
+    if (dev)
+        dev->ops->destroy(dev);
+    lipc_diags_free(&d);
+    return ok;
+}
+
+static void gpu_models(const char *mode)
+{
+    if (!have_gpu())
+        cr_skip_test("no usable GPU here");
+    setenv("LIPC_CUDA_CONV", mode, 1);
+    setenv("LIPC_CUDA_TF32", "0", 1); /* the tolerances are float's */
+    const char *texts[] = {bc_zoo, bc_edges, bc_tiny, bc_wide, bc_mlp};
+    const char *names[] = {"zoo", "edges", "tiny", "wide", "mlp"};
+    for (int i = 0; i < 5; i++) {
+        lipc_graph *g = bc_load(names[i], texts[i], NULL, NULL, 0);
+        bc_check_forward("cuda", names[i], g, 1);
+        bc_check_training("cuda", gpu_gradients, names[i], g, LIPC_LOSS_EMMA, 5);
+        bc_check_training("cuda", gpu_gradients, names[i], g, LIPC_LOSS_TRADES, 1);
+        lipc_graph_free(g);
+    }
+    const lipc_override sets[] = {{"width", "16"}, {"depth", "2"}, {"dense", "32"}};
+    lipc_graph *g = bc_load("liresnet-fmnist", NULL,
+                            LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml", sets, 3);
+    bc_check_forward("cuda", "liresnet-fmnist", g, 1);
+    bc_check_training("cuda", gpu_gradients, "liresnet-fmnist", g, LIPC_LOSS_EMMA, 32);
+    lipc_graph_free(g);
+}
+
+Test(cuda_gpu, models_auto) { gpu_models("auto"); }
+Test(cuda_gpu, models_library) { gpu_models("library"); }
+Test(cuda_gpu, models_emitted) { gpu_models("emitted"); }

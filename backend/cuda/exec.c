@@ -204,7 +204,8 @@ lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
         return st;
     }
     c->np = c->g->n_param_elems;
-    c->tf32 = true;
+    const char *tf32 = getenv("LIPC_CUDA_TF32");
+    c->tf32 = !(tf32 && strcmp(tf32, "0") == 0);
     const char *mode = getenv("LIPC_CUDA_CONV");
     c->mode = mode && strcmp(mode, "emitted") == 0   ? LIPC_CONV_EMITTED
               : mode && strcmp(mode, "library") == 0 ? LIPC_CONV_LIBRARY

@@ -190,7 +190,7 @@ lipc_status lipc_gpu_lipschitz(lipc_gpu *c, const float *params, float *vec, int
 typedef enum lipc_conv_mode { LIPC_CONV_AUTO, LIPC_CONV_EMITTED, LIPC_CONV_LIBRARY } lipc_conv_mode;
 void lipc_gpu_set_conv_mode(lipc_gpu *c, lipc_conv_mode mode);
 /* Forbids TensorFloat-32 in training convolutions (it is never used for
- * inference or power iteration). */
+ * inference or power iteration); LIPC_CUDA_TF32=0 does too. */
 void lipc_gpu_set_tf32(lipc_gpu *c, bool allow);
 /* What runs where, one line per conv layer and operation (after the first
  * step; for progress output and the benchmark). */
@@ -200,6 +200,11 @@ void lipc_gpu_describe_choices(const lipc_gpu *c, lipc_buf *out);
  * (certified inference runs on the host in double, as the reference's). */
 lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
                              lipc_compiled **out);
+/* The "cuda" (the first GPU) or "cuda-emulator" target of g, with o's
+ * no_tf32 (o may be NULL). */
+lipc_status lipc_compile_cuda(lipc_graph *g, const char *target, const lipc_cpu_options *o,
+                              lipc_diags *d, lipc_compiled **out);
+
 /* Certified inference of c through host, a cpu target of the same graph
  * (moved into c). */
 void lipc_compiled_attach_host(lipc_compiled *c, lipc_compiled *host);

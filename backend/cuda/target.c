@@ -88,3 +88,19 @@ lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
     c->ops.lipschitz = gpu_lipschitz;
     return LIPC_OK;
 }
+
+lipc_status lipc_compile_cuda(lipc_graph *g, const char *target, const lipc_cpu_options *o,
+                              lipc_diags *d, lipc_compiled **out)
+{
+    *out = NULL;
+    lipc_gpu_dev *dev = NULL;
+    lipc_status st = strcmp(target, "cuda") == 0
+                         ? lipc_gpu_cuda_new(d, &dev)
+                         : lipc_gpu_emulator_new(getenv("CC"), 3, d, &dev);
+    if (st == LIPC_OK)
+        st = lipc_compile_gpu(g, dev, d, out);
+    if (st == LIPC_OK && o && o->no_tf32)
+        lipc_gpu_set_tf32((*out)->backend, false);
+    return st;
+}
+

@@ -236,12 +236,7 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
                                 lipc_diags *d, lipc_compiled **out)
 {
     if (strcmp(target, "cuda") == 0 || strcmp(target, "cuda-emulator") == 0) {
-        lipc_gpu_dev *dev = NULL;
-        lipc_status st = strcmp(target, "cuda") == 0
-                             ? lipc_gpu_cuda_new(d, &dev)
-                             : lipc_gpu_emulator_new(getenv("CC"), 3, d, &dev);
-        if (st == LIPC_OK)
-            st = lipc_compile_gpu(g, dev, d, out);
+        lipc_status st = lipc_compile_cuda(g, target, o, d, out);
         /* certified inference stays on the host, in double: the cpu target's */
         lipc_compiled *host = NULL;
         if (st == LIPC_OK && lipc_compile_cpu(g, jit_source, NULL, o, d, &host) == LIPC_OK)
