@@ -2,12 +2,20 @@
  * the kernels compiled ahead of time (an object file holding
  * lipc_kernel_table and the model's text), the cpu target's runner, the
  * runtime and the commands of cli/run.c; not LLVM. The commands are lipc's,
- * for the built-in model: `NAME train|certify|bound|predict [options]`. */
+ * for the built-in model: `NAME train|certify|bound|predict [options]`.
+ *
+ * Built with LIPC_MODEL_CUDA (`lipc build --target=cuda`), it also links the
+ * cuda target and the model's kernels as PTX (lipc_cuda_image), which the
+ * GPU's driver compiles at start: --target=cuda then needs no NVRTC. */
 #include <stdio.h>
 #include <string.h>
 
 #include "backend/cpu/kernels.h"
 #include "cli/internal.h"
+#ifdef LIPC_MODEL_CUDA
+#include "backend/cuda/gpu.h"
+extern const char lipc_cuda_image[];
+#endif
 
 extern const lipc_kernel_entry lipc_kernel_table[];
 extern const int32_t lipc_kernel_count;
@@ -30,6 +38,16 @@ static lipc_status table_source(const lipc_program *train, bool portable, void *
 lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cpu_options *o,
                                 lipc_diags *d, lipc_compiled **out)
 {
+#ifdef LIPC_MODEL_CUDA
+    if (strcmp(target, "cuda") == 0 || strcmp(target, "cuda-emulator") == 0) {
+        bool gpu = strcmp(target, "cuda") == 0;
+        lipc_status st = lipc_compile_cuda(g, target, o, gpu ? lipc_cuda_image : NULL, d, out);
+        lipc_compiled *host = NULL; /* certified inference: the built-in cpu kernels */
+        if (st == LIPC_OK && lipc_compile_cpu(g, table_source, NULL, o, d, &host) == LIPC_OK)
+            lipc_compiled_attach_host(*out, host);
+        return st;
+    }
+#endif
     if (strcmp(target, "cpu") != 0)
         return lipc_compile(g, target, d, out);
     return lipc_compile_cpu(g, table_source, NULL, o, d, out);

@@ -909,3 +909,43 @@ Test(cli_run, built_executable_trains_certifies_and_matches_the_jit, .timeout = 
     cr_expect(strstr(r.err, "fixed parameters"), "%s", r.err);
     free_result(&r);
 }
+
+/* `lipc build --target cuda`: the executable carries the cuda target (its
+ * kernels as PTX for the GPU's driver) beside the cpu one. Without a GPU,
+ * --target=cuda says so; the cuda driver and its kernels still run through
+ * the emulator, and train the bits `lipc train --target=cuda-emulator` trains. */
+Test(cli_run, built_executable_with_the_cuda_target, .timeout = 180)
+{
+    if (!LIPC_HAVE_CUDA) {
+        result r = run_lipc("build %s -o syn --target cuda", SYN);
+        cr_expect_eq(r.rc, 2);
+        cr_expect(strstr(r.err, "without the CUDA toolkit"), "%s", r.err);
+        free_result(&r);
+        return;
+    }
+    setenv("LIPC_CUDA_CONV", "emitted", 1); /* no timing-dependent choice: equal bits */
+    result r = run_lipc("build %s -o syn --target cuda", SYN);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_expect(strstr(r.err, "and CUDA GPUs"), "%s", r.err);
+    free_result(&r);
+    r = run_built("train --target=cuda --data synthetic:128 --epochs 1 --out g.safetensors");
+    if (r.rc != 0) /* no GPU here (with one, the run must simply work) */
+        cr_expect(strstr(r.err, "no usable NVIDIA GPU"), "%s", r.err);
+    free_result(&r);
+    r = run_built("train --target=cuda-emulator --data synthetic:128 --epochs 2 --seed 3 "
+                  "--out a.safetensors --no-report");
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    free_result(&r);
+    r = run_lipc("train %s --target=cuda-emulator --data synthetic:128 --epochs 2 --seed 3 "
+                 "--out b.safetensors --no-report", SYN);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    free_result(&r);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s/a.safetensors' '%s/b.safetensors'", test_tmp_dir,
+             test_tmp_dir);
+    cr_expect_eq(system(cmd), 0, "the executable and lipc trained different weights");
+    r = run_built("certify --target=cuda-emulator --weights a.safetensors --data synthetic:128 "
+                  "--eps 0.1 --json");
+    cr_expect_eq(r.rc, 0, "%s", r.err);
+    free_result(&r);
+}

@@ -75,6 +75,17 @@ static lipc_status cuda_load(lipc_gpu_dev *dv, const char *source, lipc_diags *d
     return st;
 }
 
+static lipc_status cuda_load_image(lipc_gpu_dev *dv, const char *image, lipc_diags *d)
+{
+    cuda_dev *c = (cuda_dev *)dv;
+    lipc_status st = check(c, cudaLibraryLoadData(&c->lib, image, NULL, NULL, 0, NULL, NULL, 0),
+                           "loading the built-in kernels (PTX)");
+    c->have_lib = st == LIPC_OK;
+    if (st != LIPC_OK)
+        lipc_diag_error(d, LIPC_NO_LOC, "cuda: %s", c->err);
+    return st;
+}
+
 static void *cuda_kernel(lipc_gpu_dev *dv, const char *name)
 {
     cuda_dev *c = (cuda_dev *)dv;
@@ -327,7 +338,8 @@ static void cuda_destroy(lipc_gpu_dev *dv)
 /* the device's functions, with cuDNN's convolutions or without */
 #define CUDA_OPS(conv_fn)                                                                    \
     {                                                                                        \
-        .name = "cuda", .load = cuda_load, .kernel = cuda_kernel, .launch = cuda_launch,     \
+        .name = "cuda", .load = cuda_load, .load_image = cuda_load_image,                   \
+        .kernel = cuda_kernel, .launch = cuda_launch,                                        \
         .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,                 \
         .download = cuda_download, .zero = cuda_zero, .conv = conv_fn, .now = cuda_now,      \
         .error = cuda_error, .destroy = cuda_destroy,                                        \

@@ -152,7 +152,7 @@ void lipc_gpu_free(lipc_gpu *c)
 }
 
 lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
-                         lipc_gpu_dev *dev, lipc_diags *d, lipc_gpu **out)
+                         lipc_gpu_dev *dev, const char *image, lipc_diags *d, lipc_gpu **out)
 {
     *out = NULL;
     LIPC_ASSERT(train->entry == LIPC_ENTRY_TRAIN && train->head && forward->g == train->g);
@@ -178,7 +178,9 @@ lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
     lipc_buf_init(&src);
     if (st == LIPC_OK)
         st = lipc_cuda_emit(train, has, &src, d);
-    if (st == LIPC_OK)
+    if (st == LIPC_OK && image && dev->ops->load_image)
+        st = dev->ops->load_image(dev, image, d);
+    else if (st == LIPC_OK)
         st = dev->ops->load(dev, lipc_buf_str(&src), d);
     lipc_buf_free(&src);
     for (int k = 0; k < LIPC_G_KINDS && st == LIPC_OK; k++)

@@ -112,6 +112,9 @@ typedef struct lipc_gpu_dev_ops {
     /* Loads the kernels of a source; NULL-named functions are then found by
      * name. Errors (a compile log) go to d. */
     lipc_status (*load)(lipc_gpu_dev *dv, const char *source, lipc_diags *d);
+    /* Optional: loads kernels compiled ahead of time (PTX text, which the
+     * driver finishes for the GPU at hand). */
+    lipc_status (*load_image)(lipc_gpu_dev *dv, const char *image, lipc_diags *d);
     /* A loaded kernel by name, or NULL. */
     void *(*kernel)(lipc_gpu_dev *dv, const char *name);
     /* Runs kernel k over `items` independent work items (the grid-stride
@@ -163,9 +166,11 @@ bool lipc_nvrtc_available(void);
 typedef struct lipc_gpu lipc_gpu;
 
 /* A runner of the train and forward programs on a device (moved into it,
- * also on failure). */
+ * also on failure), with the kernels of image (PTX of the same programs'
+ * source, made by `lipc build`) when it is not NULL and the device loads
+ * images, else compiled from their source. */
 lipc_status lipc_gpu_new(const lipc_program *train, const lipc_program *forward,
-                         lipc_gpu_dev *dev, lipc_diags *d, lipc_gpu **out);
+                         lipc_gpu_dev *dev, const char *image, lipc_diags *d, lipc_gpu **out);
 void lipc_gpu_free(lipc_gpu *c);
 
 lipc_status lipc_gpu_predict(lipc_gpu *c, const float *params, int n, const float *x,
@@ -198,12 +203,12 @@ void lipc_gpu_describe_choices(const lipc_gpu *c, lipc_buf *out);
 
 /* The "cuda" target on a device: tables, kernels, runner, entry points
  * (certified inference runs on the host in double, as the reference's). */
-lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
-                             lipc_compiled **out);
+lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, const char *image,
+                             lipc_diags *d, lipc_compiled **out);
 /* The "cuda" (the first GPU) or "cuda-emulator" target of g, with o's
- * no_tf32 (o may be NULL). */
+ * no_tf32 (o may be NULL); image as lipc_gpu_new's. */
 lipc_status lipc_compile_cuda(lipc_graph *g, const char *target, const lipc_cpu_options *o,
-                              lipc_diags *d, lipc_compiled **out);
+                              const char *image, lipc_diags *d, lipc_compiled **out);
 
 /* Certified inference of c through host, a cpu target of the same graph
  * (moved into c). */

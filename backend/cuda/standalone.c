@@ -11,6 +11,6 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
                                 lipc_diags *d, lipc_compiled **out)
 {
     if (strncmp(target, "cuda", 4) == 0)
-        return lipc_compile_cuda(g, target, o, d, out);
+        return lipc_compile_cuda(g, target, o, NULL, d, out);
     return lipc_compile(g, target, d, out);
 }

@@ -61,8 +61,8 @@ void lipc_compiled_attach_host(lipc_compiled *c, lipc_compiled *host)
 
 static void gpu_free(void *backend) { lipc_gpu_free(backend); }
 
-lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
-                             lipc_compiled **out)
+lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, const char *image,
+                             lipc_diags *d, lipc_compiled **out)
 {
     lipc_status st = lipc_compile_tables(g, LIPC_DTYPE_F32, d, out);
     if (st != LIPC_OK) {
@@ -72,7 +72,7 @@ lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
     lipc_compiled *c = *out;
     lipc_compiled_use_ref(c);
     lipc_gpu *gpu = NULL;
-    st = lipc_gpu_new(c->train, c->forward, dev, d, &gpu);
+    st = lipc_gpu_new(c->train, c->forward, dev, image, d, &gpu);
     if (st != LIPC_OK) {
         lipc_compiled_free(c);
         *out = NULL;
@@ -90,7 +90,7 @@ lipc_status lipc_compile_gpu(lipc_graph *g, lipc_gpu_dev *dev, lipc_diags *d,
 }
 
 lipc_status lipc_compile_cuda(lipc_graph *g, const char *target, const lipc_cpu_options *o,
-                              lipc_diags *d, lipc_compiled **out)
+                              const char *image, lipc_diags *d, lipc_compiled **out)
 {
     *out = NULL;
     lipc_gpu_dev *dev = NULL;
@@ -98,7 +98,7 @@ lipc_status lipc_compile_cuda(lipc_graph *g, const char *target, const lipc_cpu_
                          ? lipc_gpu_cuda_new(d, &dev)
                          : lipc_gpu_emulator_new(getenv("CC"), 3, d, &dev);
     if (st == LIPC_OK)
-        st = lipc_compile_gpu(g, dev, d, out);
+        st = lipc_compile_gpu(g, dev, image, d, out);
     if (st == LIPC_OK && o && o->no_tf32)
         lipc_gpu_set_tf32((*out)->backend, false);
     return st;

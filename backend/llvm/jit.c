@@ -236,7 +236,7 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
                                 lipc_diags *d, lipc_compiled **out)
 {
     if (strcmp(target, "cuda") == 0 || strcmp(target, "cuda-emulator") == 0) {
-        lipc_status st = lipc_compile_cuda(g, target, o, d, out);
+        lipc_status st = lipc_compile_cuda(g, target, o, NULL, d, out);
         /* certified inference stays on the host, in double: the cpu target's */
         lipc_compiled *host = NULL;
         if (st == LIPC_OK && lipc_compile_cpu(g, jit_source, NULL, o, d, &host) == LIPC_OK)
