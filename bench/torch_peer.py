@@ -28,14 +28,23 @@ TF32 is allowed in training unless `--tf32 off` and never in infer+cert or
 OPENBLAS_CORETYPE=SkylakeX is set below before torch is imported, unless the
 environment already sets it: Debian's OpenBLAS does not recognise the CPUs of
 the development machines and otherwise falls back to a slow SSE kernel
-(docs/benchmarks.md). PyTorch's dense layers go through that BLAS.
+(docs/benchmarks.md). PyTorch's dense layers go through that BLAS, which
+keeps its own thread pool (torch.set_num_threads does not size it): with
+--threads T, OPENBLAS_NUM_THREADS=T is set the same way, so the peer uses T
+threads and no more.
 
 Requires Debian's python3-torch and python3-numpy (scripts/install-deps.sh
 --bench). Usage: bench/README.md.
 """
 import os
+import sys
 
 os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+for _i, _a in enumerate(sys.argv):
+    _t = _a[len("--threads="):] if _a.startswith("--threads=") else (
+        sys.argv[_i + 1] if _a == "--threads" and _i + 1 < len(sys.argv) else "")
+    if _t.isdigit() and int(_t) > 0:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", _t)
 
 import argparse
 import gzip
@@ -46,7 +55,6 @@ import resource
 import statistics
 import struct
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -739,6 +747,7 @@ def main():
            "power_iters": args.power_iters, "eps": args.eps, "steps": args.steps,
            "warmup": args.warmup, "torch": torch.__version__,
            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+           "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
            "params": sum(p["numel"] for p in desc["params"]),
            "flops_forward_per_image": fl["forward"], "flops_train_per_image": fl["train"],
            "flops_power_per_step": fl["power_per_step"]}
