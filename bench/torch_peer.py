@@ -19,6 +19,15 @@ It reports the median images/s over the timed steps, the model's FLOPs per
 image, the achieved GFLOP/s and the peak RSS. `--check` tests that the peer
 computes what lipc computes (see check()).
 
+`--train-epochs E` instead runs what `lipc train` runs (train_main()): the
+model's `train:` recipe (schedules, loss, clipping, optimiser) on the IDX
+training split, from lipc's own initial weights and power-iteration vectors
+and with lipc's batch order, crops and flips, all reproduced bit for bit from
+lipc's random streams; checkpoints in lipc's format after every epoch and
+validation as lipc validates; then it certifies the test split with a
+converged power-iteration K_sub. What is timed is what lipc's training time
+covers.
+
 `--device cuda` runs the same on the current NVIDIA GPU: the model, its
 power-iteration vectors, the optimiser state and the batch (drawn on the host,
 copied once) live there; the clock is read after torch.cuda.synchronize();
@@ -74,24 +83,6 @@ def lipc_dump(lipc, model, sets):
     return json.loads(out)
 
 
-def train_section_value(model, key, default):
-    """`key: value` from the model file's `train:` section (a flat mapping of
-    numbers; the JSON dump does not carry it). Plain text scan, no YAML module."""
-    section = False
-    with open(model) as f:
-        for line in f:
-            text = line.split("#", 1)[0].rstrip()
-            if not text:
-                continue
-            if not text[0].isspace():
-                section = text.startswith("train:")
-                continue
-            m = re.match(r"\s+(\w+)\s*:\s*(\S+)$", text)
-            if section and m and m.group(1) == key:
-                return type(default)(float(m.group(2)))
-    return default
-
-
 def read_safetensors(path):
     """name -> float64 tensor, from a safetensors file: an 8-byte little-endian
     header length, a JSON header {name: {dtype, shape, data_offsets}}, the data."""
@@ -111,6 +102,282 @@ def read_safetensors(path):
         a = np.frombuffer(blob[base + lo:base + hi], dtype=dtypes[t["dtype"]])
         out[name] = torch.from_numpy(a.astype(np.float64).reshape(t["shape"]))
     return out
+
+
+def write_safetensors(path, tensors, meta):
+    """The safetensors layout read_safetensors reads: float32 tensors (name ->
+    numpy array) and string metadata, the header padded to 8 bytes. Written to
+    PATH.tmp and renamed, as lipc writes its checkpoints."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    header["__metadata__"] = {k: str(v) for k, v in meta.items()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path + ".tmp", "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+    os.replace(path + ".tmp", path)
+
+
+# ---- the train: section -------------------------------------------------------
+
+# docs/model-spec.md section 12: every key and its default
+TRAIN_DEFAULTS = {
+    "epochs": 10, "batch": 128, "loss": "emma", "eps": 36.0 / 255.0, "eps_start": 0.1,
+    "eps_end": 1.5, "eps_ramp": 0.5, "optimizer": "adamw", "lr": 0.001,
+    "weight_decay": 0.0001, "momentum": 0.9, "warmup_epochs": 1.0, "clip": 3.0,
+    "power_iters": 10, "crop": False, "crop_pad": 4, "flip": False, "trades_lambda": 1.0,
+    "seed": 1,
+}
+
+
+def train_recipe(model):
+    """The model file's `train:` section over the defaults, plus `given`: the
+    keys the file sets. A flat mapping of plain values, read as text (the
+    JSON dump does not carry it; no YAML module); an expression over `params`
+    is not evaluated and stops the peer."""
+    rec, given, section = dict(TRAIN_DEFAULTS), set(), False
+    with open(model) as f:
+        for line in f:
+            text = line.split("#", 1)[0].rstrip()
+            if not text:
+                continue
+            if not text[0].isspace():
+                section = text.startswith("train:")
+                continue
+            m = re.match(r"\s+(\w+)\s*:\s*(.+)$", text)
+            if not section or not m or m.group(1) not in TRAIN_DEFAULTS:
+                continue
+            key, raw = m.group(1), m.group(2).strip()
+            kind = type(TRAIN_DEFAULTS[key])
+            try:
+                if kind is bool:
+                    if raw not in ("true", "false"):
+                        raise ValueError(raw)
+                    val = raw == "true"
+                elif kind is str:
+                    if not re.fullmatch(r"\w+", raw):
+                        raise ValueError(raw)
+                    val = raw
+                else:
+                    val = kind(float(raw))
+            except ValueError:
+                sys.exit(f"torch_peer: {model}: train.{key} = '{raw}': only plain values are "
+                         "read here (not expressions)")
+            rec[key] = val
+            given.add(key)
+    rec["given"] = given
+    return rec
+
+
+# ---- lipc's random streams --------------------------------------------------------
+#
+# Bit for bit the generators of support/support.c (xoshiro256** seeded by
+# splitmix64, Box-Muller normals), runtime/init.c (one stream per parameter
+# name), the cpu target's first power-iteration vectors and runtime/augment.c
+# (one stream per (seed, epoch, position)): the peer starts from lipc's
+# initial weights and sees lipc's batches, in lipc's order, with lipc's crops
+# and flips.
+
+M64 = (1 << 64) - 1
+GOLDEN = 0x9e3779b97f4a7c15
+
+
+def mix64(z):
+    """splitmix64's finaliser."""
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+class LipcRng:
+    """lipc_rng: xoshiro256**, its state expanded from the seed by splitmix64."""
+
+    def __init__(self, seed):
+        x, self.s = seed & M64, []
+        for _ in range(4):
+            x = (x + GOLDEN) & M64
+            self.s.append(mix64(x))
+
+    def next(self):
+        s0, s1, s2, s3 = self.s
+        r = (s1 * 5) & M64
+        r = ((((r << 7) | (r >> 57)) & M64) * 9) & M64
+        t = (s1 << 17) & M64
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        s3 = ((s3 << 45) | (s3 >> 19)) & M64
+        self.s = [s0, s1, s2, s3]
+        return r
+
+    def below(self, k):
+        """rand_below: the top 32 bits scaled by k (k <= 2^31)."""
+        return ((self.next() >> 32) * k) >> 32
+
+    def normals(self, n):
+        """n draws of lipc_rng_normal: sqrt(-2 log(1 - u1)) cos(2 pi u2), u the
+        top 53 bits over 2^53; the generator written out (this runs for every
+        weight)."""
+        s0, s1, s2, s3 = self.s
+        out = [0.0] * n
+        log, cos, sqrt, scale, tau = math.log, math.cos, math.sqrt, 2.0 ** -53, 2.0 * math.pi
+        for j in range(n):
+            uv = []
+            for _ in range(2):
+                r = (s1 * 5) & M64
+                r = ((((r << 7) | (r >> 57)) & M64) * 9) & M64
+                t = (s1 << 17) & M64
+                s2 ^= s0
+                s3 ^= s1
+                s1 ^= s2
+                s0 ^= s3
+                s2 ^= t
+                s3 = ((s3 << 45) | (s3 >> 19)) & M64
+                uv.append((r >> 11) * scale)
+            out[j] = sqrt(-2.0 * log(1.0 - uv[0])) * cos(tau * uv[1])
+        self.s = [s0, s1, s2, s3]
+        return out
+
+    def shuffle(self, n):
+        """The batcher's Fisher-Yates permutation of range(n)."""
+        order = list(range(n))
+        s0, s1, s2, s3 = self.s
+        for i in range(n - 1, 0, -1):
+            r = (s1 * 5) & M64
+            r = ((((r << 7) | (r >> 57)) & M64) * 9) & M64
+            t = (s1 << 17) & M64
+            s2 ^= s0
+            s3 ^= s1
+            s1 ^= s2
+            s0 ^= s3
+            s2 ^= t
+            s3 = ((s3 << 45) | (s3 >> 19)) & M64
+            j = ((r >> 32) * (i + 1)) >> 32
+            order[i], order[j] = order[j], order[i]
+        self.s = [s0, s1, s2, s3]
+        return order
+
+
+def stream_seed(seed, epoch, pos):
+    """runtime/augment.c: the seed of the stream of (seed, epoch, position)."""
+    h = mix64((seed + GOLDEN) & M64)
+    h = mix64(h ^ (((epoch & M64) * 0xd1b54a32d192ed03 + 1) & M64))
+    return mix64(h ^ (((pos & M64) * 0xaef17502108ef2d9 + 2) & M64))
+
+
+def np_u64(c):
+    return np.uint64(c & M64)
+
+
+def np_mix64(z):
+    z = (z ^ (z >> np_u64(30))) * np_u64(0xbf58476d1ce4e5b9)
+    z = (z ^ (z >> np_u64(27))) * np_u64(0x94d049bb133111eb)
+    return z ^ (z >> np_u64(31))
+
+
+def np_crops(seed, epoch, n_pos, crop, pad, flip):
+    """dy, dx and flip of positions 0..n_pos-1 of an epoch, as lipc_batcher_next
+    draws them: each position's own stream, dy and dx first (crop), then the
+    flip from the top bit; vectorised over the positions (uint64 wraps)."""
+    with np.errstate(over="ignore"):
+        h = np_mix64(np_u64(seed + GOLDEN))
+        h = np_mix64(h ^ np_u64((epoch & M64) * 0xd1b54a32d192ed03 + 1))
+        pos = np.arange(n_pos, dtype=np.uint64)
+        x = np_mix64(h ^ (pos * np_u64(0xaef17502108ef2d9) + np_u64(2)))
+        s = []
+        for _ in range(4):
+            x = x + np_u64(GOLDEN)
+            s.append(np_mix64(x))
+
+        def draw():
+            r = s[1] * np_u64(5)
+            r = ((r << np_u64(7)) | (r >> np_u64(57))) * np_u64(9)
+            t = s[1] << np_u64(17)
+            s[2] ^= s[0]
+            s[3] ^= s[1]
+            s[1] ^= s[2]
+            s[0] ^= s[3]
+            s[2] ^= t
+            s[3] = (s[3] << np_u64(45)) | (s[3] >> np_u64(19))
+            return r
+
+        zero = np.zeros(n_pos, dtype=np.int64)
+        dy, dx, fl = zero, zero, np.zeros(n_pos, dtype=bool)
+        if crop:
+            k = np_u64(2 * pad + 1)
+            dy = (((draw() >> np_u64(32)) * k) >> np_u64(32)).astype(np.int64)
+            dx = (((draw() >> np_u64(32)) * k) >> np_u64(32)).astype(np.int64)
+        if flip:
+            fl = (draw() >> np_u64(63)).astype(bool)
+    return dy, dx, fl
+
+
+def fnv1a(name):
+    h = 1469598103934665603
+    for b in name.encode():
+        h = ((h ^ b) * 1099511628211) & M64
+    return h
+
+
+def orthonormalise(v, rng):
+    """runtime/init.c's modified Gram-Schmidt, twice, over the rows of v
+    (float64, rows <= columns), a collapsed row redrawn from rng. The same
+    steps, but numpy's dot sums in another order: equal to lipc's to rounding,
+    not bit for bit."""
+    for k in range(v.shape[0]):
+        for tries in range(101):
+            before = float(v[k] @ v[k])
+            for _ in range(2):
+                for m in range(k):
+                    v[k] -= float(v[m] @ v[k]) * v[m]
+            nrm = float(v[k] @ v[k])
+            if nrm > 1e-20 * before and nrm > 0.0:
+                v[k] *= 1.0 / math.sqrt(nrm)
+                break
+            v[k] = rng.normals(v.shape[1])
+
+
+def lipc_init_param(info, seed, blocks):
+    """lipc_init_param (runtime/init.c) for one parameter, as float32."""
+    rng = LipcRng(seed ^ ((fnv1a(info["name"]) * GOLDEN) & M64))
+    shape, numel = info["shape"], info["numel"]
+    rows = shape[0] if len(shape) >= 2 else 1
+    fan_in = numel // rows
+    fan_out = numel // shape[1] if len(shape) >= 2 else numel
+    init = info["init"]
+    if init == "default":
+        init = "zeros" if info["role"] == "bias" else "kaiming"
+    if init == "zeros":
+        return np.zeros(shape, dtype=np.float32)
+    if init == "xavier":
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+    elif init == "liresnet":
+        std = 1.0 / fan_in
+        if blocks > 1:
+            std /= math.sqrt(blocks)
+    elif init == "orthogonal":
+        std = 1.0
+    else:
+        std = math.sqrt(2.0 / fan_in)
+    v = np.array(rng.normals(numel), dtype=np.float64) * std
+    if init == "orthogonal":
+        if rows <= fan_in:
+            m = v.reshape(rows, fan_in)
+            orthonormalise(m, rng)
+        else:
+            m = np.ascontiguousarray(v.reshape(rows, fan_in).T)
+            orthonormalise(m, rng)
+            v = m.T.copy()
+    return v.reshape(shape).astype(np.float32)
 
 
 # ---- the network ------------------------------------------------------------
@@ -363,6 +630,83 @@ class Peer(torch.nn.Module):
     def head_rows(self, weights=None):
         return weights[self.output] if weights else self.weight(self.head)
 
+    def init_lipc(self, seed):
+        """lipc's own initial state, bit for bit: every parameter from its
+        stream (runtime/init.c), and each power-iteration vector as the cpu
+        target draws it when it finds it zero (the first step of a run):
+        normals from the stream 0x9e3779b97f4a7c15 ^ (b + 1), b the factor's
+        index among the program's bound factors (opnorm and constant layers
+        in graph order)."""
+        blocks = len(self.desc.get("residuals", []))
+        with torch.no_grad():
+            for name, prm in zip(self.names, self.params):
+                prm.copy_(torch.from_numpy(lipc_init_param(self.pinfo[name], seed, blocks)))
+            b = 0
+            for n in self.nodes:
+                kind = n["lipschitz"]["kind"]
+                if n["id"] == self.output or kind in ("none", "one", "head"):
+                    continue
+                if kind == "opnorm":
+                    v = self.vec(n)
+                    rng = LipcRng(GOLDEN ^ (b + 1))
+                    v.copy_(torch.tensor(rng.normals(v.numel()), dtype=torch.float64)
+                            .float().view_as(v))
+                b += 1
+
+    def head_rows64(self):
+        """The head's rows in double, normalised as weight() does: the pair
+        bounds of the loss, as lipc computes them (from the float weights)."""
+        w = self.p(self.head["params"][0]).double()
+        if self.head["attrs"].get("normalize"):
+            norm = w.norm(dim=1, keepdim=True)
+            w = w / torch.where(norm > 0, norm, torch.ones_like(norm))
+        return w
+
+    def k_sub64(self, weights):
+        """K_sub in double from the float products A v: lipc's norm2f (float
+        vectors, double sums). Same gradient u v^T as k_sub()."""
+        k = torch.tensor(self.const, dtype=torch.float64, device=self.params[0].device)
+        for f in self.factors:
+            v = self.vec(f)
+            if f["op"] == "dense":
+                v = v.view(1, -1)
+            k = k * self.linear(f, v, weights[f["id"]]).double().norm()
+        return k
+
+    def converge(self, max_iters, tol):
+        """K_sub by power iteration to convergence, from a copy of the
+        training vectors (they are not changed), as lipc's `lipschitz` entry
+        does: per layer, chunks of 10 iterations until sigma moves less than
+        tol (relative) or max_iters are done. In double throughout (lipc:
+        float vectors, double norms). Returns (K_sub, iterations per layer)."""
+        k, iters = self.const, []
+        with torch.no_grad():
+            for f in self.factors:
+                w = self.weight(f).double()
+                shape = self.byid[f["inputs"][0]]["shape"]
+                v = self.vec(f).double().clone()
+                if f["op"] == "dense":
+                    v = v.view(1, -1)
+                sigma, change, done = 0.0, 1.0, 0
+                while done < max_iters and change > tol:
+                    chunk = min(10, max_iters - done)
+                    before = sigma
+                    nv = v.norm()
+                    if nv > 0:
+                        v = v / nv
+                    for _ in range(chunk):
+                        z = self.adjoint(f, self.linear(f, v, w), w, shape)
+                        s = z.norm()
+                        if s == 0:
+                            break
+                        v = z / s
+                    sigma = float(self.linear(f, v, w).norm())
+                    done += chunk
+                    change = abs(sigma - before) / sigma if sigma > 0 else 0.0
+                k *= sigma
+                iters.append(done)
+        return k, iters
+
 
 def pair_dist(r):
     """||r_a - r_b|| for all pairs; the diagonal is 0 with a zero gradient."""
@@ -499,16 +843,25 @@ def report(ok, what, detail):
     return ok
 
 
-def read_idx_images(path, n):
-    with gzip.open(path, "rb") as f:
+def open_idx(path):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def read_idx_u8(path, n):
+    """The first n images of an IDX file (gzip or not), uint8 [n, 1, h, w]."""
+    with open_idx(path) as f:
         magic, count, h, w = struct.unpack(">IIII", f.read(16))
         n = min(n, count)
         a = np.frombuffer(f.read(n * h * w), dtype=np.uint8).reshape(n, 1, h, w)
-    return torch.from_numpy(a.astype(np.float32) / 255.0)
+    return torch.from_numpy(a.copy())
+
+
+def read_idx_images(path, n):
+    return to_float(read_idx_u8(path, n))
 
 
 def read_idx_labels(path, n):
-    with gzip.open(path, "rb") as f:
+    with open_idx(path) as f:
         magic, count = struct.unpack(">II", f.read(8))
         n = min(n, count)
         return torch.from_numpy(np.frombuffer(f.read(n), dtype=np.uint8).astype(np.int64))
@@ -651,11 +1004,346 @@ def check_against_lipc(peer, args):
     return ok
 
 
+# ---- training a whole run, as `lipc train` ---------------------------------------
+
+def idx_file(data, split, images):
+    """runtime/dataset.c's idx_find: the IDX file of a split, gzip or not."""
+    prefixes = ["train"] if split == "train" else ["t10k", "test"]
+    kinds = (["images-idx3-ubyte", "images.idx3-ubyte"] if images
+             else ["labels-idx1-ubyte", "labels.idx1-ubyte"])
+    for p in prefixes:
+        for k in kinds:
+            for suffix in (".gz", ""):
+                path = os.path.join(data, f"{p}-{k}{suffix}")
+                if os.path.isfile(path):
+                    return path
+    sys.exit(f"torch_peer: no {split} {'images' if images else 'labels'} (IDX) in {data}")
+
+
+def load_split(data, split, limit):
+    """The first `limit` examples (all when 0) of an IDX split: images as uint8
+    [n, 1, h, w] and labels as int64."""
+    n = limit if limit else 1 << 62
+    return (read_idx_u8(idx_file(data, split, True), n),
+            read_idx_labels(idx_file(data, split, False), n))
+
+
+def to_float(u8):
+    """uint8 pixels to [0, 1] as lipc reads them: v * (1.0f / 255.0f) in float."""
+    return u8.float() * (torch.tensor(1.0, dtype=torch.float32) / 255.0)
+
+
+def augment_spec(data, rec, no_augment):
+    """lipc_augment_defaults for the dataset, then the model's keys (cli/run.c).
+    An IDX directory is Fashion-MNIST when its path mentions "fashion"
+    (runtime/dataset.c), else digits."""
+    name = "fashion-mnist" if re.search("fashion|Fashion|FASHION", data) else "mnist"
+    crop, pad, flip = True, 2, name == "fashion-mnist"
+    if "crop" in rec["given"]:
+        crop = rec["crop"]
+    if "crop_pad" in rec["given"]:
+        pad = rec["crop_pad"]
+    if "flip" in rec["given"]:
+        flip = rec["flip"]
+    if no_augment:
+        crop = flip = False
+    return name, crop, pad if crop else 0, flip
+
+
+def schedule_lr(rec, lr, t, total, per_epoch):
+    """runtime/train.c: linear warm-up over warmup_epochs, then cosine to 0."""
+    warm = rec["warmup_epochs"] * float(per_epoch)
+    if warm >= 1.0 and t < warm:
+        return lr * float(t + 1) / warm
+    span = float(total) - (warm if warm >= 1.0 else 0.0)
+    pos = float(t) - (warm if warm >= 1.0 else 0.0)
+    if span <= 0.0:
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * pos / span))
+
+
+def schedule_eps(rec, eps, t, total):
+    """runtime/train.c: eps (s + (e - s) min(t / (ramp T), 1))."""
+    ramp = rec["eps_ramp"] * float(total)
+    frac = min(float(t) / ramp, 1.0) if ramp > 0.0 else 1.0
+    return eps * (rec["eps_start"] + (rec["eps_end"] - rec["eps_start"]) * frac)
+
+
+def train_loss(kind, f, y, kpair, eps, lam):
+    """backend/ref/loss.c, batch mean, in double: emma, margin (e = 1), gloro
+    (CE over [f, f_bot], f_bot = max_{i != j} f_i + eps K_ji, j = argmax f) and
+    trades (CE(f) + lambda (logsumexp([f, f_bot]) - logsumexp(f)))."""
+    if kind in ("emma", "margin"):
+        ky = kpair[y]
+        if kind == "emma":
+            fy = f.gather(1, y[:, None])
+            e = ((fy - f) / (eps * ky).clamp(min=1e-8)).clamp(0.01, 1.0).detach()
+        else:
+            e = torch.ones_like(f)
+        other = 1.0 - F.one_hot(y, f.shape[1]).to(f.dtype)
+        return F.cross_entropy(f + other * e * eps * ky, y)
+    j = f.detach().argmax(1)  # the lowest index among equals, as lipc
+    push = (f + eps * kpair[j]).masked_fill(F.one_hot(j, f.shape[1]).bool(), -math.inf)
+    u = torch.cat([f, push.max(1).values[:, None]], 1)
+    if kind == "gloro":
+        return F.cross_entropy(u, y)
+    return F.cross_entropy(f, y) + lam * (torch.logsumexp(u, 1) - torch.logsumexp(f, 1)).mean()
+
+
+def count_certified(f, y, kpair, eps):
+    """(correct, correct and certified at eps): strict rule, ties neither."""
+    pred, cert, _ = certify(f, kpair, eps)
+    right = (pred == y) & ~tied(f)
+    return int(right.sum()), int((right & cert).sum())
+
+
+def tied(f):
+    top2 = f.topk(2, dim=1).values
+    return top2[:, 0] == top2[:, 1]
+
+
+class Batches:
+    """lipc's batcher (runtime/augment.c) over uint8 images: each epoch's
+    permutation and every position's crop and flip from lipc's streams,
+    computed before the clock starts (microseconds in lipc's C, seconds in
+    Python); the gather, the crop and the flip run in the timed loop, on the
+    zero-padded images (zero: black, outside the network's shift)."""
+
+    def __init__(self, x8, y, batch, seed, crop, pad, flip, epochs, dev, channels_last):
+        self.n, self.batch = x8.shape[0], batch
+        self.steps = self.n // batch  # the last partial batch is dropped
+        self.h, self.w = x8.shape[2], x8.shape[3]
+        self.pad, self.aug = pad, crop or flip
+        self.x = F.pad(x8, (pad, pad, pad, pad)).to(dev) if self.aug else x8.to(dev)
+        self.y = y.to(dev)
+        self.dev, self.channels_last = dev, channels_last
+        self.tables = []
+        for e in range(epochs):
+            order = torch.tensor(LipcRng(stream_seed(seed, e, -1)).shuffle(self.n))
+            dy, dx, fl = np_crops(seed, e, self.steps * batch, crop, pad, flip)
+            self.tables.append((order.to(dev), torch.from_numpy(dy).to(dev),
+                                torch.from_numpy(dx).to(dev), torch.from_numpy(fl).to(dev)))
+        self.ar_h = torch.arange(self.h, device=dev)
+        self.ar_w = torch.arange(self.w, device=dev)
+
+    def get(self, epoch, step):
+        order, dy, dx, fl = self.tables[epoch]
+        lo, hi = step * self.batch, (step + 1) * self.batch
+        idx = order[lo:hi]
+        if self.aug:
+            # out[c][y][x] = padded[c][y + dy][x' + dx], x' = flip ? w - 1 - x : x
+            rows = dy[lo:hi, None] + self.ar_h
+            cols = dx[lo:hi, None] + torch.where(fl[lo:hi, None], self.w - 1 - self.ar_w,
+                                                 self.ar_w)
+            ch = torch.arange(self.x.shape[1], device=self.dev)
+            xb = self.x[idx[:, None, None, None], ch[None, :, None, None],
+                        rows[:, None, :, None], cols[:, None, None, :]]
+        else:
+            xb = self.x[idx]
+        xb = to_float(xb)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, self.y[idx]
+
+
+def certify_set(peer, x8, y, k, eps_list, batch, dev, channels_last):
+    """Clean accuracy and VRA at each eps over a dataset: float logits, then
+    lipc's rule in double with pair bounds k ||r_j - r_i||. Returns
+    (n correct, [n certified per eps])."""
+    with torch.no_grad():
+        kpair = k * pair_dist(peer.head_rows64())
+        correct, cert = 0, [0] * len(eps_list)
+        for lo in range(0, x8.shape[0], batch):
+            xb = to_float(x8[lo:lo + batch].to(dev))
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            f = peer(xb).double()
+            yb = y[lo:lo + batch].to(dev)
+            _, _, radius = certify(f, kpair, 0.0)
+            right = (f.argmax(1) == yb) & ~tied(f)
+            correct += int(right.sum())
+            for i, e in enumerate(eps_list):
+                cert[i] += int((right & (radius > e)).sum())
+    return correct, cert
+
+
+def save_checkpoint(path, peer, opt, rec, meta):
+    """A lipc checkpoint (runtime/checkpoint.c's names), so lipc can certify,
+    bound or resume the peer's network: the parameters, the optimiser's
+    moments (optimizer.m. / optimizer.v.) and the power-iteration vectors."""
+    t = {}
+    with torch.no_grad():
+        for name, prm in zip(peer.names, peer.params):
+            t[name] = prm.detach().cpu().contiguous().numpy()
+            st = opt.state.get(prm, {})
+            m = st.get("exp_avg", st.get("momentum_buffer"))
+            if m is not None:
+                t["optimizer.m." + name] = m.detach().cpu().contiguous().numpy()
+            if "exp_avg_sq" in st:
+                t["optimizer.v." + name] = st["exp_avg_sq"].detach().cpu().contiguous().numpy()
+        for f in peer.factors:
+            t[f"power_iteration.{f['name']}.v"] = peer.vec(f).detach().cpu().reshape(-1).numpy()
+    write_safetensors(path, t, dict(meta, format="lipc-checkpoint-1", model=peer.desc["name"]))
+
+
+def eps_key(e):
+    """certify --json's key for a radius: the shortest %g that reads back."""
+    for prec in range(6, 18):
+        key = "%.*g" % (prec, e)
+        if float(key) == e:
+            return key
+    return repr(e)
+
+
+def train_main(peer, desc, rec, args):
+    """`lipc train` with the peer: the recipe of rec (the model's train:
+    section, the options over it), lipc's data order, crops and flips, its
+    schedules, loss, clipping and optimiser; then certification of the test
+    split. Prints a summary (or --json) and returns the exit status."""
+    dev, cl = args.dev, args.channels_last
+    t_load = time.perf_counter()
+    x8, y = load_split(args.data, "train", args.limit)
+    if list(x8.shape[1:]) != desc["input"]["shape"]:
+        sys.exit(f"torch_peer: {args.data} has {list(x8.shape[1:])} images, the model takes "
+                 f"{desc['input']['shape']}")
+    if args.val >= x8.shape[0]:
+        sys.exit(f"torch_peer: --val {args.val} leaves no training data ({x8.shape[0]} examples)")
+    n_tr = x8.shape[0] - args.val
+    xv8, yv = x8[n_tr:], y[n_tr:]
+    x8, y = x8[:n_tr], y[:n_tr]
+    epochs, batch = args.train_epochs, rec["batch"]
+    dname, crop, pad, flip = augment_spec(args.data, rec, args.no_augment)
+    if cl:
+        peer.to_channels_last()
+    data = Batches(x8, y, batch, rec["seed"], crop, pad, flip, epochs, dev, cl)
+    if data.steps == 0:
+        sys.exit(f"torch_peer: the training set has {n_tr} examples, fewer than one batch "
+                 f"of {batch}")
+    per_epoch, total = data.steps, data.steps * epochs
+    if rec["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(peer.params, lr=rec["lr"], betas=(0.9, 0.999), eps=1e-8,
+                                weight_decay=rec["weight_decay"])
+    else:
+        opt = torch.optim.SGD(peer.params, lr=rec["lr"], momentum=rec["momentum"],
+                              nesterov=True, weight_decay=rec["weight_decay"])
+    load_s = time.perf_counter() - t_load
+    label = " ".join([desc["name"]] + args.set)
+    print(f"torch_peer train: {label} on {dname} ({n_tr} examples"
+          f"{', held-out validation ' + str(args.val) if args.val else ''}), {epochs} epochs of "
+          f"batch {batch}, {rec['loss']} loss at eps {rec['eps']:g}, {torch.get_num_threads()} "
+          f"threads, init {args.init}, crop {pad if crop else 'off'}, flip "
+          f"{'on' if flip else 'off'} (data and tables {load_s:.1f} s)", file=sys.stderr)
+
+    res = {"model": desc["name"], "set": args.set, "mode": "train", "device": str(dev),
+           "threads": None if dev.type == "cuda" else torch.get_num_threads(),
+           "torch": torch.__version__, "layout": "nhwc" if cl else "nchw",
+           "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+           "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+           "params": sum(p["numel"] for p in desc["params"]), "init": args.init,
+           "epochs": epochs, "batch": batch, "steps": total, "n_train": n_tr, "n_val": args.val,
+           "seed": rec["seed"], "loss_kind": rec["loss"], "eps": rec["eps"],
+           "augment": {"crop": crop, "crop_pad": pad, "flip": flip}, "load_s": load_s}
+    val_s = save_s = step_s = 0.0
+    k_last = float("nan")
+    t0 = clock(dev)
+    for t in range(total):
+        epoch, step = divmod(t, per_epoch)
+        if step == 0:
+            sum_loss, sum_n, sum_correct, sum_cert = 0.0, 0, 0, 0
+        xb, yb = data.get(epoch, step)
+        ts = clock(dev)
+        lr = schedule_lr(rec, rec["lr"], t, total, per_epoch)
+        eps = schedule_eps(rec, rec["eps"], t, total)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        peer.power_iterate(rec["power_iters"])
+        f = peer(xb)
+        k = peer.k_sub64(peer.last_weights)
+        kpair = k * pair_dist(peer.head_rows64())
+        f64 = f.double()
+        loss = train_loss(rec["loss"], f64, yb, kpair, eps, rec["trades_lambda"])
+        loss.backward()
+        grads = [p.grad for p in peer.params if p.grad is not None]
+        gnorm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        if rec["clip"] > 0 and gnorm > rec["clip"]:
+            for g in grads:
+                g.mul_(rec["clip"] / gnorm)
+        opt.step()
+        lv = float(loss)
+        if not math.isfinite(lv):
+            sys.exit(f"torch_peer: training diverged at step {t}: the loss is {lv}")
+        with torch.no_grad():
+            c, ce = count_certified(f64.detach(), yb, kpair.detach(), eps)
+        step_s += clock(dev) - ts
+        k_last = float(k)
+        sum_loss += lv * len(yb)
+        sum_n += len(yb)
+        sum_correct += c
+        sum_cert += ce
+        if (t + 1) % per_epoch:
+            continue
+        # the end of an epoch: the log line, validation when due, the checkpoint
+        res.update(loss=sum_loss / sum_n, train_acc=sum_correct / sum_n,
+                   train_cert=sum_cert / sum_n, k_sub_train=k_last)
+        line = (f"torch_peer train: epoch {epoch + 1}/{epochs}: loss {res['loss']:.4f} acc "
+                f"{res['train_acc']:.4f} cert {res['train_cert']:.4f} K_sub {k_last:.4g} "
+                f"eps {eps:.4g} lr {lr:.3g}")
+        if args.val and ((args.val_every and (epoch + 1) % args.val_every == 0) or t + 1 == total):
+            tv = clock(dev)
+            kv, _ = peer.converge(1000, 1e-6)
+            c, ce = certify_set(peer, xv8, yv, kv, [rec["eps"]], batch, dev, cl)
+            res.update(val_acc=c / args.val, val_vra=ce[0] / args.val, val_k_sub=kv)
+            val_s += clock(dev) - tv
+            line += f" val_acc {res['val_acc']:.4f} val_vra {res['val_vra']:.4f}"
+        if args.out:
+            tc = clock(dev)
+            save_checkpoint(args.out, peer, opt, rec,
+                            {"seed": rec["seed"], "epoch": epoch + 1, "eps": repr(rec["eps"]),
+                             "epochs": epochs, "batch": batch, "step": t + 1})
+            save_s += clock(dev) - tc
+        print(line + f" ({clock(dev) - t0:.1f} s)", file=sys.stderr)
+    train_s = clock(dev) - t0
+    res.update(train_s=train_s, train_img_s=total * batch / train_s, val_s=val_s, save_s=save_s,
+               step_s=step_s, checkpoint=args.out)
+
+    # certification of the test split (not in train_s), never in TF32
+    set_tf32(dev, False)
+    tc = clock(dev)
+    xt8, yt = load_split(args.data, "test", args.test_limit)
+    k, iters = peer.converge(2000, 1e-7)
+    eps_list = [float(e) for e in args.cert_eps.split(",")]
+    c, ce = certify_set(peer, xt8, yt, k, eps_list, 256, dev, cl)
+    n = xt8.shape[0]
+    res.update(test_n=n, k_sub=k, k_sub_iters=iters, clean_acc=c / n,
+               vra={eps_key(e): v / n for e, v in zip(eps_list, ce)},
+               certify_s=clock(dev) - tc,
+               peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{label}: {epochs} epochs, {total} steps of {batch} in "
+          f"{train_s:.1f} s ({res['train_img_s']:.1f} images/s; validation {val_s:.1f} s, "
+          f"checkpoints {save_s:.1f} s), {res['threads']} threads, {res['layout']}")
+    print(f"  final train loss {res['loss']:.4f}, train accuracy {res['train_acc']:.4f}, "
+          f"certified at the training radius {res['train_cert']:.4f}")
+    if args.val:
+        print(f"  validation: accuracy {res['val_acc']:.4f}, VRA at eps {rec['eps']:g} "
+              f"{res['val_vra']:.4f} (K_sub {res['val_k_sub']:.4g})")
+    print(f"  test ({n} points): K_sub {k:.6g} (power-iteration estimate), clean accuracy "
+          f"{res['clean_acc']:.4f}")
+    for e in eps_list:
+        print(f"  VRA at eps {e:<6g} {res['vra'][eps_key(e)]:.4f}")
+    print(f"  (certification {res['certify_s']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB)")
+    return 0
+
+
 # ---- main ---------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser(description="PyTorch peer of a lipc model: training and "
-                                 "inference+certification throughput (bench/README.md)")
+                                 "inference+certification throughput, or (--train-epochs) "
+                                 "a whole training run and certification (bench/README.md)")
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "liresnet-fmnist.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="K=V",
                     help="override a model parameter (passed to lipc dump)")
@@ -680,18 +1368,40 @@ def main():
     ap.add_argument("--cert-iters", type=int, default=500,
                     help="power iterations before certifying (not timed)")
     ap.add_argument("--eps", type=float, default=None, help="default: the model's train.eps")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--weight-decay", type=float, default=1e-4)
-    ap.add_argument("--clip", type=float, default=3.0)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=None, help="default: the model's train.lr")
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="default: the model's train.weight_decay")
+    ap.add_argument("--clip", type=float, default=None, help="default: the model's train.clip")
+    ap.add_argument("--seed", type=int, default=None, help="default: the model's train.seed")
     ap.add_argument("--weights", help="a lipc safetensors checkpoint (default: random init)")
+    ap.add_argument("--init", choices=["lipc", "torch"], default=None,
+                    help="random init: lipc's own values bit for bit (default with "
+                         "--train-epochs) or lipc's rules with torch's generator (default "
+                         "otherwise: fast for large models)")
     ap.add_argument("--only", choices=["train", "infer"], help="time one of the two")
     ap.add_argument("--check", action="store_true", help="self-check against lipc, no timing")
     ap.add_argument("--check-n", type=int, default=1000, help="test images for --check")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
-                    help="Fashion-MNIST IDX files for --check")
+                    help="a directory of IDX files (Fashion-MNIST) for --check and training")
+    tr = ap.add_argument_group("a training run, as lipc train (--train-epochs)")
+    tr.add_argument("--train-epochs", type=int, metavar="E",
+                    help="train E epochs with the model's recipe, then certify the test split")
+    tr.add_argument("--limit", type=int, default=0, help="the first N training examples")
+    tr.add_argument("--val", type=int, default=0, help="hold out the last N for validation")
+    tr.add_argument("--val-every", type=int, default=0,
+                    help="validate every E epochs (default: at the end)")
+    tr.add_argument("--loss", choices=["emma", "margin", "gloro", "trades"],
+                    help="default: the model's train.loss")
+    tr.add_argument("--no-augment", action="store_true", help="no random crop or flip")
+    tr.add_argument("--out", help="a lipc checkpoint written after every epoch")
+    tr.add_argument("--test-limit", type=int, default=0, help="the first N test examples")
+    tr.add_argument("--cert-eps", default="0.1,0.141,0.3,0.5,1.0",
+                    help="radii to certify the test split at")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args()
+    training = args.train_epochs is not None
+    if training and (args.train_epochs < 1 or args.check):
+        ap.error("--train-epochs takes a count >= 1 and excludes --check")
 
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -709,13 +1419,13 @@ def main():
     if args.threads and not cuda:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals slow convolutions ~170x on these CPUs
+    # the model's recipe, the options over it
+    rec = train_recipe(args.model)
+    for key in ("batch", "power_iters", "eps", "lr", "weight_decay", "clip", "seed", "loss"):
+        if getattr(args, key) is None:
+            setattr(args, key, rec[key])
+        rec[key] = getattr(args, key)
     torch.manual_seed(args.seed)
-    if args.batch is None:
-        args.batch = train_section_value(args.model, "batch", 128)
-    if args.power_iters is None:
-        args.power_iters = train_section_value(args.model, "power_iters", 10)
-    if args.eps is None:
-        args.eps = train_section_value(args.model, "eps", 36.0 / 255.0)
 
     if args.dump:
         with open(args.dump) as f:
@@ -723,7 +1433,13 @@ def main():
     else:
         desc = lipc_dump(args.lipc, args.model, args.set)
     peer = Peer(desc, args.residual)
-    peer.init_params(args.seed)
+    args.init = args.init or ("lipc" if training else "torch")
+    if args.weights:
+        args.init = "checkpoint"
+    elif args.init == "lipc":
+        peer.init_lipc(args.seed)
+    else:
+        peer.init_params(args.seed)
     if args.weights:
         peer.load(read_safetensors(args.weights))
     # parameters, folded identities and power-iteration vectors, initialised on
@@ -732,6 +1448,9 @@ def main():
 
     if args.check:
         sys.exit(0 if check(peer, args) else 1)
+    if training:
+        set_tf32(args.dev, args.tf32 == "on")
+        sys.exit(train_main(peer, desc, rec, args))
 
     if args.channels_last:
         peer.to_channels_last()
