@@ -195,7 +195,7 @@ void lipc_compiled_free(lipc_compiled *c);
 /* ==== LLVM CPU backend (backend/llvm/; the only part of lipc that links LLVM) ====
  *
  * The training program lowered to kernels emitted through the LLVM C API
- * (backend/llvm/emit.c), optimised for the host (default<O3>) and compiled by
+ * (backend/llvm/emit.c), optimised for the host (default<O2>) and compiled by
  * ORC's LLJIT; a driver (backend/llvm/exec.c) runs the program's steps in
  * float, handing each kernel to the runtime's thread pool. These functions
  * live in the lipc_llvm library, not in lipc_core, so the runtime and the rest

@@ -1382,6 +1382,24 @@ void lipc_kmodule_free(lipc_kmodule *km)
 bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned parts,
                     lipc_kmodule *km, lipc_diags *d)
 {
+    return lipc_llvm_emit_shard(p, ctx, vl, parts, 0, 1, km, d);
+}
+
+/* The shard of each node: conv2d and dense layers (the costly kernels) dealt
+ * out in turn, the other nodes likewise. */
+static int *shard_table(const lipc_graph *g, int shards)
+{
+    int *t = lipc_calloc((size_t)g->next_id + 1, sizeof(int));
+    int heavy = 0, light = 0;
+    for (const lipc_node *v = g->first; t && v; v = v->next)
+        t[v->id] = v->op == LIPC_OP_CONV2D || v->op == LIPC_OP_DENSE ? heavy++ % shards
+                                                                     : light++ % shards;
+    return t;
+}
+
+bool lipc_llvm_emit_shard(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned parts,
+                          int shard, int shards, lipc_kmodule *km, lipc_diags *d)
+{
     const lipc_graph *g = p->g;
     memset(km, 0, sizeof *km);
     km->n_ids = g->next_id + 1;
@@ -1405,7 +1423,8 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned 
     /* which nodes are power-iteration factors: they need the adjoint and the
      * weight gradient even where the training step does not */
     bool *factor = lipc_calloc((size_t)km->n_ids, sizeof(bool));
-    bool ok = factor != NULL;
+    int *shard_of = shard_table(g, shards);
+    bool ok = factor != NULL && shard_of != NULL;
     for (int b = 0; ok && b < p->n_bounds; b++)
         if (p->bounds[b].kind == LIPC_LIP_OPNORM)
             factor[p->bounds[b].node->id] = true;
@@ -1414,6 +1433,8 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned 
     for (int s = 0; ok && (parts & LIPC_EMIT_FLOAT) && s < p->n_steps; s++) {
         const lipc_step *st = &p->steps[s];
         const lipc_node *v = st->node;
+        if (v && shard_of[v->id] != shard)
+            continue;
         if (st->op == LIPC_STEP_FORWARD) {
             ok = emit_kernel(&e, v, LIPC_K_FORWARD, none, &km->info[LIPC_K_FORWARD][v->id], d);
             if (ok && v->op == LIPC_OP_CONV2D && conv_patch(v))
@@ -1436,7 +1457,7 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned 
     /* factors with no BACKWARD step (none today: every factor has a weight) */
     for (int b = 0; ok && (parts & LIPC_EMIT_FLOAT) && b < p->n_bounds; b++) {
         const lipc_node *v = p->bounds[b].node;
-        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
+        if (p->bounds[b].kind != LIPC_LIP_OPNORM || shard_of[v->id] != shard)
             continue;
         if (!km->info[LIPC_K_BACKWARD][v->id].present)
             ok = emit_kernel(&e, v, LIPC_K_BACKWARD, first, &km->info[LIPC_K_BACKWARD][v->id], d);
@@ -1453,13 +1474,14 @@ bool lipc_llvm_emit(const lipc_program *p, LLVMContextRef ctx, int vl, unsigned 
     for (int s = 0; ok && (parts & LIPC_EMIT_DOUBLE) && s < p->n_steps; s++) {
         const lipc_step *st = &p->steps[s];
         const lipc_node *v = st->node;
-        if (st->op != LIPC_STEP_FORWARD)
+        if (st->op != LIPC_STEP_FORWARD || shard_of[v->id] != shard)
             continue;
         ok = emit_kernel(&e, v, LIPC_K_FORWARD64, none, &km->info[LIPC_K_FORWARD64][v->id], d);
         if (ok && v->op == LIPC_OP_CONV2D && conv_patch(v))
             ok = emit_kernel(&e, v, LIPC_K_PATCHES64, none, &km->info[LIPC_K_PATCHES64][v->id], d);
     }
     lipc_free(factor);
+    lipc_free(shard_of);
     LLVMDisposeBuilder(e.b);
     LLVMDisposeBuilder(e.eb);
     if (!ok)

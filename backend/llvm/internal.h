@@ -29,12 +29,17 @@ enum { LIPC_EMIT_FLOAT = 1, LIPC_EMIT_DOUBLE = 2, LIPC_EMIT_ALL = 3 };
  * the caller frees km with lipc_kmodule_free either way. */
 bool lipc_llvm_emit(const lipc_program *train, LLVMContextRef ctx, int vl, unsigned parts,
                     lipc_kmodule *km, lipc_diags *d);
+/* The same for one shard of shards: the kernels of the nodes dealt to it
+ * (conv2d and dense in turn, the others likewise); the shards together are
+ * the whole, each kernel in one of them. */
+bool lipc_llvm_emit_shard(const lipc_program *train, LLVMContextRef ctx, int vl, unsigned parts,
+                          int shard, int shards, lipc_kmodule *km, lipc_diags *d);
 void lipc_kmodule_free(lipc_kmodule *km);
 
 /* The CPU the portable target (--portable) compiles for: AVX2 and FMA. */
 #define LIPC_PORTABLE_CPU "x86-64-v3"
 
-/* Emits, optimises (default<O3> for the host, or the portable CPU) and
+/* Emits, optimises (default<O2> for the host, or the portable CPU) and
  * compiles the kernels of a TRAIN program; k owns the JIT. */
 lipc_status lipc_jit_compile(const lipc_program *train, bool portable, lipc_kernels *k,
                              lipc_diags *d);

@@ -2,12 +2,13 @@
  * compile it through ORC's LLJIT.
  *
  * One LLJIT per compiled model: it owns the machine code, and freeing the
- * model frees it. The module is optimised before it is handed to the JIT,
- * with the new pass manager's default<O3> pipeline and a target machine for
- * the host CPU and its features (AVX-512 where present), so the vectoriser's
- * cost model is the one of the machine that runs the code; the JIT then only
- * generates code. The target triple and data layout come from the JIT itself,
- * so the optimiser and the code generator agree on them.
+ * model frees it. The kernels are compiled in shards, one per core, each in
+ * its own LLVM context on its own thread: optimised with the new pass
+ * manager's default<O2> pipeline (the kernels are vectorised and blocked by
+ * the emitter; O3 costs compile time and measured no faster) and a target
+ * machine for the host CPU and its features (AVX-512 where present), then
+ * compiled to object code, which the JIT links. Ahead of time (lipc build,
+ * --emit=asm) the same optimisation runs on one module.
  *
  * Errors here are environment errors (LLVM could not do something): they go to
  * d as an error without a source location, and the status is
@@ -22,6 +23,7 @@
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,7 +43,7 @@ static void init_native(void)
     LLVMInitializeNativeAsmPrinter();
 }
 
-/* default<O3> with a host target machine for the given triple. */
+/* default<O2> with a host target machine for the given triple. */
 static lipc_status optimise(LLVMModuleRef mod, const char *triple, bool portable,
                            lipc_diags *d)
 {
@@ -73,7 +75,7 @@ static lipc_status optimise(LLVMModuleRef mod, const char *triple, bool portable
     LLVMPassBuilderOptionsSetLoopVectorization(opts, 1);
     LLVMPassBuilderOptionsSetSLPVectorization(opts, 1);
     LLVMPassBuilderOptionsSetLoopUnrolling(opts, 1);
-    LLVMErrorRef e = LLVMRunPasses(mod, "default<O3>", tm, opts);
+    LLVMErrorRef e = LLVMRunPasses(mod, "default<O2>", tm, opts);
     LLVMDisposePassBuilderOptions(opts);
     LLVMDisposeTargetMachine(tm);
     return e ? llvm_error(d, "optimising the kernels", e) : LIPC_OK;
@@ -131,34 +133,111 @@ static LLVMModuleRef emit_into(const lipc_program *train, LLVMContextRef ctx, bo
     return mod;
 }
 
-/* Emits, optimises and adds the parts of train's kernels to the JIT k owns,
- * and looks up their addresses. */
+static LLVMTargetMachineRef static_machine(LLVMModuleRef mod, bool portable,
+                                           LLVMCodeGenOptLevel level, lipc_diags *d,
+                                           lipc_status *st);
+
+/* The JIT's kernels are compiled in shards, one per core (at most this many),
+ * each in its own LLVM context on a thread of its own, to object code that
+ * the JIT then links: optimisation and code generation, most of the compile
+ * time, run in parallel. */
+#define JIT_MAX_SHARDS 8
+
+typedef struct shard_job {
+    const lipc_kernels *k;
+    unsigned parts;
+    int shards, vl;
+    lipc_kmodule km[JIT_MAX_SHARDS];
+    LLVMMemoryBufferRef obj[JIT_MAX_SHARDS];
+    lipc_diags diags[JIT_MAX_SHARDS];
+    lipc_status st[JIT_MAX_SHARDS];
+} shard_job;
+
+static void compile_shards(void *ctx, int64_t lo, int64_t hi)
+{
+    shard_job *j = ctx;
+    for (int64_t t = lo; t < hi; t++) {
+        lipc_diags *d = &j->diags[t];
+        LLVMContextRef c = LLVMContextCreate();
+        lipc_kmodule *km = &j->km[t];
+        int errors = d->n_errors;
+        if (!lipc_llvm_emit_shard(j->k->train, c, j->vl, j->parts, (int)t, j->shards, km, d)) {
+            j->st[t] = d->n_errors > errors ? LIPC_ERR_UNSUPPORTED : LIPC_ERR_NOMEM;
+        } else {
+            LLVMTargetMachineRef tm = static_machine(km->mod, j->k->portable,
+                                                     LLVMCodeGenLevelLess, d, &j->st[t]);
+            char *err = NULL;
+            if (tm && LLVMTargetMachineEmitToMemoryBuffer(tm, km->mod, LLVMObjectFile, &err,
+                                                          &j->obj[t])) {
+                lipc_diag_error(d, LIPC_NO_LOC, "llvm: code generation: %s", err);
+                LLVMDisposeMessage(err);
+                j->st[t] = LIPC_ERR_UNSUPPORTED;
+                j->obj[t] = NULL;
+            }
+            if (tm)
+                LLVMDisposeTargetMachine(tm);
+        }
+        if (km->mod)
+            LLVMDisposeModule(km->mod);
+        km->mod = NULL;
+        LLVMContextDispose(c);
+    }
+}
+
+/* Emits, optimises and compiles the parts of train's kernels (in shards, in
+ * parallel), adds them to the JIT k owns, and looks up their addresses. */
 static lipc_status jit_add(lipc_kernels *k, unsigned parts, lipc_diags *d)
 {
     LLVMOrcLLJITRef jit = k->owner;
-    LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
+    shard_job *j = lipc_calloc(1, sizeof *j);
+    if (!j)
+        return LIPC_ERR_NOMEM;
+    int cores = lipc_cpu_count();
+    j->k = k;
+    j->parts = parts;
+    j->vl = vector_width(k->portable);
+    j->shards = cores < 1 ? 1 : cores > JIT_MAX_SHARDS ? JIT_MAX_SHARDS : cores;
+    for (int t = 0; t < j->shards; t++)
+        lipc_diags_init(&j->diags[t]);
+    lipc_pool *pool = j->shards > 1 ? lipc_pool_new(j->shards) : NULL;
+    lipc_pool_run(pool, compile_shards, j, j->shards);
+    lipc_pool_free(pool);
     lipc_status st = LIPC_OK;
-    LLVMModuleRef mod = emit_into(k->train, ctx, k->portable, parts, k, d, &st);
-    if (!mod) {
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        return st;
+    int n_ids = k->train->g->next_id + 1;
+    k->n_ids = n_ids;
+    k->vl = j->vl;
+    for (int i = 0; i < LIPC_K_KINDS && st == LIPC_OK; i++)
+        if (!k->info[i] && !(k->info[i] = lipc_calloc((size_t)n_ids, sizeof(lipc_kinfo))))
+            st = LIPC_ERR_NOMEM;
+    for (int t = 0; t < j->shards; t++) {
+        if (j->st[t] != LIPC_OK && st == LIPC_OK) {
+            st = j->st[t];
+            lipc_buf msg;
+            lipc_buf_init(&msg);
+            lipc_diags_format(&j->diags[t], &msg);
+            lipc_diag_error(d, LIPC_NO_LOC, "%s", lipc_buf_str(&msg));
+            lipc_buf_free(&msg);
+        }
+        /* each kernel's description from the shard that made it */
+        for (int i = 0; i < LIPC_K_KINDS && st == LIPC_OK; i++)
+            for (int id = 0; j->km[t].info[i] && id < n_ids; id++)
+                if (j->km[t].info[i][id].present)
+                    k->info[i][id] = j->km[t].info[i][id];
+        if (st == LIPC_OK && j->obj[t]) {
+            LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(jit, LLVMOrcLLJITGetMainJITDylib(jit),
+                                                       j->obj[t]);
+            j->obj[t] = NULL; /* the JIT owns it */
+            if (e)
+                st = llvm_error(d, "adding the kernels", e);
+        }
+        if (j->obj[t])
+            LLVMDisposeMemoryBuffer(j->obj[t]);
+        lipc_kmodule_free(&j->km[t]);
+        lipc_diags_free(&j->diags[t]);
     }
-    LLVMSetTarget(mod, LLVMOrcLLJITGetTripleString(jit));
-    LLVMSetDataLayout(mod, LLVMOrcLLJITGetDataLayoutStr(jit));
-    st = optimise(mod, LLVMOrcLLJITGetTripleString(jit), k->portable, d);
-    if (st != LIPC_OK) {
-        LLVMDisposeModule(mod);
-        LLVMOrcDisposeThreadSafeContext(tsc);
+    lipc_free(j);
+    if (st != LIPC_OK)
         return st;
-    }
-    /* the thread-safe module owns mod and shares the context */
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(mod, tsc);
-    LLVMOrcDisposeThreadSafeContext(tsc);
-    LLVMErrorRef e = LLVMOrcLLJITAddLLVMIRModule(jit, LLVMOrcLLJITGetMainJITDylib(jit), tsm);
-    if (e)
-        return llvm_error(d, "adding the kernels", e);
-    /* code generation happens on the first lookup */
     for (int i = 0; i < LIPC_K_KINDS; i++)
         if (!k->fn[i] && !(k->fn[i] = lipc_calloc((size_t)k->n_ids, sizeof(lipc_kernel_fn))))
             return LIPC_ERR_NOMEM;
@@ -169,8 +248,9 @@ static lipc_status jit_add(lipc_kernels *k, unsigned parts, lipc_diags *d)
             char name[256];
             lipc_kernel_name((lipc_kkind)i, n, name, sizeof name);
             LLVMOrcExecutorAddress addr = 0;
-            if ((e = LLVMOrcLLJITLookup(jit, &addr, name)))
-                return llvm_error(d, "compiling the kernels", e);
+            LLVMErrorRef e = LLVMOrcLLJITLookup(jit, &addr, name);
+            if (e)
+                return llvm_error(d, "linking the kernels", e);
             k->fn[i][n->id] = (lipc_kernel_fn)(uintptr_t)addr;
         }
     return LIPC_OK;
@@ -251,7 +331,8 @@ lipc_status lipc_compile_target(lipc_graph *g, const char *target, const lipc_cp
 /* Ahead of time (an object file or assembly): mod optimised for the host, or
  * the portable CPU, with its triple and data layout set, and a target machine
  * for it (the caller disposes of it). NULL with *st set on failure. */
-static LLVMTargetMachineRef static_machine(LLVMModuleRef mod, bool portable, lipc_diags *d,
+static LLVMTargetMachineRef static_machine(LLVMModuleRef mod, bool portable,
+                                           LLVMCodeGenOptLevel level, lipc_diags *d,
                                            lipc_status *st)
 {
     char *triple = LLVMGetDefaultTargetTriple();
@@ -269,8 +350,8 @@ static LLVMTargetMachineRef static_machine(LLVMModuleRef mod, bool portable, lip
         char *cpu = portable ? NULL : LLVMGetHostCPUName();
         char *features = portable ? NULL : LLVMGetHostCPUFeatures();
         tm = LLVMCreateTargetMachine(target, triple, portable ? LIPC_PORTABLE_CPU : cpu,
-                                     portable ? "" : features, LLVMCodeGenLevelAggressive,
-                                     LLVMRelocPIC, LLVMCodeModelDefault);
+                                     portable ? "" : features, level, LLVMRelocPIC,
+                                     LLVMCodeModelDefault);
         LLVMTargetDataRef layout = LLVMCreateTargetDataLayout(tm);
         LLVMSetModuleDataLayout(mod, layout);
         LLVMDisposeTargetData(layout);
@@ -298,7 +379,7 @@ lipc_status lipc_llvm_module_text(const lipc_program *train, bool assembly, bool
         lipc_buf_puts(out, text);
         LLVMDisposeMessage(text);
     } else {
-        LLVMTargetMachineRef tm = static_machine(km.mod, portable, d, &st);
+        LLVMTargetMachineRef tm = static_machine(km.mod, portable, LLVMCodeGenLevelAggressive, d, &st);
         LLVMMemoryBufferRef mb = NULL;
         char *err = NULL;
         if (tm && LLVMTargetMachineEmitToMemoryBuffer(tm, km.mod, LLVMAssemblyFile, &err, &mb)) {
@@ -404,7 +485,7 @@ lipc_status lipc_llvm_build_object(const lipc_program *train, bool portable, con
         LLVMSetGlobalConstant(gs, true);
     }
 
-    LLVMTargetMachineRef tm = static_machine(mod, portable, d, &st);
+    LLVMTargetMachineRef tm = static_machine(mod, portable, LLVMCodeGenLevelAggressive, d, &st);
     char *err = NULL;
     if (tm && LLVMTargetMachineEmitToFile(tm, mod, path, LLVMObjectFile, &err)) {
         lipc_diag_error(d, LIPC_NO_LOC, "llvm: writing %s: %s", path, err);
