@@ -47,6 +47,7 @@
 #define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
 #define WGRAD_CHUNK 8   /* examples per partial sum in fast conv wgrad */
 #define MM 4            /* the register block of dense products (MM x MM) */
+#define DENSE_TILE_BYTES (256 * 1024) /* weight rows per tile of the dense adjoint */
 
 typedef struct em {
     LLVMContextRef ctx;
@@ -1199,9 +1200,10 @@ static int64_t emit_blocks(const em *e, const lipc_node *v, int64_t rows, block_
     return (rows + MM - 1) / MM;
 }
 
-/* backward: din rows [b, b + rb), all of them, along i in vectors */
+/* backward: din rows [b, b + rb) += the outputs [o0, o0 + ot)'s share, along i
+ * in vectors (the folded identity is added apart, dense_bwd_identity) */
 static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int rb,
-                           LLVMValueRef *acc)
+                           LLVMValueRef o0, int64_t ot, LLVMValueRef *acc)
 {
     int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
     for (int pass = 0; pass < 2; pass++) {
@@ -1211,14 +1213,9 @@ static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int 
         LLVMValueRef c = cp.c;
         lanes m = cp.m;
         loop lo;
-        for (int r = 0; r < rb; r++) {
-            LLVMValueRef idx = iadd(e, iaxc(e, b, in_f, r * in_f), c);
-            LLVMValueRef a0 = vload(e, e->p[1], idx, m);
-            if (v->a.fold_identity) /* in_f == out_f */
-                a0 = fadd(e, a0, vload(e, e->p[0], idx, m), false);
-            var_set(e, acc[r], a0);
-        }
-        LLVMValueRef o = loop_open(e, &lo, ci(e, 0), ci(e, out_f), "o");
+        for (int r = 0; r < rb; r++)
+            var_set(e, acc[r], vload(e, e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f), c), m));
+        LLVMValueRef o = loop_open(e, &lo, o0, iaxc(e, o0, 1, ot), "o");
         LLVMValueRef wv = vload(e, e->p[5], iadd(e, iaxc(e, o, in_f, 0), c), m);
         for (int r = 0; r < rb; r++) {
             LLVMValueRef s = splat(e, load(e, e->p[0], iadd(e, iaxc(e, b, out_f, r * out_f), o)));
@@ -1229,6 +1226,37 @@ static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int 
             vstore(e, var_get(e, e->vt, acc[r]), e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f), c), m);
         chunk_close(e, &cp);
     }
+}
+
+/* din[b] += dout[b] for a folded dense (in_f == out_f) */
+static void dense_bwd_identity(const em *e, const lipc_node *v, LLVMValueRef b)
+{
+    int64_t len = v->shape.d[0];
+    for (int pass = 0; pass < 2; pass++) {
+        chunk_pass cp;
+        if (!chunk_open(e, len, pass, &cp))
+            break;
+        LLVMValueRef idx = iadd(e, iaxc(e, b, len, 0), cp.c);
+        vstore(e, fadd(e, vload(e, e->p[1], idx, cp.m), vload(e, e->p[0], idx, cp.m), false),
+               e->p[1], idx, cp.m);
+        chunk_close(e, &cp);
+    }
+}
+
+/* The examples [lo, hi): MM at a time, then one by one, for the outputs
+ * [o0, o0 + ot). */
+static void dense_bwd_examples(const em *e, const lipc_node *v, LLVMValueRef o0, int64_t ot,
+                               LLVMValueRef *acc)
+{
+    loop lb, lt;
+    LLVMValueRef len = LLVMBuildSub(e->b, e->hi, e->lo, "");
+    LLVMValueRef full = iadd(e, e->lo, imul(e, LLVMBuildSDiv(e->b, len, ci(e, MM), ""), ci(e, MM)));
+    LLVMValueRef b = loop_step(e, &lb, e->lo, full, MM, "b");
+    dense_bwd_rows(e, v, b, MM, o0, ot, acc);
+    loop_close(e, &lb);
+    LLVMValueRef t = loop_open(e, &lt, full, e->hi, "b");
+    dense_bwd_rows(e, v, t, 1, o0, ot, acc);
+    loop_close(e, &lt);
 }
 
 /* wgrad: rows [o, o + ob) of dW, along i in vectors, summed over the batch */
@@ -1293,16 +1321,28 @@ static void emit_dense(const em *e, const lipc_node *v, lipc_kkind kind, lipc_ki
     } else if (kind == LIPC_K_WGRAD) {
         info->blocks = emit_blocks(e, v, out_f, dense_wgrad_rows, acc);
     } else {
-        /* examples [lo, hi): MM at a time, then one by one */
-        loop lb, lt;
-        LLVMValueRef len = LLVMBuildSub(e->b, e->hi, e->lo, "");
-        LLVMValueRef full = iadd(e, e->lo, imul(e, LLVMBuildSDiv(e->b, len, ci(e, MM), ""), ci(e, MM)));
-        LLVMValueRef b = loop_step(e, &lb, e->lo, full, MM, "b");
-        dense_bwd_rows(e, v, b, MM, acc);
-        loop_close(e, &lb);
-        LLVMValueRef t = loop_open(e, &lt, full, e->hi, "b");
-        dense_bwd_rows(e, v, t, 1, acc);
+        /* the outputs in tiles whose weight rows stay in cache while every
+         * example of the range reads them (the whole weight, streamed once
+         * per block of examples, was memory-bound), then the identity */
+        int64_t in_f = v->in[0]->shape.d[0];
+        int64_t ot = DENSE_TILE_BYTES / (in_f * e->esize);
+        if (ot < 1)
+            ot = 1;
+        if (ot > out_f)
+            ot = out_f;
+        int64_t tiles = out_f / ot;
+        loop lt;
+        LLVMValueRef o0 = loop_step(e, &lt, ci(e, 0), ci(e, tiles * ot), ot, "tile");
+        dense_bwd_examples(e, v, o0, ot, acc);
         loop_close(e, &lt);
+        if (out_f % ot)
+            dense_bwd_examples(e, v, ci(e, tiles * ot), out_f % ot, acc);
+        if (v->a.fold_identity) {
+            loop li;
+            LLVMValueRef b = loop_open(e, &li, e->lo, e->hi, "b");
+            dense_bwd_identity(e, v, b);
+            loop_close(e, &li);
+        }
     }
 }
 
