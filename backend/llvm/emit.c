@@ -46,6 +46,8 @@
 #define CONV_RY 2       /* output rows per block in fast conv forward */
 #define WGRAD_CB 2      /* output channels per block in fast conv wgrad */
 #define WGRAD_CHUNK 8   /* examples per partial sum in fast conv wgrad */
+#define W1X1_OB 4       /* output channels per tile of the 1x1 conv wgrad */
+#define W1X1_KB 4       /* input channels per tile of the 1x1 conv wgrad */
 #define MM 4            /* the register block of dense products (MM x MM) */
 #define DENSE_TILE_BYTES (256 * 1024) /* weight rows per tile of the dense adjoint */
 
@@ -865,6 +867,79 @@ static void emit_conv_wgrad_fast(const em *e, const conv_geo *g, int64_t *blocks
     *blocks = g->cout / cb;
 }
 
+/* ---- conv2d: the weight gradient of a 1x1 convolution (and of patch convs) ----------------
+ *   dW[o, k] += scale sum_b sum_p dout[b, o, p] in[b, k, p],  p over the plane
+ * A register tile of W1X1_OB output x W1X1_KB input channels, its vector
+ * accumulators running over the whole batch and plane, reduced once: the
+ * generic kernel's tile (2 channels x 1 tap) spent more in the reductions than
+ * in the products. The range is blocks of W1X1_OB output channels. */
+static void wgrad_1x1_tile(const em *e, const conv_geo *g, LLVMValueRef o, int ob, LLVMValueRef k,
+                           int kb, LLVMValueRef *acc)
+{
+    int64_t plane = (int64_t)g->h * g->w;
+    int64_t in_len = (int64_t)g->cin * plane, out_len = (int64_t)g->cout * plane;
+    for (int j = 0; j < ob; j++)
+        for (int q = 0; q < kb; q++)
+            var_set(e, acc[j * W1X1_KB + q], vzero(e));
+    loop lb;
+    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+    LLVMValueRef xb = at(e, example(e, e->p[0], in_len, b), imul(e, k, ci(e, plane)));
+    LLVMValueRef db = at(e, example(e, e->p[1], out_len, b), imul(e, o, ci(e, plane)));
+    for (int64_t x0 = 0; x0 < plane; x0 += e->vl) {
+        lanes m = lane_range(0, (int)(plane - x0 < e->vl ? plane - x0 : e->vl), e->vl);
+        LLVMValueRef dv[W1X1_OB], xv[W1X1_KB];
+        for (int j = 0; j < ob; j++)
+            dv[j] = vload(e, db, ci(e, j * plane + x0), m);
+        for (int q = 0; q < kb; q++)
+            xv[q] = vload(e, xb, ci(e, q * plane + x0), m);
+        for (int j = 0; j < ob; j++)
+            for (int q = 0; q < kb; q++)
+                var_set(e, acc[j * W1X1_KB + q],
+                        vfma(e, dv[j], xv[q], var_get(e, e->vt, acc[j * W1X1_KB + q])));
+    }
+    loop_close(e, &lb);
+    for (int j = 0; j < ob; j++)
+        for (int q = 0; q < kb; q++) {
+            LLVMValueRef idx = iadd(e, imul(e, iaxc(e, o, 1, j), ci(e, g->cin)), iaxc(e, k, 1, q));
+            LLVMValueRef sum = hsum(e, var_get(e, e->vt, acc[j * W1X1_KB + q]));
+            accum(e, fmul(e, sum, e->scale, false), e->p[2], idx);
+        }
+}
+
+static void emit_conv_wgrad_1x1(const em *e, const conv_geo *g, int64_t *blocks)
+{
+    int ob = g->cout % W1X1_OB ? 1 : W1X1_OB;
+    int64_t plane = (int64_t)g->h * g->w, out_len = (int64_t)g->cout * plane;
+    LLVMValueRef acc[W1X1_OB * W1X1_KB];
+    for (int t = 0; t < W1X1_OB * W1X1_KB; t++)
+        acc[t] = var_new(e, e->vt, "acc");
+    loop lo, lk;
+    LLVMValueRef blk = loop_open(e, &lo, e->lo, e->hi, "block");
+    LLVMValueRef o = iaxc(e, blk, ob, 0);
+    int64_t kfull = g->cin / W1X1_KB * W1X1_KB;
+    LLVMValueRef k = loop_step(e, &lk, ci(e, 0), ci(e, kfull), W1X1_KB, "k");
+    wgrad_1x1_tile(e, g, o, ob, k, W1X1_KB, acc);
+    loop_close(e, &lk);
+    if (g->cin % W1X1_KB)
+        wgrad_1x1_tile(e, g, o, ob, ci(e, kfull), (int)(g->cin % W1X1_KB), acc);
+    if (g->bias) /* dbias[o] += sum over the batch and the plane */
+        for (int j = 0; j < ob; j++) {
+            var_set(e, acc[0], vzero(e));
+            loop lb;
+            LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+            LLVMValueRef db = at(e, example(e, e->p[1], out_len, b), iaxc(e, o, plane, j * plane));
+            for (int64_t x0 = 0; x0 < plane; x0 += e->vl) {
+                lanes m = lane_range(0, (int)(plane - x0 < e->vl ? plane - x0 : e->vl), e->vl);
+                var_set(e, acc[0], fadd(e, var_get(e, e->vt, acc[0]), vload(e, db, ci(e, x0), m),
+                                        false));
+            }
+            loop_close(e, &lb);
+            accum(e, hsum(e, var_get(e, e->vt, acc[0])), e->p[3], iaxc(e, o, 1, j));
+        }
+    loop_close(e, &lo);
+    *blocks = g->cout / ob;
+}
+
 /* ---- conv2d: general loop nests (strides, large padding) ------------------------------------
  * The taps (ky, kx) are unrolled at emit time: for a fixed tap the output
  * rows and columns whose input lies inside are a constant range, so padding
@@ -1053,7 +1128,7 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
             info->flipped = true;
             emit_conv_fast(e, &a, e->p[0], e->p[1], e->p[5], NULL);
         } else {
-            emit_conv_wgrad_fast(e, &pg, &info->blocks);
+            emit_conv_wgrad_1x1(e, &pg, &info->blocks);
         }
         return;
     }
@@ -1071,6 +1146,8 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
         } else {
             emit_conv_general(e, &g, kind);
         }
+    } else if (fast && g.kh == 1 && g.kw == 1 && g.top == 0 && g.left == 0) {
+        emit_conv_wgrad_1x1(e, &g, &info->blocks);
     } else if (fast && g.kh * g.kw <= 49) {
         emit_conv_wgrad_fast(e, &g, &info->blocks);
     } else {
