@@ -913,13 +913,18 @@ static void emit_conv_wgrad_1x1(const em *e, const conv_geo *g, int64_t *blocks)
     LLVMValueRef acc[W1X1_OB * W1X1_KB];
     for (int t = 0; t < W1X1_OB * W1X1_KB; t++)
         acc[t] = var_new(e, e->vt, "acc");
-    loop lo, lk;
-    LLVMValueRef blk = loop_open(e, &lo, e->lo, e->hi, "block");
-    LLVMValueRef o = iaxc(e, blk, ob, 0);
+    /* input channels outer: a block of them (all examples) stays in cache
+     * while every output block of the range reads it; the range's dout
+     * stays in L2 (output blocks outer streamed all the inputs per block) */
+    loop lo, lk, lo2;
     int64_t kfull = g->cin / W1X1_KB * W1X1_KB;
     LLVMValueRef k = loop_step(e, &lk, ci(e, 0), ci(e, kfull), W1X1_KB, "k");
-    wgrad_1x1_tile(e, g, o, ob, k, W1X1_KB, acc);
+    LLVMValueRef blk = loop_open(e, &lo, e->lo, e->hi, "block");
+    wgrad_1x1_tile(e, g, iaxc(e, blk, ob, 0), ob, k, W1X1_KB, acc);
+    loop_close(e, &lo);
     loop_close(e, &lk);
+    LLVMValueRef blk2 = loop_open(e, &lo2, e->lo, e->hi, "block");
+    LLVMValueRef o = iaxc(e, blk2, ob, 0);
     if (g->cin % W1X1_KB)
         wgrad_1x1_tile(e, g, o, ob, ci(e, kfull), (int)(g->cin % W1X1_KB), acc);
     if (g->bias) /* dbias[o] += sum over the batch and the plane */
@@ -936,7 +941,7 @@ static void emit_conv_wgrad_1x1(const em *e, const conv_geo *g, int64_t *blocks)
             loop_close(e, &lb);
             accum(e, hsum(e, var_get(e, e->vt, acc[0])), e->p[3], iaxc(e, o, 1, j));
         }
-    loop_close(e, &lo);
+    loop_close(e, &lo2);
     *blocks = g->cout / ob;
 }
 
