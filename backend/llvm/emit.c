@@ -945,6 +945,113 @@ static void emit_conv_wgrad_1x1(const em *e, const conv_geo *g, int64_t *blocks)
     *blocks = g->cout / ob;
 }
 
+/* ---- conv2d: the stride-2 forward (a strided stem) --------------------------------------------
+ * As the fast stride-1 forward, register-blocked by CONV_CB output channels
+ * and one vector of output columns, but output column x reads input column
+ * 2x + kx - left: two vector loads (masked to the input's columns, so padding
+ * reads zeros) and a shuffle of their even lanes give the window. Rows whose
+ * every tap lies inside the input run in a loop; the border rows are emitted
+ * one by one with their valid taps. */
+static void conv_s2_row(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
+                        LLVMValueRef co, int cb, LLVMValueRef y, int ky_lo, int ky_hi,
+                        LLVMValueRef *acc)
+{
+    int64_t in_plane = (int64_t)g->h * g->w, out_plane = (int64_t)g->oh * g->ow;
+    int64_t wstride = (int64_t)g->cin * g->kh * g->kw;
+    LLVMValueRef even[32];
+    for (int l = 0; l < e->vl; l++)
+        even[l] = LLVMConstInt(e->i32, (unsigned long long)(2 * l), false);
+    LLVMValueRef pick = LLVMConstVector(even, (unsigned)e->vl);
+    for (int x0 = 0; x0 < g->ow; x0 += e->vl) {
+        lanes out_m = lane_range(0, g->ow - x0, e->vl);
+        for (int j = 0; j < cb; j++)
+            var_set(e, acc[j], g->bias ? splat(e, load(e, e->p[4], iaxc(e, co, 1, j))) : vzero(e));
+        loop li;
+        LLVMValueRef i = loop_open(e, &li, ci(e, 0), ci(e, g->cin), "i");
+        LLVMValueRef xi = at(e, xb, iaxc(e, i, in_plane, 0));
+        LLVMValueRef wi = at(e, e->p[3], iadd(e, imul(e, co, ci(e, wstride)),
+                                            iaxc(e, i, (int64_t)g->kh * g->kw, 0)));
+        LLVMValueRef a[CONV_CB];
+        for (int j = 0; j < cb; j++)
+            a[j] = var_get(e, e->vt, acc[j]);
+        for (int ky = ky_lo; ky < ky_hi; ky++) {
+            LLVMValueRef row = iaxc(e, iaxc(e, y, 2, ky - g->top), g->w, 0);
+            for (int kx = 0; kx < g->kw; kx++) {
+                int c0 = 2 * x0 + kx - g->left; /* input column of lane 0 */
+                lanes ma = lane_range(-c0, g->w - c0, e->vl);
+                lanes mb = lane_range(-c0 - e->vl, g->w - c0 - e->vl, e->vl);
+                if (!ma && !mb)
+                    continue;
+                LLVMValueRef va = vload(e, xi, iaxc(e, row, 1, c0), ma);
+                LLVMValueRef vb = vload(e, xi, iaxc(e, row, 1, c0 + e->vl), mb);
+                LLVMValueRef xv = LLVMBuildShuffleVector(e->b, va, vb, pick, "");
+                for (int j = 0; j < cb; j++) {
+                    LLVMValueRef wv =
+                        splat(e, load(e, wi, ci(e, j * wstride + ky * g->kw + kx)));
+                    a[j] = vfma(e, wv, xv, a[j]);
+                }
+            }
+        }
+        for (int j = 0; j < cb; j++)
+            var_set(e, acc[j], a[j]);
+        loop_close(e, &li);
+        for (int j = 0; j < cb; j++) {
+            LLVMValueRef idx = iadd(e, iaxc(e, co, out_plane, j * out_plane + x0),
+                                    iaxc(e, y, g->ow, 0));
+            vstore(e, var_get(e, e->vt, acc[j]), yb, idx, out_m);
+        }
+    }
+}
+
+static void conv_s2_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValueRef yb,
+                         LLVMValueRef co, int cb, LLVMValueRef *acc)
+{
+    /* rows whose taps all lie inside: 2y - top >= 0, 2y + kh - 1 - top <= h - 1 */
+    int in_lo = (g->top + 1) / 2, in_hi = (g->h - g->kh + g->top) / 2 + 1;
+    if (in_hi > g->oh)
+        in_hi = g->oh;
+    if (in_lo > in_hi)
+        in_lo = in_hi;
+    for (int y = 0; y < g->oh; y++) {
+        if (y == in_lo && in_hi > in_lo) {
+            loop ly;
+            LLVMValueRef yv = loop_open(e, &ly, ci(e, in_lo), ci(e, in_hi), "y");
+            conv_s2_row(e, g, xb, yb, co, cb, yv, 0, g->kh, acc);
+            loop_close(e, &ly);
+            y = in_hi - 1;
+            continue;
+        }
+        int ky_lo = g->top - 2 * y > 0 ? g->top - 2 * y : 0;
+        int ky_hi = g->h + g->top - 2 * y < g->kh ? g->h + g->top - 2 * y : g->kh;
+        if (ky_hi < ky_lo)
+            ky_hi = ky_lo;
+        conv_s2_row(e, g, xb, yb, co, cb, ci(e, y), ky_lo, ky_hi, acc);
+    }
+}
+
+static bool conv_s2(const conv_geo *g)
+{
+    return g->sw == 2 && g->sh == 2 && !g->identity && !g->accumulate;
+}
+
+static void emit_conv_s2(const em *e, const conv_geo *g)
+{
+    LLVMValueRef acc[CONV_CB];
+    for (int j = 0; j < CONV_CB; j++)
+        acc[j] = var_new(e, e->vt, "acc");
+    loop lb, lc;
+    LLVMValueRef b = batch_open(e, &lb);
+    LLVMValueRef xb = example(e, e->p[0], (int64_t)g->cin * g->h * g->w, b);
+    LLVMValueRef yb = example(e, e->p[2], (int64_t)g->cout * g->oh * g->ow, b);
+    int cb = g->cout < CONV_CB ? g->cout : CONV_CB, full_blocks = g->cout / cb;
+    LLVMValueRef co = loop_step(e, &lc, ci(e, 0), ci(e, (int64_t)full_blocks * cb), cb, "co");
+    conv_s2_rows(e, g, xb, yb, co, cb, acc);
+    loop_close(e, &lc);
+    if (g->cout % cb)
+        conv_s2_rows(e, g, xb, yb, ci(e, (int64_t)full_blocks * cb), g->cout % cb, acc);
+    loop_close(e, &lb);
+}
+
 /* ---- conv2d: general loop nests (strides, large padding) ------------------------------------
  * The taps (ky, kx) are unrolled at emit time: for a fixed tap the output
  * rows and columns whose input lies inside are a constant range, so padding
@@ -1141,6 +1248,8 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
     if (kind == LIPC_K_FORWARD) {
         if (fast)
             emit_conv_fast(e, &g, e->p[0], e->p[2], e->p[3], e->p[4]);
+        else if (conv_s2(&g))
+            emit_conv_s2(e, &g);
         else
             emit_conv_general(e, &g, kind);
     } else if (kind == LIPC_K_BACKWARD) {
