@@ -781,12 +781,40 @@ static void wgrad_row1(const em *e, const conv_geo *g, const wgrad_ctx *c, LLVMV
                                          iaxc(e, y, g->ow, 0)), out_m);
         for (int ky = ky_lo; ky < ky_hi; ky++) {
             LLVMValueRef row = iaxc(e, iaxc(e, y, 1, ky - g->top), g->w, 0);
+            /* the input's columns [x0 - vl, x0 + 2 vl) as three aligned vectors
+             * (zeros outside the input); each tap's window is a lane shift
+             * of two of them, not a load across cache lines (those cost this
+             * kernel a quarter of its time) */
+            LLVMValueRef near[3];
+            for (int q = 0; q < 3; q++) {
+                int base = x0 + (q - 1) * e->vl;
+                lanes mq = lane_range(-base, g->w - base, e->vl);
+                bool used = false;
+                for (int kx = 0; kx < g->kw; kx++) {
+                    int d = kx - g->left;
+                    used |= q == 1 || (q == 0 && d < 0) || (q == 2 && d > 0);
+                }
+                near[q] = used && mq ? vload(e, c->xi, iaxc(e, row, 1, base), mq) : vzero(e);
+            }
             for (int kx = 0; kx < g->kw; kx++) {
-                int c0 = x0 + kx - g->left;
+                int c0 = x0 + kx - g->left, d = kx - g->left;
                 lanes m = out_m & lane_range(-c0, g->w - c0, e->vl);
                 if (!m)
                     continue;
-                LLVMValueRef xv = vload(e, c->xi, iaxc(e, row, 1, c0), m);
+                LLVMValueRef xv;
+                if (d == 0 || d <= -e->vl || d >= e->vl) {
+                    xv = d == 0 ? near[1] : vload(e, c->xi, iaxc(e, row, 1, c0), m);
+                } else {
+                    /* lanes l <- column x0 + l + d: of (near[0], near[1]) for d < 0,
+                     * of (near[1], near[2]) for d > 0 */
+                    LLVMValueRef idx[32];
+                    for (int l = 0; l < e->vl; l++)
+                        idx[l] = LLVMConstInt(e->i32, (unsigned long long)(d < 0 ? e->vl + l + d
+                                                                               : l + d), false);
+                    xv = LLVMBuildShuffleVector(e->b, d < 0 ? near[0] : near[1],
+                                                d < 0 ? near[1] : near[2],
+                                                LLVMConstVector(idx, (unsigned)e->vl), "");
+                }
                 for (int j = 0; j < c->cb; j++) {
                     LLVMValueRef a = c->acc[j * taps + ky * g->kw + kx];
                     var_set(e, a, vfma(e, dv[j], xv, var_get(e, e->vt, a)));
