@@ -144,10 +144,43 @@ lipc_status lipc_ref_gradients(const lipc_program *p, lipc_train_state *st, int 
                                const float *x, const int32_t *y, const lipc_hyper *h,
                                lipc_step_stats *out, double *grads);
 
+/* The random generator a zero power-iteration vector of factor b starts
+ * from (every backend draws the same normal vector from it). */
+void lipc_power_iter_rng(int b, lipc_rng *r);
+
+/* Power iteration to convergence, shared by the backends' lipschitz entry
+ * points: every report[b] and sigma[b] starts at 0; each OPNORM factor b
+ * then runs chunks of 10 iterations, sigma[b] = chunk(ctx, b, iters) after
+ * each, until sigma moves less than tol (relative) or max_iters are done. */
+typedef double (*lipc_pi_chunk_fn)(void *ctx, int b, int iters);
+void lipc_power_iter_converge(const lipc_program *p, int max_iters, double tol,
+                              lipc_pi_chunk_fn chunk, void *ctx, double *sigma,
+                              lipc_bound_report *report);
+
 /* K_sub from a program's factor tree, given the value of each OPNORM factor in
  * sigma [n_bounds] (CONST and LOOSE values are filled in), and
  * dk [n_bounds] = dK_sub / d value of each factor. */
 double lipc_program_eval_bound(const lipc_program *p, double *sigma, double *dk);
+
+/* ---- the dense head on the host (backend/head.c), shared by the float
+ * drivers (cpu, cuda), in double ---- */
+
+/* w64 = the head's weight w [m, d] (floats), r64 = its effective rows
+ * (row-normalised when the head normalises, else w64). */
+void lipc_head_rows(const lipc_node *head, const float *w, double *w64, double *r64);
+/* The LOSS step on the host: the loss of logits [n, m] (read before dlogits
+ * is written, so the two may share a buffer), dlogits [n, m] (floats), and
+ * dw [m, d] = the K_sub path's gradient w.r.t. the raw head weight. Scratch:
+ * logits64, dlogits64 [n, m], dr64 [m, d]. Sets out's loss and counts and
+ * *dl_dk = d loss / d K_sub. */
+lipc_status lipc_head_loss(const lipc_node *head, const lipc_hyper *h, int n, const float *logits,
+                           const int32_t *y, double k_sub, const double *w64, const double *r64,
+                           double *logits64, double *dlogits64, double *dr64, float *dlogits,
+                           double *dw, lipc_step_stats *out, double *dl_dk);
+/* A normalising head's weight gradient dw [m, d] from the gradient dr [m, d]
+ * (floats) of its effective rows, through the normalisation (dr64: scratch). */
+void lipc_head_rows_backward(const lipc_node *head, const double *w64, const float *dr,
+                             double *dr64, double *dw);
 
 /* ---- optimisers (backend/optim.c), shared by the CPU backends ---- */
 

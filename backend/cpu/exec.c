@@ -38,7 +38,7 @@ struct lipc_cpu {
     float *vec;                 /* [n_vec_elems] working power-iteration vectors */
     float *scratch;             /* [max v_len] */
     float *head_r, *head_dr;    /* [m * d] effective head rows, their gradient */
-    double *r64, *dr64, *w64;   /* [m * d] */
+    double *r64, *dr64, *dw64, *w64; /* [m * d] */
     double *logits64, *dlogits64; /* grown with the batch */
     size_t logits_cap;
     float *patch_a, *patch_b;   /* patch convs: patches and their gradient */
@@ -103,7 +103,7 @@ void lipc_cpu_free(lipc_cpu *c)
     lipc_kernels_free(&c->k);
     lipc_pool_free(c->pool);
     void *bufs[] = {c->arena, c->grads, c->grads64, c->flipped, c->zeros, c->sink, c->vec,
-                    c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->w64, c->logits64,
+                    c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->dw64, c->w64, c->logits64,
                     c->dlogits64, c->sigma, c->dk, c->patch_a, c->patch_b,
                     c->x64, c->err, c->tmp, c->p64, c->absw, c->absb, c->zeros64,
                     c->patch64, c->pi_buf, c->pi_bounds};
@@ -148,11 +148,12 @@ lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
     c->head_dr = lipc_calloc(md, sizeof(float));
     c->r64 = lipc_calloc(md, sizeof(double));
     c->dr64 = lipc_calloc(md, sizeof(double));
+    c->dw64 = lipc_calloc(md, sizeof(double));
     c->w64 = lipc_calloc(md, sizeof(double));
     c->sigma = lipc_calloc((size_t)train->n_bounds + 1, sizeof(double));
     c->dk = lipc_calloc((size_t)train->n_bounds + 1, sizeof(double));
     if (!c->pool || !c->grads || !c->grads64 || !c->flipped || !c->zeros || !c->sink || !c->vec ||
-        !c->scratch || !c->head_r || !c->head_dr || !c->r64 || !c->dr64 || !c->w64 ||
+        !c->scratch || !c->head_r || !c->head_dr || !c->r64 || !c->dr64 || !c->dw64 || !c->w64 ||
         !c->sigma || !c->dk) {
         lipc_cpu_free(c);
         return LIPC_ERR_NOMEM;
@@ -318,15 +319,8 @@ static void prepare_weights(const run *r)
         }
     }
     const lipc_node *h = r->p->head ? r->p->head : c->train->head;
-    int m = h->shape.d[0], dd = h->in[0]->shape.d[0];
-    size_t md = (size_t)m * (size_t)dd;
-    const float *w = r->params + param_offset(g, h, 0);
-    for (size_t i = 0; i < md; i++)
-        c->w64[i] = w[i];
-    if (h->a.normalize)
-        lipc_rownorm_forward(m, dd, c->w64, c->r64);
-    else
-        memcpy(c->r64, c->w64, sizeof(double) * md);
+    size_t md = (size_t)h->shape.d[0] * (size_t)h->in[0]->shape.d[0];
+    lipc_head_rows(h, r->params + param_offset(g, h, 0), c->w64, c->r64);
     for (size_t i = 0; i < md; i++)
         c->head_r[i] = (float)c->r64[i];
 }
@@ -434,19 +428,13 @@ static void run_backward(const run *r, const lipc_step *s)
     float *db = v->a.bias ? c->grads + param_offset(g, v, 1) : NULL;
     if (v->op == LIPC_OP_DENSE && v->a.normalize) {
         /* through the row normalisation, in double */
-        int m = v->shape.d[0], dd = v->in[0]->shape.d[0];
-        size_t md = (size_t)m * (size_t)dd;
+        size_t md = (size_t)v->shape.d[0] * (size_t)v->in[0]->shape.d[0];
         memset(c->head_dr, 0, sizeof(float) * md);
         run_wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->head_dr, db, 1.0f);
-        for (size_t i = 0; i < md; i++) {
-            c->dr64[i] = c->head_dr[i];
-            c->r64[i] = 0.0; /* reused as dW */
-        }
-        lipc_rownorm_backward(m, dd, c->w64, c->dr64, c->r64);
+        lipc_head_rows_backward(v, c->w64, c->head_dr, c->dr64, c->dw64);
         float *dw = c->grads + param_offset(g, v, 0);
         for (size_t i = 0; i < md; i++)
-            dw[i] = (float)(dw[i] + c->r64[i]);
-        lipc_rownorm_forward(m, dd, c->w64, c->r64); /* restore the rows */
+            dw[i] = (float)(dw[i] + c->dw64[i]);
     } else {
         run_wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->grads + param_offset(g, v, 0), db,
                   1.0f);
@@ -473,7 +461,7 @@ static double power_iter(const run *r, int b, int iters)
     double nv = norm2f(vv, bd->v_len);
     if (nv == 0.0 || !isfinite(nv)) {
         lipc_rng rng;
-        lipc_rng_seed(&rng, 0x9e3779b97f4a7c15ull ^ (uint64_t)(b + 1));
+        lipc_power_iter_rng(b, &rng);
         for (size_t i = 0; i < bd->v_len; i++)
             vv[i] = (float)lipc_rng_normal(&rng);
         nv = norm2f(vv, bd->v_len);
@@ -600,34 +588,14 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
             k_sub = lipc_program_eval_bound(p, c->sigma, c->dk);
             break;
         case LIPC_STEP_LOSS: {
-            size_t nl = (size_t)n * (size_t)m;
-            const float *lg = act(&r, g->output);
-            for (size_t i = 0; i < nl; i++)
-                c->logits64[i] = lg[i];
-            memset(c->dr64, 0, sizeof(double) * md);
-            lipc_loss_spec spec = {(lipc_loss)h->loss, h->eps, h->trades_lambda};
-            lipc_loss_result res;
-            status = lipc_ref_loss(&spec, n, m, dd, c->logits64, y, k_sub, c->r64, c->dlogits64,
-                                   c->dr64, &res);
+            status = lipc_head_loss(head, h, n, act(&r, g->output), y, k_sub, c->w64, c->r64,
+                                    c->logits64, c->dlogits64, c->dr64, grad(&r, g->output),
+                                    c->dw64, out, &dl_dk);
             if (status != LIPC_OK)
                 break;
-            dl_dk = res.dk_sub;
-            out->loss = res.loss;
-            out->correct = res.n_correct;
-            out->certified = res.n_certified;
-            float *dl = grad(&r, g->output);
-            for (size_t i = 0; i < nl; i++)
-                dl[i] = (float)c->dlogits64[i];
-            /* the K_sub path's gradient w.r.t. the head's rows, to the raw weight */
-            double *dw = c->grads64; /* scratch here; cleared below */
-            memset(dw, 0, sizeof(double) * md);
-            if (head->a.normalize)
-                lipc_rownorm_backward(m, dd, c->w64, c->dr64, dw);
-            else
-                memcpy(dw, c->dr64, sizeof(double) * md);
             float *hw = c->grads + param_offset(g, head, 0);
             for (size_t i = 0; i < md; i++)
-                hw[i] = (float)(hw[i] + dw[i]);
+                hw[i] = (float)(hw[i] + c->dw64[i]);
             break;
         }
         case LIPC_STEP_BACKWARD:
@@ -679,6 +647,13 @@ lipc_status lipc_cpu_gradients(lipc_cpu *c, lipc_train_state *st, int n, const f
     return train_step(c, st, n, x, y, h, out, grads);
 }
 
+static double cpu_chunk(void *ctx, int b, int iters)
+{
+    const run *r = ctx;
+    power_iter(r, b, iters);
+    return r->c->sigma[b];
+}
+
 lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int max_iters,
                                double tol, lipc_bound_report *report)
 {
@@ -689,25 +664,7 @@ lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int
     run r = run_of(c, p, params, 1);
     prepare_weights(&r);
     memcpy(c->vec, vec, sizeof(float) * p->n_vec_elems);
-    for (int b = 0; b < p->n_bounds; b++) {
-        report[b].iters = 0;
-        report[b].change = 0.0;
-        c->sigma[b] = 0.0;
-        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
-            continue;
-        /* chunks of 10 until sigma moves less than tol (relative) */
-        double change = 1.0;
-        int done = 0;
-        while (done < max_iters && change > tol) {
-            int chunk = max_iters - done < 10 ? max_iters - done : 10;
-            double before = c->sigma[b];
-            power_iter(&r, b, chunk);
-            done += chunk;
-            change = c->sigma[b] > 0.0 ? fabs(c->sigma[b] - before) / c->sigma[b] : 0.0;
-        }
-        report[b].iters = done;
-        report[b].change = change;
-    }
+    lipc_power_iter_converge(p, max_iters, tol, cpu_chunk, &r, c->sigma, report);
     double k = lipc_program_eval_bound(p, c->sigma, c->dk);
     for (int b = 0; b < p->n_bounds; b++)
         report[b].value = c->sigma[b];

@@ -710,14 +710,7 @@ static double host_norm(lipc_gpu *c, const float *x, size_t len)
  * with w64 and r64 kept for the loss. */
 static void prepare_head(lipc_gpu *c, const lipc_program *p, const float *w)
 {
-    const lipc_node *h = p->head ? p->head : c->train->head;
-    int m = h->shape.d[0], dd = h->in[0]->shape.d[0];
-    for (size_t i = 0; i < c->md; i++)
-        c->w64[i] = w[i];
-    if (h->a.normalize)
-        lipc_rownorm_forward(m, dd, c->w64, c->r64);
-    else
-        memcpy(c->r64, c->w64, sizeof(double) * c->md);
+    lipc_head_rows(p->head ? p->head : c->train->head, w, c->w64, c->r64);
     for (size_t i = 0; i < c->md; i++)
         c->hf[i] = (float)c->r64[i];
     upload(c, c->head_r, c->hf, sizeof(float) * c->md);
@@ -768,7 +761,7 @@ static void seed_vectors(const lipc_program *p, float *vec)
         if (s > 0.0 && isfinite(s))
             continue;
         lipc_rng rng;
-        lipc_rng_seed(&rng, 0x9e3779b97f4a7c15ull ^ (uint64_t)(b + 1));
+        lipc_power_iter_rng(b, &rng);
         for (size_t i = 0; i < bd->v_len; i++)
             vec[bd->v_offset + i] = (float)lipc_rng_normal(&rng);
     }
@@ -864,15 +857,10 @@ static void backward(const run *r, const lipc_step *s)
     float *db = v->a.bias ? c->grads + param_offset(g, v, 1) : NULL;
     if (v->op == LIPC_OP_DENSE && v->a.normalize) {
         /* through the row normalisation, on the host in double */
-        int m = v->shape.d[0], dd = v->in[0]->shape.d[0];
         zero(c, c->head_dr, sizeof(float) * c->md);
         wgrad(r, v, r->n, act(r, v->in[0]), grad(r, v), c->head_dr, db, 1.0);
         download(c, c->hf, c->head_dr, sizeof(float) * c->md);
-        for (size_t i = 0; i < c->md; i++) {
-            c->dr64[i] = c->hf[i];
-            c->dw64[i] = 0.0;
-        }
-        lipc_rownorm_backward(m, dd, c->w64, c->dr64, c->dw64);
+        lipc_head_rows_backward(v, c->w64, c->hf, c->dr64, c->dw64);
         for (size_t i = 0; i < c->md; i++)
             c->hf[i] = (float)c->dw64[i];
         upload(c, c->tmp, c->hf, sizeof(float) * c->md);
@@ -905,7 +893,7 @@ static lipc_status train_step(lipc_gpu *c, lipc_train_state *st, int n, const fl
     upload(c, act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);
     memset(out, 0, sizeof *out);
     const lipc_node *head = p->head;
-    int m = head->shape.d[0], dd = head->in[0]->shape.d[0];
+    int m = head->shape.d[0];
     double k_sub = 1.0, dl_dk = 0.0, gscale = 1.0;
 
     for (int s = 0; s < p->n_steps && status == LIPC_OK && c->fail == LIPC_OK; s++) {
@@ -927,28 +915,12 @@ static lipc_status train_step(lipc_gpu *c, lipc_train_state *st, int n, const fl
         case LIPC_STEP_LOSS: {
             size_t nl = (size_t)n * (size_t)m;
             download(c, c->logitsf, act(&r, g->output), sizeof(float) * nl);
-            for (size_t i = 0; i < nl; i++)
-                c->logits64[i] = c->logitsf[i];
-            memset(c->dr64, 0, sizeof(double) * c->md);
-            lipc_loss_spec spec = {(lipc_loss)h->loss, h->eps, h->trades_lambda};
-            lipc_loss_result res;
-            status = lipc_ref_loss(&spec, n, m, dd, c->logits64, y, k_sub, c->r64,
-                                   c->dlogits64, c->dr64, &res);
+            status = lipc_head_loss(head, h, n, c->logitsf, y, k_sub, c->w64, c->r64,
+                                    c->logits64, c->dlogits64, c->dr64, c->logitsf, c->dw64, out,
+                                    &dl_dk);
             if (status != LIPC_OK)
                 break;
-            dl_dk = res.dk_sub;
-            out->loss = res.loss;
-            out->correct = res.n_correct;
-            out->certified = res.n_certified;
-            for (size_t i = 0; i < nl; i++)
-                c->logitsf[i] = (float)c->dlogits64[i];
             upload(c, grad(&r, g->output), c->logitsf, sizeof(float) * nl);
-            /* the K_sub path's gradient w.r.t. the head's rows, to the raw weight */
-            memset(c->dw64, 0, sizeof(double) * c->md);
-            if (head->a.normalize)
-                lipc_rownorm_backward(m, dd, c->w64, c->dr64, c->dw64);
-            else
-                memcpy(c->dw64, c->dr64, sizeof(double) * c->md);
             for (size_t i = 0; i < c->md; i++)
                 c->hf[i] = (float)c->dw64[i];
             upload(c, c->tmp, c->hf, sizeof(float) * c->md);
@@ -1038,6 +1010,16 @@ lipc_status lipc_gpu_gradients(lipc_gpu *c, lipc_train_state *st, int n, const f
     return train_step(c, st, n, x, y, h, out, grads);
 }
 
+/* iters more iterations of factor b; its sigma from the device */
+static double gpu_chunk(void *ctx, int b, int iters)
+{
+    const run *r = ctx;
+    double sigma = 0.0;
+    power_iter(r, b, iters);
+    download(r->c, &sigma, r->c->norms + b, sizeof(double));
+    return sigma;
+}
+
 lipc_status lipc_gpu_lipschitz(lipc_gpu *c, const float *params, float *vec, int max_iters,
                                double tol, lipc_bound_report *report)
 {
@@ -1049,26 +1031,7 @@ lipc_status lipc_gpu_lipschitz(lipc_gpu *c, const float *params, float *vec, int
     run r = {c, p, device_params(c, params), c->pvec, 1, false};
     prepare_weff(&r);
     upload_vectors(c, p, c->pvec, vec);
-    for (int b = 0; b < p->n_bounds; b++) {
-        report[b].iters = 0;
-        report[b].change = 0.0;
-        c->sigma[b] = 0.0;
-        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
-            continue;
-        /* chunks of 10 until sigma moves less than tol (relative) */
-        double change = 1.0;
-        int done = 0;
-        while (done < max_iters && change > tol && c->fail == LIPC_OK) {
-            int chunk = max_iters - done < 10 ? max_iters - done : 10;
-            double before = c->sigma[b];
-            power_iter(&r, b, chunk);
-            download(c, &c->sigma[b], c->norms + b, sizeof(double));
-            done += chunk;
-            change = c->sigma[b] > 0.0 ? fabs(c->sigma[b] - before) / c->sigma[b] : 0.0;
-        }
-        report[b].iters = done;
-        report[b].change = change;
-    }
+    lipc_power_iter_converge(p, max_iters, tol, gpu_chunk, &r, c->sigma, report);
     double k = lipc_program_eval_bound(p, c->sigma, c->dk);
     for (int b = 0; b < p->n_bounds; b++)
         report[b].value = c->sigma[b];

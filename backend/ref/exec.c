@@ -149,6 +149,36 @@ static double norm2(const double *v, size_t len)
     return sqrt(s);
 }
 
+void lipc_power_iter_rng(int b, lipc_rng *r)
+{
+    lipc_rng_seed(r, 0x9e3779b97f4a7c15ull ^ (uint64_t)(b + 1));
+}
+
+void lipc_power_iter_converge(const lipc_program *p, int max_iters, double tol,
+                              lipc_pi_chunk_fn chunk, void *ctx, double *sigma,
+                              lipc_bound_report *report)
+{
+    for (int b = 0; b < p->n_bounds; b++) {
+        report[b].iters = 0;
+        report[b].change = 0.0;
+        sigma[b] = 0.0;
+        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
+            continue;
+        /* chunks of 10 until sigma moves less than tol (relative) */
+        double change = 1.0;
+        int done = 0;
+        while (done < max_iters && change > tol) {
+            int n = max_iters - done < 10 ? max_iters - done : 10;
+            double before = sigma[b];
+            sigma[b] = chunk(ctx, b, n);
+            done += n;
+            change = sigma[b] > 0.0 ? fabs(sigma[b] - before) / sigma[b] : 0.0;
+        }
+        report[b].iters = done;
+        report[b].change = change;
+    }
+}
+
 /* Power iteration on A^T A for one operator-norm factor (METHOD.md section 4),
  * warm-started from the persistent v:
  *     v <- A^T A v / ||A^T A v||,   sigma = ||A v||,   u = A v / sigma.
@@ -165,7 +195,7 @@ static double power_iter(exec *e, int b, int iters, double *scratch)
     double nv = norm2(v, bd->v_len);
     if (nv == 0.0 || !isfinite(nv)) {
         lipc_rng r;
-        lipc_rng_seed(&r, 0x9e3779b97f4a7c15ull ^ (uint64_t)(b + 1));
+        lipc_power_iter_rng(b, &r);
         for (size_t i = 0; i < bd->v_len; i++)
             v[i] = lipc_rng_normal(&r);
         nv = norm2(v, bd->v_len);
@@ -317,6 +347,18 @@ lipc_status lipc_ref_predict_bounded(const lipc_program *p, const float *params,
     return LIPC_OK;
 }
 
+typedef struct ref_chunk_ctx {
+    exec *e;
+    double *scratch;
+} ref_chunk_ctx;
+
+static double ref_chunk(void *ctx, int b, int iters)
+{
+    ref_chunk_ctx *rc = ctx;
+    power_iter(rc->e, b, iters, rc->scratch);
+    return rc->e->sigma[b];
+}
+
 lipc_status lipc_ref_lipschitz(const lipc_program *p, const float *params, float *vec,
                                int max_iters, double tol, lipc_bound_report *report)
 {
@@ -333,24 +375,8 @@ lipc_status lipc_ref_lipschitz(const lipc_program *p, const float *params, float
         exec_free(&e);
         return LIPC_ERR_NOMEM;
     }
-    for (int b = 0; b < p->n_bounds; b++) {
-        report[b].iters = 0;
-        report[b].change = 0.0;
-        if (p->bounds[b].kind != LIPC_LIP_OPNORM)
-            continue;
-        /* Iterate in chunks of 10 until sigma moves less than tol (relative). */
-        double change = 1.0;
-        int done = 0;
-        while (done < max_iters && change > tol) {
-            int chunk = max_iters - done < 10 ? max_iters - done : 10;
-            double before = e.sigma[b];
-            power_iter(&e, b, chunk, scratch);
-            done += chunk;
-            change = e.sigma[b] > 0.0 ? fabs(e.sigma[b] - before) / e.sigma[b] : 0.0;
-        }
-        report[b].iters = done;
-        report[b].change = change;
-    }
+    ref_chunk_ctx rc = {&e, scratch};
+    lipc_power_iter_converge(p, max_iters, tol, ref_chunk, &rc, e.sigma, report);
     eval_bound(&e);
     for (int b = 0; b < p->n_bounds; b++)
         report[b].value = e.sigma[b];
