@@ -332,3 +332,26 @@ void bc_check_training(const char *target, bc_gradients_fn gradients, const char
     lipc_compiled_free(ref);
 }
 
+
+void bc_check_lipschitz(const char *target, lipc_graph *g, int threads)
+{
+    lipc_compiled *fast = bc_compile(target, g, threads), *ref = bc_compile_ref(g);
+    float *pf = bc_random_params(g, test_seed(), 0.1);
+    int nf = fast->desc.n_factors;
+    size_t nv = fast->desc.n_vec_elems;
+    float *v1 = calloc(nv + 1, sizeof(float)), *v2 = calloc(nv + 1, sizeof(float));
+    lipc_bound_report *r1 = malloc(sizeof *r1 * (size_t)(nf + 1));
+    lipc_bound_report *r2 = malloc(sizeof *r2 * (size_t)(nf + 1));
+    cr_assert_eq(fast->ops.lipschitz(fast->ops.ctx, pf, v1, 3000, 1e-9, r1), LIPC_OK);
+    cr_assert_eq(ref->ops.lipschitz(ref->ops.ctx, pf, v2, 3000, 1e-9, r2), LIPC_OK);
+    for (int b = 0; b <= nf; b++)
+        cr_expect(fabs(r1[b].value - r2[b].value) <= 1e-4 * r2[b].value,
+                  "%s, factor %d: %.8g vs %.8g", target, b, r1[b].value, r2[b].value);
+    free(v1);
+    free(v2);
+    free(r1);
+    free(r2);
+    free(pf);
+    lipc_compiled_free(fast);
+    lipc_compiled_free(ref);
+}

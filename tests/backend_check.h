@@ -35,5 +35,8 @@ void bc_check_forward(const char *target, const char *name, lipc_graph *g, int t
  * from the same state, then one whole step each. */
 void bc_check_training(const char *target, bc_gradients_fn gradients, const char *name,
                        lipc_graph *g, lipc_loss loss, int n);
+/* Power iteration to convergence (every factor and K_sub) against the
+ * reference's, within 1e-4 relative. */
+void bc_check_lipschitz(const char *target, lipc_graph *g, int threads);
 
 #endif

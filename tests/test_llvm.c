@@ -131,25 +131,7 @@ Test(llvm, same_bits_for_any_thread_count)
 Test(llvm, lipschitz_matches_reference)
 {
     lipc_graph *g = bc_load("edges", bc_edges, NULL, NULL, 0);
-    lipc_compiled *cpu = compile_cpu(g, 2), *ref = bc_compile_ref(g);
-    float *pf = bc_random_params(g, test_seed(), 0.1);
-    int nf = cpu->desc.n_factors;
-    size_t nv = cpu->desc.n_vec_elems;
-    float *v1 = calloc(nv + 1, sizeof(float)), *v2 = calloc(nv + 1, sizeof(float));
-    lipc_bound_report *r1 = malloc(sizeof *r1 * (size_t)(nf + 1));
-    lipc_bound_report *r2 = malloc(sizeof *r2 * (size_t)(nf + 1));
-    cr_assert_eq(cpu->ops.lipschitz(cpu->ops.ctx, pf, v1, 3000, 1e-9, r1), LIPC_OK);
-    cr_assert_eq(ref->ops.lipschitz(ref->ops.ctx, pf, v2, 3000, 1e-9, r2), LIPC_OK);
-    for (int b = 0; b <= nf; b++)
-        cr_expect(fabs(r1[b].value - r2[b].value) <= 1e-4 * r2[b].value,
-                  "factor %d: %.8g vs %.8g", b, r1[b].value, r2[b].value);
-    free(v1);
-    free(v2);
-    free(r1);
-    free(r2);
-    free(pf);
-    lipc_compiled_free(cpu);
-    lipc_compiled_free(ref);
+    bc_check_lipschitz("cpu", g, 2);
     lipc_graph_free(g);
 }
 
