@@ -265,6 +265,12 @@ lipc_status lipc_cpu_gradients(lipc_cpu *c, lipc_train_state *st, int n, const f
  * forward passes (backend/llvm/exec.c states the argument). */
 lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, const float *x,
                                      double *logits, double *logit_err);
+/* The same from ONE double forward pass, the error of each example bounded
+ * in l2 through sigma [n_bounds of the TRAIN program], upper bounds on its
+ * factors (the argument is at the end of backend/cpu/exec.c).
+ * LIPC_ERR_UNSUPPORTED for a graph it has no rule for. */
+lipc_status lipc_cpu_predict_l2(lipc_cpu *c, const float *params, const double *sigma, int n,
+                                const float *x, double *logits, double *logit_err);
 lipc_status lipc_cpu_lipschitz(lipc_cpu *c, const float *params, float *vec, int max_iters,
                                double tol, lipc_bound_report *report);
 

@@ -37,7 +37,7 @@ run() { # run LABEL BATCH ARGS...
     /usr/bin/python3 bench/torch_peer.py --model "$model" "${sets[@]}" --batch "$batch" --threads "$t" \
         --channels-last --steps "$steps" --warmup 3 --json > "$p"
     local lt lc pt pc
-    lt=$(field "$l" train_img_s); lc=$(field "$l" certify_img_s)
+    lt=$(field "$l" train_img_s); lc=$(field "$l" certify_l2_img_s)
     pt=$(field "$p" train_img_s); pc=$(field "$p" infer_img_s)
     printf '| %s | %s | %s | %.0f | %.0f | %.2fx | %.0f | %.0f | %.2fx | %.0f | %.1f | %.0f |\n' \
       "$label" "$batch" "$t" "$lt" "$pt" "$(awk -v a="$lt" -v b="$pt" 'BEGIN{print a/b}')" \

@@ -6,8 +6,11 @@
  *   infer_cert  the same plus the certification arithmetic on its logits
  *               (every pair's margin against eps K_ji, with the head's pair
  *               bounds computed once beforehand)
- *   certify     logits with rigorous rounding bounds: what `lipc certify`
- *               runs per batch (cpu: double kernels + the bound pass)
+ *   certify     logits with rigorous elementwise rounding bounds (cpu:
+ *               double kernels + the |W| bound pass)
+ *   certify_l2  logits with rigorous l2 rounding bounds, one double pass:
+ *               what `lipc certify` runs per batch on the cpu target (the
+ *               factors' sound bounds computed once beforehand)
  * in images/s, the GFLOP/s they imply (convolution and dense multiply-adds x 2;
  * a training step counts forward + input gradient + weight gradient = 3 x the
  * forward, plus 2 forward-sized products per power iteration and factor, shared
@@ -218,9 +221,23 @@ int main(int argc, char **argv)
         lipc_cert_summary_init(&cs, 1, &cert_eps, 0.0) != LIPC_OK)
         return fprintf(stderr, "cpu_step: the head's pair bounds failed\n"), 1;
     int total = warmup + steps, certified_n = batch;
-    double *tt = malloc(sizeof(double) * (size_t)total * 4);
+    double *tt = malloc(sizeof(double) * (size_t)total * 5);
     double *t_train = tt, *t_infer = tt + steps, *t_icert = tt + 2 * steps;
-    double *t_cert = tt + 3 * steps, sync_s = -1.0;
+    double *t_cert = tt + 3 * steps, *t_l2 = tt + 4 * steps, sync_s = -1.0;
+    /* the one-pass certified inference (what lipc certify runs) needs the
+     * factors' sound bounds, computed once per model as lipc certify does;
+     * they are of the initial weights here, which only changes the bound */
+    double *sigma = NULL;
+    if (cpu && c->ops.predict_l2) {
+        lipc_sound_bound *per = calloc((size_t)m->n_factors + 1, sizeof *per);
+        sigma = calloc((size_t)m->n_factors + 1, sizeof *sigma);
+        double k;
+        if (!per || !sigma || lipc_model_sound_bounds(m, st.params, per, &k, &d) != LIPC_OK)
+            return fprintf(stderr, "cpu_step: the factors' sound bounds failed\n"), 1;
+        for (int f = 0; f < m->n_factors; f++)
+            sigma[f] = per[f].value;
+        free(per);
+    }
     if (cpu) {
         /* train, infer and certify in turn at every step, as always measured */
         for (int s = 0; s < total; s++) {
@@ -235,11 +252,15 @@ int main(int argc, char **argv)
             double t3 = lipc_now();
             c->ops.predict_bounded(c->ops.ctx, st.params, batch, x, logits, err);
             double t4 = lipc_now();
+            if (sigma)
+                c->ops.predict_l2(c->ops.ctx, st.params, sigma, batch, x, logits, err);
+            double t5 = lipc_now();
             if (s >= warmup) {
                 t_train[s - warmup] = t1 - t0;
                 t_infer[s - warmup] = t2 - t1;
                 t_icert[s - warmup] = t3 - t1;
                 t_cert[s - warmup] = t4 - t3;
+                t_l2[s - warmup] = t5 - t4;
             }
         }
     } else {
@@ -309,6 +330,8 @@ int main(int argc, char **argv)
            fwd / 1e6, batch / train_s, train_flop / train_s / 1e9, batch / infer_s,
            fwd * batch / infer_s / 1e9, batch / icert_s);
     json_number(2, certified_n > 0 && cert_s > 0 ? certified_n / cert_s : -1.0);
+    printf(", \"certify_l2_img_s\": ");
+    json_number(2, sigma ? batch / median(t_l2, steps) : -1.0);
     printf(", \"certify_n\": %d, \"certify_on\": \"%s\", \"sync_state_s\": ", certified_n,
            cpu ? "cpu kernels" : "host, reference in double");
     json_number(3, sync_s);
@@ -317,6 +340,7 @@ int main(int argc, char **argv)
     json_number(0, gpu_known ? (gpu_peak - gpu_base) / 1048576.0 : -1.0);
     printf("}\n");
     free(tt);
+    free(sigma);
     free(x);
     free(y);
     free(logits);

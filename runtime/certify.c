@@ -227,6 +227,34 @@ void lipc_certify_batch_f32(lipc_cert_summary *s, int n, int m, const float *log
     certify_rows(s, n, m, NULL, logits, NULL, labels, kpair, radius);
 }
 
+bool lipc_cert_undecided(const lipc_cert_summary *s, int m, const double *logits,
+                         const double *err, const double *kpair)
+{
+    lipc_cert_point lo = certify_row(m, (logit_row){logits, NULL}, err, kpair, s->float_slack);
+    if (lo.invalid || lo.tie)
+        return true;
+    int j = lo.pred;
+    const double *kj = kpair + (size_t)j * m;
+    /* hi >= the radius any bound at least as tight could give: the margin
+     * plus the errors, rounded up */
+    double hi = INFINITY;
+    for (int i = 0; i < m; i++) {
+        if (i == j)
+            continue;
+        double gap = down(logits[j] - logits[i]), e = up(err[j] + err[i]);
+        if (!(gap > e))
+            return true; /* the exact order of j and i is not known */
+        double a = up(up(up(logits[j] - logits[i]) + e) - s->float_slack);
+        double ri = kj[i] > 0.0 ? up(a / kj[i]) : INFINITY;
+        if (ri < hi)
+            hi = ri;
+    }
+    for (int k = 0; k < s->n_eps; k++)
+        if (!(lo.radius > s->eps[k]) && hi > s->eps[k])
+            return true;
+    return false;
+}
+
 void lipc_certify_batch_slack(lipc_cert_summary *s, int n, int m, const double *logits,
                               const double *logit_err, const int32_t *labels,
                               const double *kpair, double *radius)
@@ -282,6 +310,7 @@ void lipc_cert_summary_json(const lipc_cert_summary *s, lipc_buf *out)
     lipc_buf_printf(out, ", \"rounding_accounted\": %s, \"max_logit_err\": ",
                     s->rounding_accounted ? "true" : "false");
     put_num(out, s->max_logit_err);
+    lipc_buf_printf(out, ", \"refined\": %ld", s->n_refined);
 
     lipc_buf_puts(out, ", \"eps\": [");
     for (int k = 0; k < s->n_eps; k++) {

@@ -411,6 +411,14 @@ typedef struct lipc_model_ops {
      * says so (lipc_cert_summary.rounding_accounted). */
     lipc_status (*predict_bounded)(void *ctx, const float *params, int n, const float *x,
                                    double *logits, double *logit_err);
+    /* As predict_bounded in one pass instead of two: the error of each
+     * example is bounded in l2 through sigma [n_factors], an upper bound on
+     * every factor of K_sub. The runtime refines with predict_bounded the
+     * points where the difference could change a decision
+     * (lipc_certify_dataset). LIPC_ERR_UNSUPPORTED: a graph it has no rule
+     * for. NULL when the backend has none. */
+    lipc_status (*predict_l2)(void *ctx, const float *params, const double *sigma, int n,
+                              const float *x, double *logits, double *logit_err);
     /* The gradient of <dlogits, logits> w.r.t. the input: x [n, in numel],
      * dlogits [n, classes] -> dx [n, in numel] (a vector-Jacobian product). */
     lipc_status (*input_grad)(void *ctx, const float *params, int n, const float *x,
@@ -519,6 +527,9 @@ typedef struct lipc_cert_summary {
     bool rounding_accounted;                 /* n > 0 and every point seen had them: the
                                               * certificates hold for the exact network */
     double max_logit_err;                    /* the largest logit error bound seen (0: none) */
+    long n_refined;                          /* points certified from ops->predict_l2 whose
+                                              * bounds were too loose to decide, re-run
+                                              * through ops->predict_bounded */
 } lipc_cert_summary;
 
 /* Starts an empty summary. LIPC_ERR_INPUT when n_eps is outside
@@ -543,6 +554,14 @@ void lipc_certify_batch_f32(lipc_cert_summary *s, int n, int m, const float *log
 void lipc_certify_batch_slack(lipc_cert_summary *s, int n, int m, const double *logits,
                               const double *logit_err, const int32_t *labels,
                               const double *kpair, double *radius);
+
+/* Whether tighter logit error bounds than err [m] could change what s
+ * records for this point: its prediction (a margin within e_j + e_i), or a
+ * certificate at one of s's radii (the radius with the errors taken against
+ * the margin at or below eps, the radius with them taken for it above).
+ * Invalid and tied points need it too. */
+bool lipc_cert_undecided(const lipc_cert_summary *s, int m, const double *logits,
+                         const double *err, const double *kpair);
 
 /* Fractions over the points seen (0 when none). */
 double lipc_cert_clean_accuracy(const lipc_cert_summary *s);
@@ -641,10 +660,16 @@ lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, doubl
  * the caller with its radii); radius [ds->n] gets each certified radius
  * (NULL: not kept). With ops->predict_bounded the logits' rounding is
  * accounted (lipc_certify_batch_slack; s->rounding_accounted); without it,
- * ops->predict's logits are trusted as exact. */
+ * ops->predict's logits are trusted as exact. With sigma [m->n_factors]
+ * (upper bounds on each factor of K_sub; NULL: none) and ops->predict_l2,
+ * the points are first predicted in one pass with l2 bounds, and only
+ * those lipc_cert_undecided names go through predict_bounded. Both bounds
+ * are sound, so every certificate is; a point certified at an eps within
+ * ~1e-9 of its radius may differ between the two. */
 lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops *ops,
-                                 const float *params, double k_sub, const lipc_dataset *ds,
-                                 int batch, lipc_cert_summary *s, double *radius);
+                                 const float *params, double k_sub, const double *sigma,
+                                 const lipc_dataset *ds, int batch, lipc_cert_summary *s,
+                                 double *radius);
 
 /* ---- an empirical lower bound (runtime/lower_bound.c) ---------------------- */
 

@@ -74,9 +74,35 @@ lipc_status lipc_head_kpair(const lipc_model_desc *m, const float *params, doubl
     return LIPC_OK;
 }
 
+/* The rows of logits and err that predict_l2 left undecided, run again
+ * through predict_bounded and written over (xr, lr, er: scratch for n). */
+static lipc_status refine(const lipc_model_desc *m, const lipc_model_ops *ops,
+                          const float *params, lipc_cert_summary *s, int n, const float *x,
+                          double *logits, double *err, const double *kpair, float *xr,
+                          double *lr, double *er, int *idx)
+{
+    size_t in = (size_t)m->in_c * (size_t)m->in_h * (size_t)m->in_w;
+    int mc = m->classes, k = 0;
+    for (int i = 0; i < n; i++)
+        if (lipc_cert_undecided(s, mc, logits + (size_t)i * mc, err + (size_t)i * mc, kpair)) {
+            memcpy(xr + (size_t)k * in, x + (size_t)i * in, sizeof(float) * in);
+            idx[k++] = i;
+        }
+    if (k == 0)
+        return LIPC_OK;
+    lipc_status st = ops->predict_bounded(ops->ctx, params, k, xr, lr, er);
+    for (int q = 0; st == LIPC_OK && q < k; q++) {
+        memcpy(logits + (size_t)idx[q] * mc, lr + (size_t)q * mc, sizeof(double) * mc);
+        memcpy(err + (size_t)idx[q] * mc, er + (size_t)q * mc, sizeof(double) * mc);
+    }
+    s->n_refined += k;
+    return st;
+}
+
 lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops *ops,
-                                 const float *params, double k_sub, const lipc_dataset *ds,
-                                 int batch, lipc_cert_summary *s, double *radius)
+                                 const float *params, double k_sub, const double *sigma,
+                                 const lipc_dataset *ds, int batch, lipc_cert_summary *s,
+                                 double *radius)
 {
     size_t in = (size_t)m->in_c * (size_t)m->in_h * (size_t)m->in_w;
     int mc = m->classes;
@@ -86,18 +112,34 @@ lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops 
      * certificate holds for the exact network; without, they are trusted
      * (s->rounding_accounted says which). */
     bool bounded = ops->predict_bounded != NULL;
+    bool fast = bounded && ops->predict_l2 && sigma;
+    size_t nl = (size_t)batch * (size_t)mc;
     double *kpair = lipc_malloc(sizeof(double) * (size_t)mc * (size_t)mc);
-    double *logits = lipc_malloc(sizeof(double) * (size_t)batch * (size_t)mc);
-    double *err = bounded ? lipc_malloc(sizeof(double) * (size_t)batch * (size_t)mc) : NULL;
+    double *logits = lipc_malloc(sizeof(double) * nl);
+    double *err = bounded ? lipc_malloc(sizeof(double) * nl) : NULL;
     int32_t *labels = lipc_malloc(sizeof(int32_t) * (size_t)batch);
-    lipc_status st = kpair && logits && labels && (err || !bounded)
+    /* refinement scratch */
+    float *xr = fast ? lipc_malloc(sizeof(float) * (size_t)batch * in) : NULL;
+    double *lr = fast ? lipc_malloc(sizeof(double) * nl) : NULL;
+    double *er = fast ? lipc_malloc(sizeof(double) * nl) : NULL;
+    int *idx = fast ? lipc_malloc(sizeof(int) * (size_t)batch) : NULL;
+    lipc_status st = kpair && logits && labels && (err || !bounded) &&
+                             (!fast || (xr && lr && er && idx))
                          ? lipc_head_kpair(m, params, k_sub, kpair)
                          : LIPC_ERR_NOMEM;
     for (int start = 0; st == LIPC_OK && start < ds->n; start += batch) {
         int n = ds->n - start < batch ? ds->n - start : batch;
         const float *x = ds->x + (size_t)start * in;
-        st = bounded ? ops->predict_bounded(ops->ctx, params, n, x, logits, err)
-                     : ops->predict(ops->ctx, params, n, x, logits);
+        if (fast) {
+            st = ops->predict_l2(ops->ctx, params, sigma, n, x, logits, err);
+            if (st == LIPC_OK)
+                st = refine(m, ops, params, s, n, x, logits, err, kpair, xr, lr, er, idx);
+            else if (st == LIPC_ERR_UNSUPPORTED) /* no rule for this graph */
+                fast = false;
+        }
+        if (!fast)
+            st = bounded ? ops->predict_bounded(ops->ctx, params, n, x, logits, err)
+                         : ops->predict(ops->ctx, params, n, x, logits);
         for (int i = 0; i < n; i++)
             labels[i] = ds->y[start + i];
         double *rad = radius ? radius + start : NULL;
@@ -110,6 +152,10 @@ lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops 
     lipc_free(logits);
     lipc_free(err);
     lipc_free(labels);
+    lipc_free(xr);
+    lipc_free(lr);
+    lipc_free(er);
+    lipc_free(idx);
     return st;
 }
 
@@ -152,9 +198,10 @@ bool lipc_dataset_fits(const lipc_model_desc *m, const lipc_dataset *ds, lipc_di
     return false;
 }
 
-/* K_sub by power iteration from (a copy of) the training vectors. */
+/* K_sub by power iteration from (a copy of) the training vectors, and each
+ * factor's estimate in sigma [n_factors]. */
 static lipc_status estimate_k(const lipc_model_desc *m, const lipc_model_ops *ops,
-                              const lipc_train_state *st, int iters, double *k)
+                              const lipc_train_state *st, int iters, double *k, double *sigma)
 {
     float *vec = lipc_malloc(sizeof(float) * (m->n_vec_elems + 1));
     lipc_bound_report *rep = lipc_calloc((size_t)m->n_factors + 1, sizeof *rep);
@@ -163,6 +210,8 @@ static lipc_status estimate_k(const lipc_model_desc *m, const lipc_model_ops *op
         memcpy(vec, st->vec, sizeof(float) * m->n_vec_elems);
         s = ops->lipschitz(ops->ctx, st->params, vec, iters, 1e-6, rep);
         *k = rep[m->n_factors].value;
+        for (int f = 0; f < m->n_factors; f++)
+            sigma[f] = rep[f].value;
     }
     lipc_free(vec);
     lipc_free(rep);
@@ -173,14 +222,19 @@ static lipc_status validate(const lipc_model_desc *m, const lipc_model_ops *ops,
                             const lipc_train_state *st, const lipc_train_options *o,
                             lipc_train_result *res)
 {
+    /* validation certifies with the estimated K_sub, and bounds the rounding
+     * through the estimated factors: both are estimates, not certificates */
     double k;
-    lipc_status s = estimate_k(m, ops, st, 1000, &k);
-    if (s != LIPC_OK)
-        return s;
+    double *sigma = lipc_malloc(sizeof(double) * ((size_t)m->n_factors + 1));
+    if (!sigma)
+        return LIPC_ERR_NOMEM;
+    lipc_status s = estimate_k(m, ops, st, 1000, &k, sigma);
     lipc_cert_summary cs;
-    s = lipc_cert_summary_init(&cs, 1, &o->hyper.eps, 0.0);
     if (s == LIPC_OK)
-        s = lipc_certify_dataset(m, ops, st->params, k, o->val, o->batch, &cs, NULL);
+        s = lipc_cert_summary_init(&cs, 1, &o->hyper.eps, 0.0);
+    if (s == LIPC_OK)
+        s = lipc_certify_dataset(m, ops, st->params, k, sigma, o->val, o->batch, &cs, NULL);
+    lipc_free(sigma);
     if (s == LIPC_OK) {
         res->val_acc = lipc_cert_clean_accuracy(&cs);
         res->val_vra = lipc_cert_vra(&cs, 0);

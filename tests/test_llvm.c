@@ -54,6 +54,32 @@ static void check_bounded(const char *name, lipc_graph *g)
         cr_expect_leq(e1[i], 1e-3 * (1.0 + fabs(l2[i])), "%s logit %zu: bound %g is useless",
                       name, i, e1[i]);
     }
+    /* The one-pass path, through the sound factor bounds: the same check,
+     * and bounds far below what certification can notice (1e-6 relative). */
+    const lipc_model_desc *md = &cpu->desc;
+    lipc_sound_bound *per = calloc((size_t)md->n_factors + 1, sizeof *per);
+    double *sigma = calloc((size_t)md->n_factors + 1, sizeof *sigma), k;
+    lipc_diags d;
+    lipc_diags_init(&d);
+    cr_assert_eq(lipc_model_sound_bounds(md, pf, per, &k, &d), LIPC_OK, "%s", name);
+    lipc_diags_free(&d);
+    for (int f = 0; f < md->n_factors; f++)
+        sigma[f] = per[f].value;
+    cr_assert_eq(cpu->ops.predict_l2(cpu->ops.ctx, pf, sigma, n, x, l1, e1), LIPC_OK, "%s", name);
+    for (size_t i = 0; i < len; i++) {
+        cr_expect_leq(fabs(l1[i] - l2[i]), e1[i] + e2[i], "%s l2 logit %zu: %.17g vs %.17g", name,
+                      i, l1[i], l2[i]);
+        cr_expect_gt(e1[i], 0.0, "%s l2 logit %zu: a zero error bound", name, i);
+        cr_expect_leq(e1[i], 1e-6 * (1.0 + fabs(l2[i])), "%s l2 logit %zu: bound %g", name, i,
+                      e1[i]);
+    }
+    /* a factor bound that is not finite makes every bound infinite: nothing
+     * certifies on a bound that does not hold */
+    sigma[0] = INFINITY;
+    cr_assert_eq(cpu->ops.predict_l2(cpu->ops.ctx, pf, sigma, n, x, l1, e1), LIPC_OK);
+    cr_expect(isinf(e1[0]), "%s: an infinite factor gave the bound %g", name, e1[0]);
+    free(per);
+    free(sigma);
     free(l1);
     free(e1);
     free(l2);
@@ -187,5 +213,83 @@ Test(llvm, ir_and_assembly_text)
     lipc_buf_free(&b);
     lipc_diags_free(&d);
     lipc_program_free(p);
+    lipc_graph_free(g);
+}
+
+/* lipc_certify_dataset through predict_l2 and refinement: the same counts as
+ * the elementwise path at radii placed among the points' own; factor bounds
+ * made 1e9 times looser (still upper bounds) send points to refinement, and
+ * the counts stay the same. */
+Test(llvm, one_pass_certification_decides_as_the_elementwise_path)
+{
+    const lipc_override sets[] = {{"width", "8"}, {"depth", "2"}, {"dense", "16"}};
+    lipc_graph *g = bc_load("liresnet-fmnist", NULL,
+                            LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml", sets, 3);
+    lipc_compiled *cpu = compile_cpu(g, 2);
+    const lipc_model_desc *md = &cpu->desc;
+    uint64_t seed = test_seed();
+    float *pf = bc_random_params(g, seed, 0.1);
+    enum { N = 40 };
+    lipc_dataset ds = {.n = N, .c = 1, .h = 28, .w = 28, .classes = 10};
+    ds.x = bc_random_inputs(g, seed + 1, N);
+    ds.y = calloc(N, 1);
+    lipc_sound_bound *per = calloc((size_t)md->n_factors + 1, sizeof *per);
+    double *sigma = calloc((size_t)md->n_factors + 1, sizeof *sigma), k;
+    lipc_diags d;
+    lipc_diags_init(&d);
+    cr_assert_eq(lipc_model_sound_bounds(md, pf, per, &k, &d), LIPC_OK);
+    lipc_diags_free(&d);
+    for (int f = 0; f < md->n_factors; f++)
+        sigma[f] = per[f].value;
+    /* labels: the predictions */
+    double logits[N * 10];
+    cr_assert_eq(cpu->ops.predict(cpu->ops.ctx, pf, N, ds.x, logits), LIPC_OK);
+    for (int b = 0; b < N; b++)
+        for (int j = 1; j < 10; j++)
+            if (logits[b * 10 + j] > logits[b * 10 + ds.y[b]])
+                ds.y[b] = (uint8_t)j;
+    /* radii between the quartiles of the points' own (a radius ON a point's
+     * is decided by which bound is tighter there: both are sound) */
+    double rad[N], eps[3];
+    lipc_cert_summary s0;
+    cr_assert_eq(lipc_cert_summary_init(&s0, 0, NULL, 0.0), LIPC_OK);
+    cr_assert_eq(lipc_certify_dataset(md, &cpu->ops, pf, k, NULL, &ds, 16, &s0, rad), LIPC_OK);
+    double sorted[N];
+    memcpy(sorted, rad, sizeof rad);
+    for (int i = 1; i < N; i++)
+        for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+            double t = sorted[j];
+            sorted[j] = sorted[j - 1];
+            sorted[j - 1] = t;
+        }
+    for (int q = 0; q < 3; q++)
+        eps[q] = 0.5 * (sorted[(q + 1) * N / 4 - 1] + sorted[(q + 1) * N / 4]);
+    lipc_cert_summary se, sf, sl;
+    cr_assert_eq(lipc_cert_summary_init(&se, 3, eps, 0.0), LIPC_OK);
+    cr_assert_eq(lipc_cert_summary_init(&sf, 3, eps, 0.0), LIPC_OK);
+    cr_assert_eq(lipc_cert_summary_init(&sl, 3, eps, 0.0), LIPC_OK);
+    cr_assert_eq(lipc_certify_dataset(md, &cpu->ops, pf, k, NULL, &ds, 16, &se, NULL), LIPC_OK);
+    cr_assert_eq(lipc_certify_dataset(md, &cpu->ops, pf, k, sigma, &ds, 16, &sf, NULL), LIPC_OK);
+    for (int f = 0; f < md->n_factors; f++)
+        sigma[f] *= 1e9;
+    cr_assert_eq(lipc_certify_dataset(md, &cpu->ops, pf, k, sigma, &ds, 16, &sl, NULL), LIPC_OK);
+    cr_expect_eq(se.n_refined, 0);
+    cr_expect(sf.n_refined < N, "refined %ld of %d with tight bounds", sf.n_refined, N);
+    cr_expect_gt(sl.n_refined, sf.n_refined, "loose bounds refined %ld", sl.n_refined);
+    const lipc_cert_summary *all[2] = {&sf, &sl};
+    for (int a = 0; a < 2; a++) {
+        cr_expect(all[a]->rounding_accounted);
+        cr_expect_eq(all[a]->n_correct, se.n_correct);
+        for (int q = 0; q < 3; q++) {
+            cr_expect_eq(all[a]->n_certified[q], se.n_certified[q], "eps %g", eps[q]);
+            cr_expect_eq(all[a]->n_vra[q], se.n_vra[q], "eps %g", eps[q]);
+        }
+    }
+    free(per);
+    free(sigma);
+    free(ds.x);
+    free(ds.y);
+    free(pf);
+    lipc_compiled_free(cpu);
     lipc_graph_free(g);
 }

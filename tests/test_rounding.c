@@ -775,9 +775,9 @@ Test(rounding, certify_dataset_accounts_for_rounding)
     lipc_cert_summary sb, sp;
     cr_assert_eq(lipc_cert_summary_init(&sb, 0, NULL, 0.0), LIPC_OK);
     cr_assert_eq(lipc_cert_summary_init(&sp, 0, NULL, 0.0), LIPC_OK);
-    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &m.c->ops, m.params, k_sub, &ds, 5, &sb, rad_b),
+    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &m.c->ops, m.params, k_sub, NULL, &ds, 5, &sb, rad_b),
                  LIPC_OK);
-    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &plain, m.params, k_sub, &ds, 5, &sp, rad_p),
+    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &plain, m.params, k_sub, NULL, &ds, 5, &sp, rad_p),
                  LIPC_OK);
     cr_expect(sb.rounding_accounted && sb.n_err_bounded == N && sb.max_logit_err > 0);
     cr_expect(!sp.rounding_accounted && sp.n_err_bounded == 0);
@@ -794,13 +794,40 @@ Test(rounding, certify_dataset_accounts_for_rounding)
     cr_assert_eq(lipc_cert_summary_init(&ep, 1, &eps, 0.0), LIPC_OK);
     lipc_dataset one = ds;
     one.n = 1;
-    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &m.c->ops, m.params, k_sub, &one, 1, &eb, NULL),
+    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &m.c->ops, m.params, k_sub, NULL, &one, 1, &eb, NULL),
                  LIPC_OK);
-    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &plain, m.params, k_sub, &one, 1, &ep, NULL),
+    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &plain, m.params, k_sub, NULL, &one, 1, &ep, NULL),
                  LIPC_OK);
     cr_expect(eb.n_vra[0] == 0 && ep.n_vra[0] == 1, "bounded %ld, trusted %ld", eb.n_vra[0],
               ep.n_vra[0]);
     free(ds.x);
     free(ds.y);
     free_model(&m);
+}
+
+/* lipc_cert_undecided: a point is sent to the tighter bounds exactly when
+ * they could change its prediction or a certificate at one of the radii. */
+Test(rounding, undecided_points_are_the_close_calls)
+{
+    const double kpair[9] = {0, 1, 1, 1, 0, 1, 1, 1, 0};
+    const double err[3] = {0.01, 0.01, 0.01};
+    const double f[3] = {2.0, 1.0, 0.0};
+    lipc_cert_summary s;
+    double eps_far = 0.5, eps_close = 0.99, eps_above = 1.5;
+    cr_assert_eq(lipc_cert_summary_init(&s, 1, &eps_far, 0.0), LIPC_OK);
+    cr_expect(!lipc_cert_undecided(&s, 3, f, err, kpair), "certified either way");
+    cr_assert_eq(lipc_cert_summary_init(&s, 1, &eps_close, 0.0), LIPC_OK);
+    cr_expect(lipc_cert_undecided(&s, 3, f, err, kpair), "0.98 <= eps < 1.02");
+    cr_assert_eq(lipc_cert_summary_init(&s, 1, &eps_above, 0.0), LIPC_OK);
+    cr_expect(!lipc_cert_undecided(&s, 3, f, err, kpair), "not certified either way");
+    /* a slack moves the window: 0.98 - 0.5 <= 0.5 < 1.02 - 0.5 */
+    cr_assert_eq(lipc_cert_summary_init(&s, 1, &eps_far, 0.5), LIPC_OK);
+    cr_expect(lipc_cert_undecided(&s, 3, f, err, kpair));
+    /* the prediction itself within the errors, a tie, a NaN */
+    cr_assert_eq(lipc_cert_summary_init(&s, 0, NULL, 0.0), LIPC_OK);
+    const double near[3] = {1.0, 0.985, 0.0}, tie[3] = {1.0, 1.0, 0.0}, bad[3] = {NAN, 1, 0};
+    cr_expect(!lipc_cert_undecided(&s, 3, f, err, kpair), "no radii: only the prediction");
+    cr_expect(lipc_cert_undecided(&s, 3, near, err, kpair));
+    cr_expect(lipc_cert_undecided(&s, 3, tie, err, kpair));
+    cr_expect(lipc_cert_undecided(&s, 3, bad, err, kpair));
 }

@@ -385,7 +385,7 @@ Test(run, training_lowers_loss_and_certifies_more)
     /* The validation numbers are the certifier's on the final parameters. */
     lipc_cert_summary cs;
     cr_assert_eq(lipc_cert_summary_init(&cs, 1, &o.hyper.eps, 0.0), LIPC_OK);
-    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &m.c->ops, st.params, res.val_k_sub, &val,
+    cr_assert_eq(lipc_certify_dataset(&m.c->desc, &m.c->ops, st.params, res.val_k_sub, NULL, &val,
                                       64, &cs, NULL),
                  LIPC_OK);
     cr_expect_eq(lipc_cert_clean_accuracy(&cs), res.val_acc);

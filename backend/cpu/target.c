@@ -43,6 +43,13 @@ static lipc_status cpu_predict_bounded(void *ctx, const float *params, int n, co
     return lipc_cpu_predict_bounded(c->backend, params, n, x, logits, logit_err);
 }
 
+static lipc_status cpu_predict_l2(void *ctx, const float *params, const double *sigma, int n,
+                                  const float *x, double *logits, double *logit_err)
+{
+    const lipc_compiled *c = ctx;
+    return lipc_cpu_predict_l2(c->backend, params, sigma, n, x, logits, logit_err);
+}
+
 static void cpu_free(void *backend) { lipc_cpu_free(backend); }
 
 lipc_status lipc_compile_cpu(lipc_graph *g, lipc_kernel_source source, void *ctx,
@@ -72,5 +79,6 @@ lipc_status lipc_compile_cpu(lipc_graph *g, lipc_kernel_source source, void *ctx
     c->ops.predict = cpu_predict;
     c->ops.lipschitz = cpu_lipschitz;
     c->ops.predict_bounded = cpu_predict_bounded;
+    c->ops.predict_l2 = cpu_predict_l2;
     return LIPC_OK;
 }

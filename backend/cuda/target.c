@@ -52,11 +52,20 @@ static lipc_status host_predict_bounded(void *ctx, const float *params, int n, c
     return c->host->ops.predict_bounded(c->host->ops.ctx, params, n, x, logits, logit_err);
 }
 
+static lipc_status host_predict_l2(void *ctx, const float *params, const double *sigma, int n,
+                                   const float *x, double *logits, double *logit_err)
+{
+    const lipc_compiled *c = ctx;
+    return c->host->ops.predict_l2(c->host->ops.ctx, params, sigma, n, x, logits, logit_err);
+}
+
 void lipc_compiled_attach_host(lipc_compiled *c, lipc_compiled *host)
 {
     c->host = host;
     if (host && host->ops.predict_bounded)
         c->ops.predict_bounded = host_predict_bounded;
+    if (host && host->ops.predict_l2)
+        c->ops.predict_l2 = host_predict_l2;
 }
 
 static void gpu_free(void *backend) { lipc_gpu_free(backend); }
