@@ -476,10 +476,16 @@ int cli_train(int argc, char **argv)
         s = LIPC_ERR_INPUT;
         goto done;
     }
+    char aug[64] = "no augmentation", crop[32] = "";
+    if (o.aug.crop)
+        snprintf(crop, sizeof crop, "random crop (padding %d)", o.aug.crop_pad);
+    if (o.aug.crop || o.aug.flip)
+        snprintf(aug, sizeof aug, "%s%s%s", crop, o.aug.crop && o.aug.flip ? ", " : "",
+                 o.aug.flip ? "random flip" : "");
     fprintf(stderr,
-            "lipc train: %s on %s (%d examples%s), %d epochs of batch %d, %s loss at eps %g, "
-            "target %s\n",
-            g->name, tr->name, tr->n, r.val > 0 ? ", held-out validation" : "", o.epochs,
+            "lipc train: %s on %s (%d examples%s; %s), %d epochs of batch %d, %s loss at eps "
+            "%g, target %s\n",
+            g->name, tr->name, tr->n, r.val > 0 ? ", held-out validation" : "", aug, o.epochs,
             o.batch, lipc_loss_names[o.hyper.loss], o.hyper.eps, c->ops.backend);
     if (strcmp(c->ops.backend, "cpu") == 0)
         fprintf(stderr, "lipc train: compiled for this CPU in %.2f s, %d threads\n",

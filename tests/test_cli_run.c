@@ -228,7 +228,8 @@ Test(cli_run, train_json_metrics_and_plain_progress)
     /* stderr: plain lines, one per epoch, then the summary */
     cr_expect(!strchr(r.err, '\r'), "live progress on a file:\n%s", r.err);
     cr_expect(!strchr(r.out, '\r'));
-    cr_expect(strstr(r.err, "lipc train: syn on synthetic (768 examples, held-out validation), "
+    cr_expect(strstr(r.err, "lipc train: syn on synthetic (768 examples, held-out validation; "
+                            "no augmentation), "
                             "8 epochs of batch 32, emma loss at eps 0.3, target cpu"),
               "%s", r.err);
     cr_expect_eq(count_lines(r.err, "train  step "), 8, "%s", r.err);
