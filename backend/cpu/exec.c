@@ -877,12 +877,15 @@ static void bounded_step(const run *r, const lipc_node *v)
     LIPC_ASSERT(!"an op without an error rule");
 }
 
-lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, const float *x,
-                                     double *logits, double *logit_err)
+/* What both certified entry points start with: the double kernels (compiled
+ * on first use), the buffers for n examples, the parameters and the head's
+ * rows in double (p64, r64) and the input widened into the value arena. */
+static lipc_status start_double(lipc_cpu *c, const float *params, int n, const float *x,
+                                run *r)
 {
     const lipc_program *p = c->forward;
     lipc_status st = LIPC_OK;
-    if (c->k.more) { /* the double kernels are compiled on first use */
+    if (c->k.more) {
         lipc_diags d;
         lipc_diags_init(&d);
         st = c->k.more(&c->k, &d);
@@ -895,17 +898,27 @@ lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, co
         st = reserve_bounded(c, p, n);
     if (st != LIPC_OK)
         return st;
-    run r = run_of(c, p, params, n);
-    prepare_weights(&r); /* the head's rows in double: r64 */
+    *r = run_of(c, p, params, n);
+    prepare_weights(r);
     const lipc_graph *g = c->g;
     for (size_t i = 0; i < g->n_param_elems; i++)
         c->p64[i] = params[i];
-    size_t in_len = numel(g->input) * (size_t)n;
-    double *x0 = val64(&r, g->input), *e0 = err_of(&r, g->input);
-    for (size_t i = 0; i < in_len; i++) {
+    double *x0 = val64(r, g->input);
+    for (size_t i = 0; i < numel(g->input) * (size_t)n; i++)
         x0[i] = x[i];
-        e0[i] = 0.0;
-    }
+    return LIPC_OK;
+}
+
+lipc_status lipc_cpu_predict_bounded(lipc_cpu *c, const float *params, int n, const float *x,
+                                     double *logits, double *logit_err)
+{
+    const lipc_program *p = c->forward;
+    run r;
+    lipc_status st = start_double(c, params, n, x, &r);
+    if (st != LIPC_OK)
+        return st;
+    const lipc_graph *g = c->g;
+    memset(err_of(&r, g->input), 0, sizeof(double) * numel(g->input) * (size_t)n);
     for (int s = 0; s < p->n_steps; s++)
         if (p->steps[s].op == LIPC_STEP_FORWARD)
             bounded_step(&r, p->steps[s].node);
@@ -1094,36 +1107,13 @@ lipc_status lipc_cpu_predict_l2(lipc_cpu *c, const float *params, const double *
     const lipc_program *p = c->forward;
     const lipc_graph *g = c->g;
     const lipc_node *out = g->output;
-    lipc_status st = LIPC_OK;
-    if (c->k.more) { /* the double kernels are compiled on first use */
-        lipc_diags d;
-        lipc_diags_init(&d);
-        st = c->k.more(&c->k, &d);
-        lipc_diags_print(&d, stderr);
-        lipc_diags_free(&d);
-    }
     double *s = lipc_malloc(sizeof(double) * (size_t)c->k.n_ids);
-    double *d = lipc_malloc(sizeof(double) * (size_t)c->k.n_ids * (size_t)n);
+    double *d = lipc_calloc((size_t)c->k.n_ids * (size_t)n, sizeof(double));
     double *nx = lipc_malloc(sizeof(double) * (size_t)n);
-    if (st == LIPC_OK && !(s && d && nx))
-        st = LIPC_ERR_NOMEM;
+    lipc_status st = s && d && nx ? node_bounds(c, sigma, s) : LIPC_ERR_NOMEM;
+    run r;
     if (st == LIPC_OK)
-        st = node_bounds(c, sigma, s);
-    if (st == LIPC_OK)
-        st = reserve(c, p, n);
-    if (st == LIPC_OK)
-        st = reserve_bounded(c, p, n);
-    run r = run_of(c, p, params, n);
-    if (st == LIPC_OK) {
-        prepare_weights(&r); /* the head's rows in double: r64 */
-        for (size_t i = 0; i < g->n_param_elems; i++)
-            c->p64[i] = params[i];
-        double *x0 = val64(&r, g->input);
-        for (size_t i = 0; i < numel(g->input) * (size_t)n; i++)
-            x0[i] = x[i];
-        for (int b = 0; b < n; b++)
-            d[(size_t)g->input->id * n + b] = 0.0;
-    }
+        st = start_double(c, params, n, x, &r);
     for (int i = 0; st == LIPC_OK && i < p->n_steps; i++) {
         if (p->steps[i].op != LIPC_STEP_FORWARD)
             continue;
