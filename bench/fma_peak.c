@@ -40,20 +40,33 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* CHAINS accumulators, each its own variable so that they live in registers
+ * (an array stayed in memory at -O2) */
 static void *chains(void *arg)
 {
     float *out = arg;
-    vec acc[CHAINS];
-    for (int c = 0; c < CHAINS; c++)
-        acc[c] = SET1(0.001f * (float)c);
     vec a = SET1(0.9999999f), b = SET1(1e-7f);
-    for (long i = 0; i < ITERS; i++)
-        for (int c = 0; c < CHAINS; c++)
-            acc[c] = FMA(acc[c], a, b);
-    float s = 0.0f;
-    for (int c = 0; c < CHAINS; c++)
-        s += SUM(acc[c]);
-    *out = s; /* keeps the work */
+    vec c0 = SET1(0.00f), c1 = SET1(0.01f), c2 = SET1(0.02f), c3 = SET1(0.03f);
+    vec c4 = SET1(0.04f), c5 = SET1(0.05f), c6 = SET1(0.06f), c7 = SET1(0.07f);
+    vec c8 = SET1(0.08f), c9 = SET1(0.09f), c10 = SET1(0.10f), c11 = SET1(0.11f);
+    for (long i = 0; i < ITERS; i++) {
+        c0 = FMA(c0, a, b);
+        c1 = FMA(c1, a, b);
+        c2 = FMA(c2, a, b);
+        c3 = FMA(c3, a, b);
+        c4 = FMA(c4, a, b);
+        c5 = FMA(c5, a, b);
+        c6 = FMA(c6, a, b);
+        c7 = FMA(c7, a, b);
+        c8 = FMA(c8, a, b);
+        c9 = FMA(c9, a, b);
+        c10 = FMA(c10, a, b);
+        c11 = FMA(c11, a, b);
+        __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
+        __asm__ volatile("" : "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10), "+v"(c11));
+    }
+    *out = SUM(c0) + SUM(c1) + SUM(c2) + SUM(c3) + SUM(c4) + SUM(c5) + SUM(c6) + SUM(c7) +
+           SUM(c8) + SUM(c9) + SUM(c10) + SUM(c11); /* keeps the work */
     return NULL;
 }
 

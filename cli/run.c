@@ -834,7 +834,7 @@ int cli_certify(int argc, char **argv)
                        k);
             if (cs.rounding_accounted)
                 printf("  logits' rounding: accounted (largest error bound %.3g; %ld points "
-                       "too close to call, re-run with elementwise bounds)\n",
+                       "re-checked with elementwise bounds)\n",
                        cs.max_logit_err, cs.n_refined);
             else
                 printf("  logits' rounding: not accounted (the backend gives no error "

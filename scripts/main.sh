@@ -9,7 +9,7 @@
 #
 #   scripts/main.sh [EPOCHS]        (default 3: about ten minutes on 2 cores)
 #
-# The long recipe is the same command with 10 epochs (docs/results.md).
+# The long recipe is the same command with 15 epochs (docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 epochs=${1:-3}
