@@ -270,6 +270,16 @@ Test(cuda, certified_inference_is_the_cpu_targets)
     cr_assert_eq(cpu->ops.predict_bounded(cpu->ops.ctx, pf, n, x, l2, e2), LIPC_OK);
     cr_expect(memcmp(l1, l2, sizeof(double) * len) == 0);
     cr_expect(memcmp(e1, e2, sizeof(double) * len) == 0);
+    /* and the one-pass path, with any factor bounds */
+    double sigma[64];
+    cr_assert(gpu->desc.n_factors <= 64);
+    for (int f = 0; f < gpu->desc.n_factors; f++)
+        sigma[f] = 2.0 + f;
+    cr_assert(gpu->ops.predict_l2, "no one-pass path through the host");
+    cr_assert_eq(gpu->ops.predict_l2(gpu->ops.ctx, pf, sigma, n, x, l1, e1), LIPC_OK);
+    cr_assert_eq(cpu->ops.predict_l2(cpu->ops.ctx, pf, sigma, n, x, l2, e2), LIPC_OK);
+    cr_expect(memcmp(l1, l2, sizeof(double) * len) == 0);
+    cr_expect(memcmp(e1, e2, sizeof(double) * len) == 0);
     free(l1);
     free(e1);
     free(l2);
