@@ -229,14 +229,10 @@ int main(int argc, char **argv)
      * they are of the initial weights here, which only changes the bound */
     double *sigma = NULL;
     if (cpu && c->ops.predict_l2) {
-        lipc_sound_bound *per = calloc((size_t)m->n_factors + 1, sizeof *per);
         sigma = calloc((size_t)m->n_factors + 1, sizeof *sigma);
         double k;
-        if (!per || !sigma || lipc_model_sound_bounds(m, st.params, per, &k, &d) != LIPC_OK)
+        if (!sigma || lipc_model_sound_sigma(m, st.params, sigma, &k, &d) != LIPC_OK)
             return fprintf(stderr, "cpu_step: the factors' sound bounds failed\n"), 1;
-        for (int f = 0; f < m->n_factors; f++)
-            sigma[f] = per[f].value;
-        free(per);
     }
     if (cpu) {
         /* train, infer and certify in turn at every step, as always measured */

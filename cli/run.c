@@ -582,19 +582,15 @@ static const char *factor_kind(lipc_factor_kind k)
     return "?";
 }
 
-/* The sound K_sub (and per-factor bounds when per is given); diagnostics to
- * stderr. */
+/* The sound K_sub and the per-factor bounds; diagnostics to stderr. */
 static lipc_status sound_k(const lipc_model_desc *m, const float *params,
                            lipc_sound_bound *per, double *k)
 {
     lipc_diags d;
     lipc_diags_init(&d);
-    lipc_sound_bound *own = per ? NULL : lipc_calloc((size_t)m->n_factors + 1, sizeof *own);
-    lipc_status s = per || own ? lipc_model_sound_bounds(m, params, per ? per : own, k, &d)
-                               : LIPC_ERR_NOMEM;
+    lipc_status s = lipc_model_sound_bounds(m, params, per, k, &d);
     lipc_diags_print(&d, stderr);
     lipc_diags_free(&d);
-    lipc_free(own);
     return s;
 }
 
@@ -773,15 +769,14 @@ int cli_certify(int argc, char **argv)
         s = run_bound(c, &st, r.iters, r.tol, rep);
     double k_est = rep ? rep[m->n_factors].value : NAN, k_sound = NAN;
     /* each factor's bound (sound or estimated, as K_sub), for the rounding
-     * bounds of the float-speed path */
-    lipc_sound_bound *per = lipc_calloc((size_t)m->n_factors + 1, sizeof *per);
+     * bounds of the one-pass path */
     double *sigma = lipc_calloc((size_t)m->n_factors + 1, sizeof *sigma);
-    if (s == LIPC_OK && !(per && sigma))
+    if (s == LIPC_OK && !sigma)
         s = LIPC_ERR_NOMEM;
     if (s == LIPC_OK && sound)
-        s = sound_k(m, st.params, per, &k_sound);
-    for (int f = 0; s == LIPC_OK && f < m->n_factors; f++)
-        sigma[f] = sound ? per[f].value : rep[f].value;
+        s = lipc_model_sound_sigma(m, st.params, sigma, &k_sound, &d);
+    for (int f = 0; s == LIPC_OK && !sound && f < m->n_factors; f++)
+        sigma[f] = rep[f].value;
     double k = sound ? k_sound : k_est;
     if (s == LIPC_OK && !(isfinite(k) && k > 0)) {
         lipc_diag_error(&d, LIPC_NO_LOC, "K_sub is %g: the weights hold NaN or Inf; nothing "
@@ -873,7 +868,6 @@ int cli_certify(int argc, char **argv)
     lipc_diags_print(&d, stderr);
     lipc_diags_free(&d);
     lipc_free(rep);
-    lipc_free(per);
     lipc_free(sigma);
     lipc_dataset_free(&test);
     lipc_train_state_free(&st);

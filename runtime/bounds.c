@@ -917,3 +917,16 @@ lipc_status lipc_model_sound_bounds(const lipc_model_desc *m, const float *param
     *k_sub = k;
     return LIPC_OK;
 }
+
+lipc_status lipc_model_sound_sigma(const lipc_model_desc *m, const float *params, double *sigma,
+                                   double *k_sub, lipc_diags *d)
+{
+    lipc_sound_bound *per = lipc_calloc((size_t)m->n_factors + 1, sizeof *per);
+    if (!per)
+        return LIPC_ERR_NOMEM;
+    lipc_status s = lipc_model_sound_bounds(m, params, per, k_sub, d);
+    for (int f = 0; s == LIPC_OK && f < m->n_factors; f++)
+        sigma[f] = per[f].value;
+    lipc_free(per);
+    return s;
+}

@@ -723,6 +723,11 @@ lipc_status lipc_model_sound_bounds(const lipc_model_desc *m, const float *param
                                     lipc_sound_bound *per_factor, double *k_sub,
                                     lipc_diags *d);
 
+/* The same, each factor's bound as a plain value in sigma [m->n_factors] (what
+ * lipc_certify_dataset and ops->predict_l2 take). */
+lipc_status lipc_model_sound_sigma(const lipc_model_desc *m, const float *params, double *sigma,
+                                   double *k_sub, lipc_diags *d);
+
 /* The circulant-embedding bound of any conv factor (strided: that of the
  * stride-1 conv) on an nh x nw torus. Every torus at least as large as
  * lipc_conv_min_circulant's gives a sound bound; lipc_factor_sound_bound uses

@@ -57,14 +57,11 @@ static void check_bounded(const char *name, lipc_graph *g)
     /* The one-pass path, through the sound factor bounds: the same check,
      * and bounds far below what certification can notice (1e-6 relative). */
     const lipc_model_desc *md = &cpu->desc;
-    lipc_sound_bound *per = calloc((size_t)md->n_factors + 1, sizeof *per);
     double *sigma = calloc((size_t)md->n_factors + 1, sizeof *sigma), k;
     lipc_diags d;
     lipc_diags_init(&d);
-    cr_assert_eq(lipc_model_sound_bounds(md, pf, per, &k, &d), LIPC_OK, "%s", name);
+    cr_assert_eq(lipc_model_sound_sigma(md, pf, sigma, &k, &d), LIPC_OK, "%s", name);
     lipc_diags_free(&d);
-    for (int f = 0; f < md->n_factors; f++)
-        sigma[f] = per[f].value;
     cr_assert_eq(cpu->ops.predict_l2(cpu->ops.ctx, pf, sigma, n, x, l1, e1), LIPC_OK, "%s", name);
     for (size_t i = 0; i < len; i++) {
         cr_expect_leq(fabs(l1[i] - l2[i]), e1[i] + e2[i], "%s l2 logit %zu: %.17g vs %.17g", name,
@@ -78,7 +75,6 @@ static void check_bounded(const char *name, lipc_graph *g)
     sigma[0] = INFINITY;
     cr_assert_eq(cpu->ops.predict_l2(cpu->ops.ctx, pf, sigma, n, x, l1, e1), LIPC_OK);
     cr_expect(isinf(e1[0]), "%s: an infinite factor gave the bound %g", name, e1[0]);
-    free(per);
     free(sigma);
     free(l1);
     free(e1);
@@ -233,14 +229,11 @@ Test(llvm, one_pass_certification_decides_as_the_elementwise_path)
     lipc_dataset ds = {.n = N, .c = 1, .h = 28, .w = 28, .classes = 10};
     ds.x = bc_random_inputs(g, seed + 1, N);
     ds.y = calloc(N, 1);
-    lipc_sound_bound *per = calloc((size_t)md->n_factors + 1, sizeof *per);
     double *sigma = calloc((size_t)md->n_factors + 1, sizeof *sigma), k;
     lipc_diags d;
     lipc_diags_init(&d);
-    cr_assert_eq(lipc_model_sound_bounds(md, pf, per, &k, &d), LIPC_OK);
+    cr_assert_eq(lipc_model_sound_sigma(md, pf, sigma, &k, &d), LIPC_OK);
     lipc_diags_free(&d);
-    for (int f = 0; f < md->n_factors; f++)
-        sigma[f] = per[f].value;
     /* labels: the predictions */
     double logits[N * 10];
     cr_assert_eq(cpu->ops.predict(cpu->ops.ctx, pf, N, ds.x, logits), LIPC_OK);
@@ -285,7 +278,6 @@ Test(llvm, one_pass_certification_decides_as_the_elementwise_path)
             cr_expect_eq(all[a]->n_vra[q], se.n_vra[q], "eps %g", eps[q]);
         }
     }
-    free(per);
     free(sigma);
     free(ds.x);
     free(ds.y);

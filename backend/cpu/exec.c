@@ -721,6 +721,20 @@ static double *val64(const run *r, const lipc_node *v)
     return r->c->x64 + r->p->act_offset[v->id] * (size_t)r->n;
 }
 
+/* What the double kernels read for linear node v: the weight (the head's
+ * rows in double for a normalising head) and the bias (NULL: none). */
+static double *weight64(const run *r, const lipc_node *v)
+{
+    if (v->op == LIPC_OP_DENSE && v->a.normalize)
+        return r->c->r64;
+    return r->c->p64 + param_offset(r->c->g, v, 0);
+}
+
+static double *bias64(const run *r, const lipc_node *v)
+{
+    return v->a.bias ? r->c->p64 + param_offset(r->c->g, v, 1) : NULL;
+}
+
 static double *err_of(const run *r, const lipc_node *v)
 {
     return r->c->err + r->p->act_offset[v->id] * (size_t)r->n;
@@ -794,8 +808,8 @@ static void bounded_step(const run *r, const lipc_node *v)
     case LIPC_OP_DENSE: {
         bool head = v->op == LIPC_OP_DENSE && v->a.normalize;
         size_t off = param_offset(g, v, 0), nw = g->params[v->param[0]].numel;
-        double *w = head ? c->r64 : c->p64 + off, *aw = c->absw + off;
-        double *b = v->a.bias ? c->p64 + param_offset(g, v, 1) : NULL, *ab = NULL;
+        double *w = weight64(r, v), *aw = c->absw + off;
+        double *b = bias64(r, v), *ab = NULL;
         long k = linear_terms(v);
         /* the head's rows r64 = w / ||w|| in double: a sum of d squares, a
          * square root and a division, relative error <= g_{d+3} */
@@ -1033,15 +1047,14 @@ static double abs_weight_norm(const lipc_node *v, const double *w)
 static void linear_l2(const run *r, const lipc_node *v, double s, const double *nx,
                       const double *din, double *dout)
 {
-    const lipc_graph *g = r->c->g;
     long k = linear_terms(v);
-    double gam = gamma_d(k), a = abs_weight_norm(v, r->c->p64 + param_offset(g, v, 0));
+    double gam = gamma_d(k), a = abs_weight_norm(v, weight64(r, v));
     double nb = 0.0;
-    if (v->a.bias) {
-        const double *b = r->c->p64 + param_offset(g, v, 1);
+    const double *bias = bias64(r, v);
+    if (bias) {
         int co = v->shape.d[0];
         for (int o = 0; o < co; o++)
-            nb += b[o] * b[o];
+            nb += bias[o] * bias[o];
         nb = lipc_ops_err_up(sqrt(nb * (double)(numel(v) / (size_t)co)), co + 3);
     }
     double fold = v->a.fold_identity ? 1.0 : 0.0, sn = sqrt((double)numel(v));
@@ -1060,7 +1073,7 @@ static void head_l2(const run *r, const lipc_node *v, const double *nx, const do
     bool norm = v->a.normalize;
     double gam = gamma_d(k), rho = norm ? gamma_d(k + 3) : 0.0;
     const double *w = c->p64 + param_offset(c->g, v, 0);
-    const double *bias = v->a.bias ? c->p64 + param_offset(c->g, v, 1) : NULL;
+    const double *bias = bias64(r, v);
     for (int j = 0; j < m; j++) {
         double rn = 1.0; /* ||r_j||: exactly 1 when normalised */
         if (!norm) {
@@ -1123,14 +1136,8 @@ lipc_status lipc_cpu_predict_l2(lipc_cpu *c, const float *params, const double *
         bool linear = v->op == LIPC_OP_CONV2D || v->op == LIPC_OP_DENSE;
         if (linear || v->op == LIPC_OP_AVGPOOL)
             example_norms(&r, val64(&r, v->in[0]), numel(v->in[0]), nx);
-        double *w = NULL, *b = NULL;
-        if (linear) {
-            bool head = v->op == LIPC_OP_DENSE && v->a.normalize;
-            w = head ? c->r64 : c->p64 + param_offset(g, v, 0);
-            b = v->a.bias ? c->p64 + param_offset(g, v, 1) : NULL;
-        }
         forward64(&r, v, val64(&r, v->in[0]), v->n_in > 1 ? val64(&r, v->in[1]) : NULL,
-                  val64(&r, v), w, b);
+                  val64(&r, v), linear ? weight64(&r, v) : NULL, linear ? bias64(&r, v) : NULL);
         const double *din = d + (size_t)v->in[0]->id * n;
         double *dv = d + (size_t)v->id * n;
         double sn = sqrt((double)numel(v));
