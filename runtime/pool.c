@@ -111,14 +111,23 @@ lipc_pool *lipc_pool_new(int threads)
     pthread_cond_init(&p->go, NULL);
     pthread_cond_init(&p->done, NULL);
     lipc_fp_flush_denormals();
+    /* the generated kernels keep scratch on the stack (up to about 2 MiB in
+     * the convolutions' weight gradient): give the workers room for it
+     * whatever the default thread stack is */
+    pthread_attr_t attr;
+    bool have_attr = pthread_attr_init(&attr) == 0;
+    if (have_attr)
+        pthread_attr_setstacksize(&attr, LIPC_POOL_STACK_BYTES);
     for (int i = 1; i < threads; i++) {
         worker_arg *wa = &p->args[i];
         wa->pool = p;
         wa->index = i;
-        if (pthread_create(&p->workers[i], NULL, worker_main, wa) != 0)
+        if (pthread_create(&p->workers[i], have_attr ? &attr : NULL, worker_main, wa) != 0)
             break;
         p->n_started = i;
     }
+    if (have_attr)
+        pthread_attr_destroy(&attr);
     /* fewer threads than asked when the system refused some */
     p->n_threads = p->n_started + 1;
     return p;

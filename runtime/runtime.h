@@ -194,6 +194,10 @@ double lipc_now(void);
 /* ---- threads (runtime/pool.c) ------------------------------------------------ */
 
 #define LIPC_POOL_MAX_THREADS 256
+/* Each worker's stack: the generated kernels keep their scratch there (the
+ * calling thread, which runs part of every range, needs as much: Linux's
+ * default 8 MiB is enough). */
+#define LIPC_POOL_STACK_BYTES ((size_t)16 << 20)
 
 /* A task over [lo, hi) of a range; ctx is the caller's. */
 typedef void (*lipc_task_fn)(void *ctx, int64_t lo, int64_t hi);

@@ -125,6 +125,23 @@ const char bc_wide[] =
     "  - relu\n"
     "  - dense: {out: classes, normalize: true}\n";
 
+/* Channel counts past one register tile of the weight gradient's input
+ * channels (64 + 4; 3 in the stem) and an odd one (5), on a map that is not
+ * a whole number of vectors (3 x 7); the 7 x 7 conv has taps that read only
+ * padding and more sums than the weight gradient keeps over a batch. */
+const char bc_deep[] =
+    "input: {shape: [3, 3, 7]}\n"
+    "classes: 3\n"
+    "layers:\n"
+    "  - conv2d: {out: 68, kernel: 3}\n"
+    "  - residual:\n"
+    "      - conv2d: {out: 68, kernel: 3}\n"
+    "  - minmax\n"
+    "  - conv2d: {out: 44, kernel: 7}\n"
+    "  - conv2d: {out: 5, kernel: [3, 2]}\n"
+    "  - flatten\n"
+    "  - dense: {out: classes, normalize: true}\n";
+
 const char bc_mlp[] =
     "input: {shape: [11]}\n"
     "classes: 3\n"

@@ -7,7 +7,7 @@
 #include "frontend/frontend.h"
 
 /* Models that cover every op (backend_check.c says what each exercises). */
-extern const char bc_zoo[], bc_edges[], bc_tiny[], bc_wide[], bc_mlp[];
+extern const char bc_zoo[], bc_edges[], bc_tiny[], bc_wide[], bc_mlp[], bc_deep[];
 
 /* A model from YAML text (or a file when text is NULL), after the pipeline;
  * fails the test when it does not compile. */

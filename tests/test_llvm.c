@@ -103,6 +103,16 @@ Test(llvm, one_by_one_maps) { check_text("tiny", bc_tiny); }
 Test(llvm, wide_maps_partial_vectors) { check_text("wide", bc_wide); }
 Test(llvm, dense_only) { check_text("mlp", bc_mlp); }
 
+/* Wide channel blocks, and a batch over one chunk of the weight gradient's
+ * transposed examples (11 > 8). */
+Test(llvm, many_channels)
+{
+    lipc_graph *g = bc_load("deep", bc_deep, NULL, NULL, 0);
+    bc_check_forward("cpu", "deep", g, 2);
+    bc_check_training("cpu", cpu_gradients, "deep", g, LIPC_LOSS_EMMA, 11);
+    lipc_graph_free(g);
+}
+
 Test(llvm, liresnet_fmnist_small)
 {
     const lipc_override sets[] = {{"width", "8"}, {"depth", "2"}, {"dense", "16"}};

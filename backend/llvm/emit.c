@@ -21,11 +21,17 @@
  *             are emitted apart with their valid taps, so the inner loop has
  *             no test. The adjoint is the same kernel on the flipped,
  *             transposed weight with padding k-1-pad, accumulating.
- *   wgrad     for each block of 2 output channels and each input channel,
- *             2 x kh x kw vector accumulators over a chunk of examples,
- *             reduced across lanes at the end of the chunk. Threads split the
- *             output channels, so every dW element has one owner and one
- *             summation order: results do not depend on the thread count.
+ *   wgrad     a product over positions with the vectors across input
+ *             channels: each chunk of examples is transposed (channels
+ *             innermost) into stack scratch, then for each tap a register
+ *             tile of 4 output channels x 4 vectors of input channels runs
+ *             over the positions (emit_conv_wgrad_t). Maps too large for the
+ *             scratch, or whose output is smaller than the input, take a
+ *             kernel along the rows instead: 2 output channels x kh x kw
+ *             vector accumulators, reduced across lanes per chunk. Threads
+ *             split the output channels, so every dW element has one owner
+ *             and one summation order: results do not depend on the thread
+ *             count.
  *
  * Other convolutions (the strided stem and neck) use plain loop nests that
  * LLVM vectorises. Dense layers are matrix products blocked 4 x 4 with
@@ -832,11 +838,36 @@ static void wgrad_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValu
     for_rows(e, g, &rv);
 }
 
+/* dbias[o] += the sum of dout[b, o] over the batch and the map, for o in
+ * [co, co + cb) (scale applies to the weight only); a is a vector variable. */
+static void wgrad_bias(const em *e, const conv_geo *g, LLVMValueRef co, int cb, LLVMValueRef a)
+{
+    int64_t out_plane = (int64_t)g->oh * g->ow, out_len = (int64_t)g->cout * out_plane;
+    int64_t full_len = out_plane / e->vl * e->vl;
+    for (int j = 0; j < cb; j++) {
+        var_set(e, a, vzero(e));
+        loop lb, lp;
+        LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+        LLVMValueRef plane = at(e, example(e, e->p[1], out_len, b),
+                                iaxc(e, co, out_plane, j * out_plane));
+        LLVMValueRef p = loop_step(e, &lp, ci(e, 0), ci(e, full_len), e->vl, "p");
+        var_set(e, a, fadd(e, var_get(e, e->vt, a), vload(e, plane, p, lane_range(0, e->vl, e->vl)),
+                           false));
+        loop_close(e, &lp);
+        if (out_plane % e->vl)
+            var_set(e, a, fadd(e, var_get(e, e->vt, a),
+                               vload(e, plane, ci(e, full_len),
+                                     lane_range(0, (int)(out_plane % e->vl), e->vl)),
+                               false));
+        loop_close(e, &lb);
+        accum(e, hsum(e, var_get(e, e->vt, a)), e->p[3], iaxc(e, co, 1, j));
+    }
+}
+
 static void wgrad_block(const em *e, const conv_geo *g, LLVMValueRef co, int cb, LLVMValueRef *acc)
 {
     int taps = g->kh * g->kw;
     int64_t in_len = (int64_t)g->cin * g->h * g->w, out_len = (int64_t)g->cout * g->oh * g->ow;
-    int64_t out_plane = (int64_t)g->oh * g->ow;
     LLVMValueRef dw = e->p[2];
     loop lc, li, lb;
     LLVMValueRef c0 = loop_step(e, &lc, ci(e, 0), e->n, WGRAD_CHUNK, "chunk");
@@ -857,27 +888,8 @@ static void wgrad_block(const em *e, const conv_geo *g, LLVMValueRef co, int cb,
         }
     loop_close(e, &li);
     loop_close(e, &lc);
-    if (g->bias) {
-        /* dbias[o] += sum over the batch and the map, per block of 8 examples
-         * as the weights (scale applies to the weight only) */
-        for (int j = 0; j < cb; j++) {
-            LLVMValueRef a = acc[0];
-            var_set(e, a, vzero(e));
-            loop lb2, lp;
-            LLVMValueRef b2 = loop_open(e, &lb2, ci(e, 0), e->n, "b");
-            LLVMValueRef plane = at(e, example(e, e->p[1], out_len, b2),
-                                    iaxc(e, co, out_plane, j * out_plane));
-            int64_t full_len = out_plane / e->vl * e->vl;
-            LLVMValueRef p = loop_step(e, &lp, ci(e, 0), ci(e, full_len), e->vl, "p");
-            var_set(e, a, fadd(e, var_get(e, e->vt, a), vload(e, plane, p, lane_range(0, e->vl, e->vl)), false));
-            loop_close(e, &lp);
-            if (out_plane % e->vl)
-                var_set(e, a, fadd(e, var_get(e, e->vt, a),
-                                   vload(e, plane, ci(e, full_len), lane_range(0, (int)(out_plane % e->vl), e->vl)), false));
-            loop_close(e, &lb2);
-            accum(e, hsum(e, var_get(e, e->vt, a)), e->p[3], iaxc(e, co, 1, j));
-        }
-    }
+    if (g->bias)
+        wgrad_bias(e, g, co, cb, acc[0]);
 }
 
 static void emit_conv_wgrad_fast(const em *e, const conv_geo *g, int64_t *blocks)
@@ -893,6 +905,326 @@ static void emit_conv_wgrad_fast(const em *e, const conv_geo *g, int64_t *blocks
     wgrad_block(e, g, iaxc(e, k, cb, 0), cb, acc);
     loop_close(e, &lk);
     *blocks = g->cout / cb;
+}
+
+/* ---- conv2d: the stride-1 weight gradient as a product over positions -------------------------
+ *   dW[o, i, t] += scale sum_b sum_{p in P_t} dout[b, o, p] in[b, i, p + d_t]
+ * for each tap t = (ky, kx), with d_t = (ky - top) w + kx - left and P_t the
+ * output positions whose input p + d_t lies inside the map. The kernel above
+ * runs along the rows of a map and pays for it in shuffles (window shifts)
+ * and lane reductions; this one takes the vectors across input channels:
+ *
+ *   - a chunk of up to WT_CHUNK examples is transposed into a stack scratch
+ *     xT[b][q][i] (rows of cinp = cin rounded up to vl, zeros past cin) by
+ *     vl x vl register transposes;
+ *   - for each tap and block of WT_NR vectors of input channels, a register
+ *     tile of mr output channels x WT_NR vectors runs over the positions:
+ *     per position WT_NR vector loads of xT, mr broadcasts of dout and
+ *     mr x WT_NR FMAs, no shuffles and no reductions;
+ *   - the positions go in bands of WT_ROWS rows whose xT block (WT_ROWS x w x
+ *     WT_NR vectors) stays in L1 while every output block of the range reads
+ *     it; the tiles' sums wait in a buffer sum[o][i] between bands and are
+ *     added to dW (i stride kh kw: a scatter) once per chunk.
+ *
+ * The range is blocks of mr output channels; each thread transposes the
+ * chunk for itself. Every dW element is summed in one order (chunks, then
+ * examples, bands, rows, columns), whatever the thread count. Used when one
+ * example's xT fits the scratch (wt_plan). */
+#define WT_MR 4
+#define WT_NR 4
+#define WT_CHUNK 8
+#define WT_ROWS 4
+#define WT_SCRATCH_BYTES (1 << 18) /* the transposed chunk (in L2 with its dout) */
+#define WT_EXAMPLE_BYTES (1 << 20) /* the largest transposed example */
+#define WT_SUMS_BYTES (1 << 20)    /* the sums, when kept over the batch */
+
+typedef struct wt_plan {
+    int64_t plane;  /* positions per example (input and output maps are one size) */
+    int64_t cinp;   /* xT row length */
+    int chunk;      /* examples per transposed chunk */
+    int mr;         /* output channels per block */
+    int row;        /* floats per output channel in a slab of sums (WT_NR vectors) */
+} wt_plan;
+
+static bool wt_plan_for(const em *e, const conv_geo *g, wt_plan *t)
+{
+    if (g->oh != g->h || g->ow != g->w || (e->vl & (e->vl - 1)))
+        return false;
+    t->plane = (int64_t)g->h * g->w;
+    t->cinp = (g->cin + e->vl - 1) / e->vl * e->vl;
+    int64_t per_example = t->plane * t->cinp * e->esize;
+    if (per_example > WT_EXAMPLE_BYTES)
+        return false;
+    int64_t fit = WT_SCRATCH_BYTES / per_example;
+    t->chunk = fit < 1 ? 1 : fit < WT_CHUNK ? (int)fit : WT_CHUNK;
+    t->mr = g->cout % WT_MR == 0 ? WT_MR : g->cout % 2 == 0 ? 2 : 1;
+    t->row = WT_NR * e->vl;
+    return true;
+}
+
+/* r[l] lane j <- r[j] lane l, for vl rows (vl a power of two): log2 vl
+ * stages, stage k swapping bit k of the row with bit k of the lane. */
+static void vtranspose(const em *e, LLVMValueRef *r)
+{
+    LLVMValueRef lo[32], hi[32];
+    for (int k = 1; k < e->vl; k <<= 1) {
+        for (int l = 0; l < e->vl; l++) {
+            int a = (l & k) ? e->vl + (l ^ k) : l, b = (l & k) ? e->vl + l : l ^ k;
+            lo[l] = LLVMConstInt(e->i32, (unsigned long long)a, false);
+            hi[l] = LLVMConstInt(e->i32, (unsigned long long)b, false);
+        }
+        LLVMValueRef mlo = LLVMConstVector(lo, (unsigned)e->vl);
+        LLVMValueRef mhi = LLVMConstVector(hi, (unsigned)e->vl);
+        for (int j = 0; j < e->vl; j++) {
+            if (j & k)
+                continue;
+            LLVMValueRef x = r[j], y = r[j | k];
+            r[j] = LLVMBuildShuffleVector(e->b, x, y, mlo, "");
+            r[j | k] = LLVMBuildShuffleVector(e->b, x, y, mhi, "");
+        }
+    }
+}
+
+/* xT[p0 + l][c0 + j] = x[c0 + j][p0 + l] for j < nc, l < np (zeros for
+ * nc <= j < vl). */
+static void wt_transpose_tile(const em *e, const wt_plan *t, LLVMValueRef x, LLVMValueRef xt,
+                              LLVMValueRef c0, int nc, LLVMValueRef p0, int np)
+{
+    LLVMValueRef r[32];
+    lanes m = lane_range(0, np, e->vl);
+    for (int j = 0; j < e->vl; j++)
+        r[j] = j < nc ? vload(e, x, iadd(e, imul(e, iaxc(e, c0, 1, j), ci(e, t->plane)), p0), m)
+                      : vzero(e);
+    vtranspose(e, r);
+    for (int l = 0; l < np; l++)
+        vstore(e, r[l], xt, iadd(e, imul(e, iaxc(e, p0, 1, l), ci(e, t->cinp)), c0),
+               lane_range(0, e->vl, e->vl));
+}
+
+static void wt_transpose_rows(const em *e, const wt_plan *t, LLVMValueRef x, LLVMValueRef xt,
+                              LLVMValueRef c0, int nc)
+{
+    int64_t full = t->plane / e->vl * e->vl;
+    loop lp;
+    LLVMValueRef p0 = loop_step(e, &lp, ci(e, 0), ci(e, full), e->vl, "p0");
+    wt_transpose_tile(e, t, x, xt, c0, nc, p0, e->vl);
+    loop_close(e, &lp);
+    if (t->plane % e->vl)
+        wt_transpose_tile(e, t, x, xt, c0, nc, ci(e, full), (int)(t->plane % e->vl));
+}
+
+/* One example: x [cin][plane] -> xT [plane][cinp]. */
+static void wt_transpose(const em *e, const conv_geo *g, const wt_plan *t, LLVMValueRef x,
+                         LLVMValueRef xt)
+{
+    int64_t full = g->cin / e->vl * e->vl;
+    loop lc;
+    LLVMValueRef c0 = loop_step(e, &lc, ci(e, 0), ci(e, full), e->vl, "c0");
+    wt_transpose_rows(e, t, x, xt, c0, e->vl);
+    loop_close(e, &lc);
+    if (g->cin % e->vl)
+        wt_transpose_rows(e, t, x, xt, ci(e, full), (int)(g->cin % e->vl));
+}
+
+/* What one tile pass shares: the chunk [c0, c1), the scratch, the tap (its
+ * offset dq, rows [ylo, yhi), columns [xlo, xhi)). */
+typedef struct wt_pass {
+    const conv_geo *g;
+    const wt_plan *t;
+    LLVMValueRef c0, c1, xt, *acc;
+    int tap, ylo, yhi, xlo, xhi;
+    int64_t dq;
+} wt_pass;
+
+/* The range's output channels, lo mr .. hi mr: how many. */
+static LLVMValueRef wt_range(const em *e, const wt_plan *t)
+{
+    return imul(e, LLVMBuildSub(e->b, e->hi, e->lo, ""), ci(e, t->mr));
+}
+
+static void wt_zero(const em *e, const wt_plan *t, LLVMValueRef slab, int nr)
+{
+    loop l;
+    LLVMValueRef o = loop_open(e, &l, ci(e, 0), wt_range(e, t), "oz");
+    for (int v = 0; v < nr; v++)
+        vstore(e, vzero(e), slab, iaxc(e, o, t->row, v * e->vl), lane_range(0, e->vl, e->vl));
+    loop_close(e, &l);
+}
+
+/* dW[o, i0 + c, tap] += scale slab[o][c] for the range's o and c < valid. */
+static void wt_scatter(const em *e, const conv_geo *g, const wt_plan *t, LLVMValueRef slab,
+                       LLVMValueRef i0, int valid, int tap)
+{
+    int taps = g->kh * g->kw;
+    loop l;
+    LLVMValueRef os = loop_open(e, &l, ci(e, 0), wt_range(e, t), "os");
+    LLVMValueRef o = iadd(e, imul(e, e->lo, ci(e, t->mr)), os);
+    LLVMValueRef wrow = at(e, e->p[2], iadd(e, imul(e, o, ci(e, (int64_t)g->cin * taps)),
+                                            imul(e, i0, ci(e, taps))));
+    LLVMValueRef srow = at(e, slab, imul(e, os, ci(e, t->row)));
+    for (int c = 0; c < valid; c++)
+        accum(e, fmul(e, load(e, srow, ci(e, c)), e->scale, false), wrow,
+              ci(e, (int64_t)c * taps + tap));
+    loop_close(e, &l);
+}
+
+/* slab[o][0, nr vl) += the tile products of input channels [i0, i0 + nr vl)
+ * for one tap over the chunk. */
+static void wt_accumulate(const em *e, const wt_pass *w, LLVMValueRef slab, LLVMValueRef i0, int nr)
+{
+    const conv_geo *g = w->g;
+    const wt_plan *t = w->t;
+    int mr = t->mr, vl = e->vl;
+    int64_t out_len = (int64_t)g->cout * t->plane, xt_len = t->plane * t->cinp;
+    lanes all = lane_range(0, vl, vl);
+    loop lb, lband, lk, ly;
+    LLVMValueRef b = loop_open(e, &lb, w->c0, w->c1, "b");
+    LLVMValueRef db = example(e, e->p[1], out_len, b);
+    LLVMValueRef xb = at(e, at(e, w->xt, imul(e, LLVMBuildSub(e->b, b, w->c0, ""), ci(e, xt_len))),
+                         i0);
+    LLVMValueRef y0 = loop_step(e, &lband, ci(e, w->ylo), ci(e, w->yhi), WT_ROWS, "band");
+    LLVMValueRef y1 = imin(e, iaxc(e, y0, 1, WT_ROWS), ci(e, w->yhi));
+    LLVMValueRef k = loop_open(e, &lk, e->lo, e->hi, "block");
+    LLVMValueRef o = imul(e, k, ci(e, mr));
+    LLVMValueRef srow = at(e, slab, imul(e, LLVMBuildSub(e->b, k, e->lo, ""), ci(e, mr * t->row)));
+    for (int m = 0; m < mr; m++)
+        for (int v = 0; v < nr; v++)
+            var_set(e, w->acc[m * WT_NR + v], vload(e, srow, ci(e, m * t->row + v * vl), all));
+    LLVMValueRef dplane = at(e, db, imul(e, o, ci(e, t->plane)));
+    LLVMValueRef y = loop_open(e, &ly, y0, y1, "y");
+    LLVMValueRef yrow = imul(e, y, ci(e, g->w));
+    for (int x = w->xlo; x < w->xhi; x++) { /* unrolled: constant offsets */
+        LLVMValueRef p = iaxc(e, yrow, 1, x);
+        LLVMValueRef q = imul(e, iaxc(e, p, 1, w->dq), ci(e, t->cinp));
+        LLVMValueRef bv[WT_NR];
+        for (int v = 0; v < nr; v++)
+            bv[v] = vload(e, xb, iaxc(e, q, 1, v * vl), all);
+        for (int m = 0; m < mr; m++) {
+            LLVMValueRef dv = splat(e, load(e, dplane, iaxc(e, p, 1, m * t->plane)));
+            for (int v = 0; v < nr; v++) {
+                LLVMValueRef acc = w->acc[m * WT_NR + v];
+                var_set(e, acc, vfma(e, dv, bv[v], var_get(e, e->vt, acc)));
+            }
+        }
+    }
+    loop_close(e, &ly);
+    for (int m = 0; m < mr; m++)
+        for (int v = 0; v < nr; v++)
+            vstore(e, var_get(e, e->vt, w->acc[m * WT_NR + v]), srow, ci(e, m * t->row + v * vl),
+                   all);
+    loop_close(e, &lk);
+    loop_close(e, &lband);
+    loop_close(e, &lb);
+}
+
+/* Each (tap, block of input channels) has a slab of sums, sum + its index x
+ * slab_len when they all fit (kept over the whole batch, scattered once),
+ * else one slab reused (zeroed and scattered per chunk). */
+typedef struct wt_slabs {
+    LLVMValueRef sum;
+    int64_t len;    /* floats per slab */
+    int n_blocks;   /* blocks of input channels */
+    bool whole;
+} wt_slabs;
+
+static LLVMValueRef wt_slab(const em *e, const wt_slabs *s, int tap, LLVMValueRef ib)
+{
+    if (!s->whole)
+        return s->sum;
+    return at(e, s->sum, imul(e, iaxc(e, ib, 1, (int64_t)tap * s->n_blocks), ci(e, s->len)));
+}
+
+/* Calls fn for each tap with a valid position and block of input channels:
+ * the full blocks in a loop, then the partial one. */
+typedef void (*wt_visit)(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
+                         LLVMValueRef i0, int nr, int valid);
+
+static void wt_for_blocks(const em *e, const conv_geo *g, wt_pass w, const wt_slabs *s,
+                          wt_visit fn)
+{
+    int vl = e->vl;
+    int64_t block = (int64_t)WT_NR * vl, full = g->cin / block;
+    int rest = (int)(g->cin - full * block);
+    for (int ky = 0; ky < g->kh; ky++)
+        for (int kx = 0; kx < g->kw; kx++) {
+            w.tap = ky * g->kw + kx;
+            w.dq = (int64_t)(ky - g->top) * g->w + (kx - g->left);
+            tap_range(ky, g->top, 1, g->h, g->oh, &w.ylo, &w.yhi);
+            tap_range(kx, g->left, 1, g->w, g->ow, &w.xlo, &w.xhi);
+            if (w.ylo >= w.yhi || w.xlo >= w.xhi)
+                continue;
+            loop li;
+            LLVMValueRef ib = loop_open(e, &li, ci(e, 0), ci(e, full), "iblock");
+            fn(e, &w, s, ib, imul(e, ib, ci(e, block)), WT_NR, (int)block);
+            loop_close(e, &li);
+            if (rest)
+                fn(e, &w, s, ci(e, full), ci(e, full * block), (rest + vl - 1) / vl, rest);
+        }
+}
+
+static void wt_visit_zero(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
+                          LLVMValueRef i0, int nr, int valid)
+{
+    (void)i0, (void)valid;
+    wt_zero(e, w->t, wt_slab(e, s, w->tap, ib), nr);
+}
+
+static void wt_visit_scatter(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
+                             LLVMValueRef i0, int nr, int valid)
+{
+    (void)nr;
+    wt_scatter(e, w->g, w->t, wt_slab(e, s, w->tap, ib), i0, valid, w->tap);
+}
+
+static void wt_visit_chunk(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
+                           LLVMValueRef i0, int nr, int valid)
+{
+    LLVMValueRef slab = wt_slab(e, s, w->tap, ib);
+    if (!s->whole)
+        wt_zero(e, w->t, slab, nr);
+    wt_accumulate(e, w, slab, i0, nr);
+    if (!s->whole)
+        wt_scatter(e, w->g, w->t, slab, i0, valid, w->tap);
+}
+
+static void emit_conv_wgrad_t(const em *e, const conv_geo *g, const wt_plan *t, int64_t *blocks)
+{
+    int vl = e->vl, mr = t->mr, taps = g->kh * g->kw;
+    int64_t in_len = (int64_t)g->cin * t->plane, xt_len = t->plane * t->cinp;
+    LLVMValueRef xt = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, t->chunk * xt_len), "xT");
+    LLVMSetAlignment(xt, 64);
+    int64_t block = (int64_t)WT_NR * vl;
+    wt_slabs s = {.len = (int64_t)g->cout * t->row,
+                  .n_blocks = (int)((g->cin + block - 1) / block)};
+    s.whole = (int64_t)taps * s.n_blocks * s.len * e->esize <= WT_SUMS_BYTES;
+    s.sum = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, s.whole ? taps * s.n_blocks * s.len : s.len),
+                                 "sum");
+    LLVMSetAlignment(s.sum, 64);
+    LLVMValueRef acc[WT_MR * WT_NR];
+    for (int k = 0; k < WT_MR * WT_NR; k++)
+        acc[k] = var_new(e, e->vt, "acc");
+    wt_pass w = {.g = g, .t = t, .xt = xt, .acc = acc};
+
+    if (s.whole)
+        wt_for_blocks(e, g, w, &s, wt_visit_zero);
+    loop lc, lb;
+    w.c0 = loop_step(e, &lc, ci(e, 0), e->n, t->chunk, "chunk");
+    w.c1 = imin(e, iaxc(e, w.c0, 1, t->chunk), e->n);
+    LLVMValueRef b = loop_open(e, &lb, w.c0, w.c1, "b");
+    wt_transpose(e, g, t, example(e, e->p[0], in_len, b),
+                 at(e, xt, imul(e, LLVMBuildSub(e->b, b, w.c0, ""), ci(e, xt_len))));
+    loop_close(e, &lb);
+    wt_for_blocks(e, g, w, &s, wt_visit_chunk);
+    loop_close(e, &lc);
+    if (s.whole)
+        wt_for_blocks(e, g, w, &s, wt_visit_scatter);
+    if (g->bias) {
+        loop lk;
+        LLVMValueRef k = loop_open(e, &lk, e->lo, e->hi, "block");
+        wgrad_bias(e, g, imul(e, k, ci(e, mr)), mr, acc[0]);
+        loop_close(e, &lk);
+    }
+    *blocks = g->cout / mr;
 }
 
 /* ---- conv2d: the weight gradient of a 1x1 convolution (and of patch convs) ----------------
@@ -937,7 +1269,6 @@ static void wgrad_1x1_tile(const em *e, const conv_geo *g, LLVMValueRef o, int o
 static void emit_conv_wgrad_1x1(const em *e, const conv_geo *g, int64_t *blocks)
 {
     int ob = g->cout % W1X1_OB ? 1 : W1X1_OB;
-    int64_t plane = (int64_t)g->h * g->w, out_len = (int64_t)g->cout * plane;
     LLVMValueRef acc[W1X1_OB * W1X1_KB];
     for (int t = 0; t < W1X1_OB * W1X1_KB; t++)
         acc[t] = var_new(e, e->vt, "acc");
@@ -955,20 +1286,8 @@ static void emit_conv_wgrad_1x1(const em *e, const conv_geo *g, int64_t *blocks)
     LLVMValueRef o = iaxc(e, blk2, ob, 0);
     if (g->cin % W1X1_KB)
         wgrad_1x1_tile(e, g, o, ob, ci(e, kfull), (int)(g->cin % W1X1_KB), acc);
-    if (g->bias) /* dbias[o] += sum over the batch and the plane */
-        for (int j = 0; j < ob; j++) {
-            var_set(e, acc[0], vzero(e));
-            loop lb;
-            LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-            LLVMValueRef db = at(e, example(e, e->p[1], out_len, b), iaxc(e, o, plane, j * plane));
-            for (int64_t x0 = 0; x0 < plane; x0 += e->vl) {
-                lanes m = lane_range(0, (int)(plane - x0 < e->vl ? plane - x0 : e->vl), e->vl);
-                var_set(e, acc[0], fadd(e, var_get(e, e->vt, acc[0]), vload(e, db, ci(e, x0), m),
-                                        false));
-            }
-            loop_close(e, &lb);
-            accum(e, hsum(e, var_get(e, e->vt, acc[0])), e->p[3], iaxc(e, o, 1, j));
-        }
+    if (g->bias)
+        wgrad_bias(e, g, o, ob, acc[0]);
     loop_close(e, &lo2);
     *blocks = g->cout / ob;
 }
@@ -1273,6 +1592,7 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
         return;
     }
     bool fast = conv_fast(v);
+    wt_plan wt;
     if (kind == LIPC_K_FORWARD) {
         if (fast)
             emit_conv_fast(e, &g, e->p[0], e->p[2], e->p[3], e->p[4]);
@@ -1290,6 +1610,8 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
         }
     } else if (fast && g.kh == 1 && g.kw == 1 && g.top == 0 && g.left == 0) {
         emit_conv_wgrad_1x1(e, &g, &info->blocks);
+    } else if (fast && wt_plan_for(e, &g, &wt)) {
+        emit_conv_wgrad_t(e, &g, &wt, &info->blocks);
     } else if (fast && g.kh * g.kw <= 49) {
         emit_conv_wgrad_fast(e, &g, &info->blocks);
     } else {
