@@ -125,15 +125,16 @@ const char bc_wide[] =
     "  - relu\n"
     "  - dense: {out: classes, normalize: true}\n";
 
-/* Channel counts past one register tile of the weight gradient's input
- * channels (64 + 4; 3 in the stem) and an odd one (5), on a map that is not
- * a whole number of vectors (3 x 7); the 7 x 7 conv has taps that read only
- * padding and more sums than the weight gradient keeps over a batch. */
+/* Channel counts past one register tile of the weight gradients' channel
+ * blocks (68 = 64 + 4 input channels; 68 = 2 x 32 + 4 output channels of a
+ * strided stem) and an odd one (5), on a map that is not a whole number of
+ * vectors (3 x 7); the 7 x 7 conv has taps that read only padding and more
+ * sums than the weight gradient keeps over a batch. */
 const char bc_deep[] =
-    "input: {shape: [3, 3, 7]}\n"
+    "input: {shape: [3, 6, 13]}\n"
     "classes: 3\n"
     "layers:\n"
-    "  - conv2d: {out: 68, kernel: 3}\n"
+    "  - conv2d: {out: 68, kernel: 3, stride: 2}\n"
     "  - residual:\n"
     "      - conv2d: {out: 68, kernel: 3}\n"
     "  - minmax\n"

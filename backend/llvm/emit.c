@@ -327,6 +327,11 @@ static LLVMValueRef imin(const em *e, LLVMValueRef a, LLVMValueRef b)
     return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, a, b, ""), a, b, "");
 }
 
+static LLVMValueRef imax(const em *e, LLVMValueRef a, LLVMValueRef b)
+{
+    return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, a, b, ""), a, b, "");
+}
+
 /* ---- functions --------------------------------------------------------------------- */
 
 static int64_t numel(const lipc_node *n) { return lipc_shape_numel(n->shape); }
@@ -985,10 +990,16 @@ static void vtranspose(const em *e, LLVMValueRef *r)
     }
 }
 
+/* A [channels][plane] block transposed to [plane][rowlen] (rowlen: the
+ * channels rounded up to vl; the lanes past the channels get zeros). */
+typedef struct tshape {
+    int64_t channels, plane, rowlen;
+} tshape;
+
 /* xT[p0 + l][c0 + j] = x[c0 + j][p0 + l] for j < nc, l < np (zeros for
  * nc <= j < vl). */
-static void wt_transpose_tile(const em *e, const wt_plan *t, LLVMValueRef x, LLVMValueRef xt,
-                              LLVMValueRef c0, int nc, LLVMValueRef p0, int np)
+static void transpose_tile(const em *e, const tshape *t, LLVMValueRef x, LLVMValueRef xt,
+                           LLVMValueRef c0, int nc, LLVMValueRef p0, int np)
 {
     LLVMValueRef r[32];
     lanes m = lane_range(0, np, e->vl);
@@ -997,33 +1008,44 @@ static void wt_transpose_tile(const em *e, const wt_plan *t, LLVMValueRef x, LLV
                       : vzero(e);
     vtranspose(e, r);
     for (int l = 0; l < np; l++)
-        vstore(e, r[l], xt, iadd(e, imul(e, iaxc(e, p0, 1, l), ci(e, t->cinp)), c0),
+        vstore(e, r[l], xt, iadd(e, imul(e, iaxc(e, p0, 1, l), ci(e, t->rowlen)), c0),
                lane_range(0, e->vl, e->vl));
 }
 
-static void wt_transpose_rows(const em *e, const wt_plan *t, LLVMValueRef x, LLVMValueRef xt,
-                              LLVMValueRef c0, int nc)
+static void transpose_rows(const em *e, const tshape *t, LLVMValueRef x, LLVMValueRef xt,
+                           LLVMValueRef c0, int nc)
 {
     int64_t full = t->plane / e->vl * e->vl;
     loop lp;
     LLVMValueRef p0 = loop_step(e, &lp, ci(e, 0), ci(e, full), e->vl, "p0");
-    wt_transpose_tile(e, t, x, xt, c0, nc, p0, e->vl);
+    transpose_tile(e, t, x, xt, c0, nc, p0, e->vl);
     loop_close(e, &lp);
     if (t->plane % e->vl)
-        wt_transpose_tile(e, t, x, xt, c0, nc, ci(e, full), (int)(t->plane % e->vl));
+        transpose_tile(e, t, x, xt, c0, nc, ci(e, full), (int)(t->plane % e->vl));
 }
 
-/* One example: x [cin][plane] -> xT [plane][cinp]. */
-static void wt_transpose(const em *e, const conv_geo *g, const wt_plan *t, LLVMValueRef x,
-                         LLVMValueRef xt)
+/* One example: x [channels][plane] -> xT [plane][rowlen]. */
+static void transpose_example(const em *e, const tshape *t, LLVMValueRef x, LLVMValueRef xt)
 {
-    int64_t full = g->cin / e->vl * e->vl;
+    int64_t full = t->channels / e->vl * e->vl;
     loop lc;
     LLVMValueRef c0 = loop_step(e, &lc, ci(e, 0), ci(e, full), e->vl, "c0");
-    wt_transpose_rows(e, t, x, xt, c0, e->vl);
+    transpose_rows(e, t, x, xt, c0, e->vl);
     loop_close(e, &lc);
-    if (g->cin % e->vl)
-        wt_transpose_rows(e, t, x, xt, ci(e, full), (int)(g->cin % e->vl));
+    if (t->channels % e->vl)
+        transpose_rows(e, t, x, xt, ci(e, full), (int)(t->channels % e->vl));
+}
+
+/* Examples [c0, c1) of a [n][channels][plane] block into xT, one after the
+ * other ([c1 - c0][plane][rowlen]). */
+static void transpose_chunk(const em *e, const tshape *t, LLVMValueRef x, LLVMValueRef xt,
+                            LLVMValueRef c0, LLVMValueRef c1)
+{
+    loop lb;
+    LLVMValueRef b = loop_open(e, &lb, c0, c1, "b");
+    transpose_example(e, t, example(e, x, t->channels * t->plane, b),
+                      at(e, xt, imul(e, LLVMBuildSub(e->b, b, c0, ""), ci(e, t->plane * t->rowlen))));
+    loop_close(e, &lb);
 }
 
 /* What one tile pass shares: the chunk [c0, c1), the scratch, the tap (its
@@ -1032,8 +1054,8 @@ typedef struct wt_pass {
     const conv_geo *g;
     const wt_plan *t;
     LLVMValueRef c0, c1, xt, *acc;
-    int tap, ylo, yhi, xlo, xhi;
-    int64_t dq;
+    /* runtime values: the tap ky kw + kx, its offset, rows and columns */
+    LLVMValueRef tap, dq, ylo, yhi, xlo, xhi;
 } wt_pass;
 
 /* The range's output channels, lo mr .. hi mr: how many. */
@@ -1053,7 +1075,7 @@ static void wt_zero(const em *e, const wt_plan *t, LLVMValueRef slab, int nr)
 
 /* dW[o, i0 + c, tap] += scale slab[o][c] for the range's o and c < valid. */
 static void wt_scatter(const em *e, const conv_geo *g, const wt_plan *t, LLVMValueRef slab,
-                       LLVMValueRef i0, int valid, int tap)
+                       LLVMValueRef i0, int valid, LLVMValueRef tap)
 {
     int taps = g->kh * g->kw;
     loop l;
@@ -1062,9 +1084,10 @@ static void wt_scatter(const em *e, const conv_geo *g, const wt_plan *t, LLVMVal
     LLVMValueRef wrow = at(e, e->p[2], iadd(e, imul(e, o, ci(e, (int64_t)g->cin * taps)),
                                             imul(e, i0, ci(e, taps))));
     LLVMValueRef srow = at(e, slab, imul(e, os, ci(e, t->row)));
-    for (int c = 0; c < valid; c++)
-        accum(e, fmul(e, load(e, srow, ci(e, c)), e->scale, false), wrow,
-              ci(e, (int64_t)c * taps + tap));
+    loop lc;
+    LLVMValueRef c = loop_open(e, &lc, ci(e, 0), ci(e, valid), "c");
+    accum(e, fmul(e, load(e, srow, c), e->scale, false), wrow, iadd(e, imul(e, c, ci(e, taps)), tap));
+    loop_close(e, &lc);
     loop_close(e, &l);
 }
 
@@ -1082,8 +1105,8 @@ static void wt_accumulate(const em *e, const wt_pass *w, LLVMValueRef slab, LLVM
     LLVMValueRef db = example(e, e->p[1], out_len, b);
     LLVMValueRef xb = at(e, at(e, w->xt, imul(e, LLVMBuildSub(e->b, b, w->c0, ""), ci(e, xt_len))),
                          i0);
-    LLVMValueRef y0 = loop_step(e, &lband, ci(e, w->ylo), ci(e, w->yhi), WT_ROWS, "band");
-    LLVMValueRef y1 = imin(e, iaxc(e, y0, 1, WT_ROWS), ci(e, w->yhi));
+    LLVMValueRef y0 = loop_step(e, &lband, w->ylo, w->yhi, WT_ROWS, "band");
+    LLVMValueRef y1 = imin(e, iaxc(e, y0, 1, WT_ROWS), w->yhi);
     LLVMValueRef k = loop_open(e, &lk, e->lo, e->hi, "block");
     LLVMValueRef o = imul(e, k, ci(e, mr));
     LLVMValueRef srow = at(e, slab, imul(e, LLVMBuildSub(e->b, k, e->lo, ""), ci(e, mr * t->row)));
@@ -1093,9 +1116,11 @@ static void wt_accumulate(const em *e, const wt_pass *w, LLVMValueRef slab, LLVM
     LLVMValueRef dplane = at(e, db, imul(e, o, ci(e, t->plane)));
     LLVMValueRef y = loop_open(e, &ly, y0, y1, "y");
     LLVMValueRef yrow = imul(e, y, ci(e, g->w));
-    for (int x = w->xlo; x < w->xhi; x++) { /* unrolled: constant offsets */
-        LLVMValueRef p = iaxc(e, yrow, 1, x);
-        LLVMValueRef q = imul(e, iaxc(e, p, 1, w->dq), ci(e, t->cinp));
+    loop lx;
+    LLVMValueRef x = loop_open(e, &lx, w->xlo, w->xhi, "x");
+    {
+        LLVMValueRef p = iadd(e, yrow, x);
+        LLVMValueRef q = imul(e, iadd(e, p, w->dq), ci(e, t->cinp));
         LLVMValueRef bv[WT_NR];
         for (int v = 0; v < nr; v++)
             bv[v] = vload(e, xb, iaxc(e, q, 1, v * vl), all);
@@ -1107,6 +1132,7 @@ static void wt_accumulate(const em *e, const wt_pass *w, LLVMValueRef slab, LLVM
             }
         }
     }
+    loop_close(e, &lx);
     loop_close(e, &ly);
     for (int m = 0; m < mr; m++)
         for (int v = 0; v < nr; v++)
@@ -1127,11 +1153,11 @@ typedef struct wt_slabs {
     bool whole;
 } wt_slabs;
 
-static LLVMValueRef wt_slab(const em *e, const wt_slabs *s, int tap, LLVMValueRef ib)
+static LLVMValueRef wt_slab(const em *e, const wt_slabs *s, LLVMValueRef tap, LLVMValueRef ib)
 {
     if (!s->whole)
         return s->sum;
-    return at(e, s->sum, imul(e, iaxc(e, ib, 1, (int64_t)tap * s->n_blocks), ci(e, s->len)));
+    return at(e, s->sum, imul(e, iadd(e, imul(e, tap, ci(e, s->n_blocks)), ib), ci(e, s->len)));
 }
 
 /* Calls fn for each tap with a valid position and block of input channels:
@@ -1139,27 +1165,38 @@ static LLVMValueRef wt_slab(const em *e, const wt_slabs *s, int tap, LLVMValueRe
 typedef void (*wt_visit)(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
                          LLVMValueRef i0, int nr, int valid);
 
+/* The outputs p in [lo, hi) of a stride-1 axis whose input p + k - pad lies
+ * in [0, len) (tap_range, for a runtime k); empty when hi <= lo. */
+static void tap_range_rt(const em *e, LLVMValueRef k, int pad, int len, int out, LLVMValueRef *lo,
+                         LLVMValueRef *hi)
+{
+    LLVMValueRef nk = LLVMBuildNeg(e->b, k, "");
+    *lo = imax(e, iaxc(e, nk, 1, pad), ci(e, 0));
+    *hi = imin(e, iaxc(e, nk, 1, (int64_t)len + pad), ci(e, out));
+}
+
+/* Calls fn for each tap (a runtime loop: one copy of the code) and block of
+ * input channels: the full blocks in a loop, then the partial one. */
 static void wt_for_blocks(const em *e, const conv_geo *g, wt_pass w, const wt_slabs *s,
                           wt_visit fn)
 {
     int vl = e->vl;
     int64_t block = (int64_t)WT_NR * vl, full = g->cin / block;
     int rest = (int)(g->cin - full * block);
-    for (int ky = 0; ky < g->kh; ky++)
-        for (int kx = 0; kx < g->kw; kx++) {
-            w.tap = ky * g->kw + kx;
-            w.dq = (int64_t)(ky - g->top) * g->w + (kx - g->left);
-            tap_range(ky, g->top, 1, g->h, g->oh, &w.ylo, &w.yhi);
-            tap_range(kx, g->left, 1, g->w, g->ow, &w.xlo, &w.xhi);
-            if (w.ylo >= w.yhi || w.xlo >= w.xhi)
-                continue;
-            loop li;
-            LLVMValueRef ib = loop_open(e, &li, ci(e, 0), ci(e, full), "iblock");
-            fn(e, &w, s, ib, imul(e, ib, ci(e, block)), WT_NR, (int)block);
-            loop_close(e, &li);
-            if (rest)
-                fn(e, &w, s, ci(e, full), ci(e, full * block), (rest + vl - 1) / vl, rest);
-        }
+    loop lky, lkx, li;
+    LLVMValueRef ky = loop_open(e, &lky, ci(e, 0), ci(e, g->kh), "ky");
+    LLVMValueRef kx = loop_open(e, &lkx, ci(e, 0), ci(e, g->kw), "kx");
+    w.tap = iadd(e, imul(e, ky, ci(e, g->kw)), kx);
+    w.dq = iadd(e, imul(e, iaxc(e, ky, 1, -g->top), ci(e, g->w)), iaxc(e, kx, 1, -g->left));
+    tap_range_rt(e, ky, g->top, g->h, g->oh, &w.ylo, &w.yhi);
+    tap_range_rt(e, kx, g->left, g->w, g->ow, &w.xlo, &w.xhi);
+    LLVMValueRef ib = loop_open(e, &li, ci(e, 0), ci(e, full), "iblock");
+    fn(e, &w, s, ib, imul(e, ib, ci(e, block)), WT_NR, (int)block);
+    loop_close(e, &li);
+    if (rest)
+        fn(e, &w, s, ci(e, full), ci(e, full * block), (rest + vl - 1) / vl, rest);
+    loop_close(e, &lkx);
+    loop_close(e, &lky);
 }
 
 static void wt_visit_zero(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
@@ -1190,7 +1227,7 @@ static void wt_visit_chunk(const em *e, const wt_pass *w, const wt_slabs *s, LLV
 static void emit_conv_wgrad_t(const em *e, const conv_geo *g, const wt_plan *t, int64_t *blocks)
 {
     int vl = e->vl, mr = t->mr, taps = g->kh * g->kw;
-    int64_t in_len = (int64_t)g->cin * t->plane, xt_len = t->plane * t->cinp;
+    int64_t xt_len = t->plane * t->cinp;
     LLVMValueRef xt = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, t->chunk * xt_len), "xT");
     LLVMSetAlignment(xt, 64);
     int64_t block = (int64_t)WT_NR * vl;
@@ -1207,13 +1244,11 @@ static void emit_conv_wgrad_t(const em *e, const conv_geo *g, const wt_plan *t, 
 
     if (s.whole)
         wt_for_blocks(e, g, w, &s, wt_visit_zero);
-    loop lc, lb;
+    loop lc;
     w.c0 = loop_step(e, &lc, ci(e, 0), e->n, t->chunk, "chunk");
     w.c1 = imin(e, iaxc(e, w.c0, 1, t->chunk), e->n);
-    LLVMValueRef b = loop_open(e, &lb, w.c0, w.c1, "b");
-    wt_transpose(e, g, t, example(e, e->p[0], in_len, b),
-                 at(e, xt, imul(e, LLVMBuildSub(e->b, b, w.c0, ""), ci(e, xt_len))));
-    loop_close(e, &lb);
+    tshape ts = {g->cin, t->plane, t->cinp};
+    transpose_chunk(e, &ts, e->p[0], xt, w.c0, w.c1);
     wt_for_blocks(e, g, w, &s, wt_visit_chunk);
     loop_close(e, &lc);
     if (s.whole)
@@ -1225,6 +1260,165 @@ static void emit_conv_wgrad_t(const em *e, const conv_geo *g, const wt_plan *t, 
         loop_close(e, &lk);
     }
     *blocks = g->cout / mr;
+}
+
+/* ---- conv2d: the weight gradient with vectors across output channels ------------------------
+ *   dW[o, i, ky, kx] += scale sum_b sum_{y, x} dout[b, o, y, x] in[b, i, sh y + ky - top, sw x + kx - left]
+ * for convs with few input channels and any stride (the stem), where vectors
+ * across input channels would be mostly padding. A chunk of dout is
+ * transposed (channels innermost) into stack scratch. A unit of work is a
+ * block of nr vectors of output channels, an input channel i and a kernel
+ * row ky; its register tile of kw taps x nr vectors runs over the output
+ * positions: per position nr vector loads of dout, one broadcast input value
+ * per tap and kw x nr FMAs. The columns are unrolled, so the taps that read
+ * padding are left out when the code is made. The sums go to dW lane by lane
+ * once per chunk. The range is units; each dW element belongs to one, so
+ * the thread count does not change the results. */
+#define WO_NR 2    /* vectors of output channels per unit */
+#define WO_ACC 24  /* accumulators in a tile */
+#define WO_COLS 64 /* widest output row (its columns are unrolled) */
+
+typedef struct wo_plan {
+    int64_t oplane, coutp; /* output positions; dout^T row length */
+    int chunk;             /* examples per transposed chunk */
+    int nr, full, tail;    /* vectors per block; blocks of nr vl channels; vectors of the rest */
+} wo_plan;
+
+static bool wo_plan_for(const em *e, const conv_geo *g, wo_plan *t)
+{
+    if ((e->vl & (e->vl - 1)) || g->ow > WO_COLS || g->kw > WO_ACC)
+        return false;
+    t->oplane = (int64_t)g->oh * g->ow;
+    t->coutp = (g->cout + e->vl - 1) / e->vl * e->vl;
+    int64_t per_example = t->oplane * t->coutp * e->esize;
+    if (per_example > WT_EXAMPLE_BYTES)
+        return false;
+    int64_t fit = WT_SCRATCH_BYTES / per_example;
+    t->chunk = fit < 1 ? 1 : fit < WT_CHUNK ? (int)fit : WT_CHUNK;
+    t->nr = WO_NR < WO_ACC / g->kw ? WO_NR : WO_ACC / g->kw;
+    int block = t->nr * e->vl;
+    t->full = g->cout / block;
+    t->tail = (g->cout % block + e->vl - 1) / e->vl;
+    return true;
+}
+
+/* One unit's tile over the chunk [c0, c1) and its scatter into dW: output
+ * channels from o0 (nr vectors, the first `valid` channels real), input
+ * channel i, kernel row ky. */
+static void wo_unit(const em *e, const conv_geo *g, const wo_plan *t, LLVMValueRef dt,
+                    LLVMValueRef c0, LLVMValueRef c1, LLVMValueRef o0, int nr, int valid,
+                    LLVMValueRef i, LLVMValueRef ky, LLVMValueRef *acc, LLVMValueRef tile)
+{
+    int vl = e->vl;
+    int64_t in_plane = (int64_t)g->h * g->w, in_len = g->cin * in_plane;
+    /* the rows y whose input row sh y + ky - top lies in [0, h) (tap_range
+     * for a runtime ky) */
+    LLVMValueRef first = iaxc(e, LLVMBuildNeg(e->b, ky, ""), 1, g->top);
+    LLVMValueRef ylo = imax(e, LLVMBuildSDiv(e->b, iaxc(e, first, 1, g->sh - 1), ci(e, g->sh), ""), ci(e, 0));
+    LLVMValueRef last = iaxc(e, first, 1, g->h - 1);
+    LLVMValueRef yhi = imin(e, LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, last, ci(e, 0), ""),
+                                               ci(e, 0), iaxc(e, LLVMBuildSDiv(e->b, last, ci(e, g->sh), ""), 1, 1), ""),
+                            ci(e, g->oh));
+    lanes all = lane_range(0, vl, vl);
+    for (int k = 0; k < g->kw * nr; k++)
+        var_set(e, acc[k], vzero(e));
+    loop lb, ly;
+    LLVMValueRef b = loop_open(e, &lb, c0, c1, "b");
+    LLVMValueRef xi = at(e, example(e, e->p[0], in_len, b), imul(e, i, ci(e, in_plane)));
+    LLVMValueRef db = at(e, at(e, dt, imul(e, LLVMBuildSub(e->b, b, c0, ""), ci(e, t->oplane * t->coutp))),
+                         o0);
+    LLVMValueRef y = loop_open(e, &ly, imax(e, ylo, ci(e, 0)), yhi, "y");
+    LLVMValueRef xrow = imul(e, iadd(e, imul(e, y, ci(e, g->sh)), iaxc(e, ky, 1, -g->top)), ci(e, g->w));
+    LLVMValueRef drow = imul(e, y, ci(e, (int64_t)g->ow * t->coutp));
+    for (int x = 0; x < g->ow; x++) { /* unrolled: padding taps drop out */
+        LLVMValueRef dv[WO_NR];
+        for (int v = 0; v < nr; v++)
+            dv[v] = vload(e, db, iaxc(e, drow, 1, (int64_t)x * t->coutp + v * vl), all);
+        for (int kx = 0; kx < g->kw; kx++) {
+            int col = g->sw * x + kx - g->left;
+            if (col < 0 || col >= g->w)
+                continue;
+            LLVMValueRef xv = splat(e, load(e, xi, iaxc(e, xrow, 1, col)));
+            for (int v = 0; v < nr; v++) {
+                LLVMValueRef a = acc[kx * nr + v];
+                var_set(e, a, vfma(e, xv, dv[v], var_get(e, e->vt, a)));
+            }
+        }
+    }
+    loop_close(e, &ly);
+    loop_close(e, &lb);
+    /* dW[o0 + c, i, ky, kx] += scale acc[kx][c], through a tile in memory
+     * (lane by lane in registers made the kernel slow to compile) */
+    int64_t ostride = (int64_t)g->cin * g->kh * g->kw;
+    LLVMValueRef wbase = at(e, e->p[2], iadd(e, imul(e, o0, ci(e, ostride)),
+                                             iadd(e, imul(e, i, ci(e, (int64_t)g->kh * g->kw)),
+                                                  imul(e, ky, ci(e, g->kw)))));
+    for (int kx = 0; kx < g->kw; kx++) {
+        for (int v = 0; v < nr; v++)
+            vstore(e, var_get(e, e->vt, acc[kx * nr + v]), tile, ci(e, (int64_t)v * vl), all);
+        loop lc;
+        LLVMValueRef c = loop_open(e, &lc, ci(e, 0), ci(e, valid), "c");
+        accum(e, fmul(e, load(e, tile, c), e->scale, false), wbase, iaxc(e, c, ostride, kx));
+        loop_close(e, &lc);
+    }
+}
+
+/* Unit u -> (block, i, ky): u = (block cin + i) kh + ky. */
+static void emit_conv_wgrad_o(const em *e, const conv_geo *g, const wo_plan *t, int64_t *blocks)
+{
+    int vl = e->vl;
+    LLVMValueRef dt = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, t->chunk * t->oplane * t->coutp), "doutT");
+    LLVMSetAlignment(dt, 64);
+    LLVMValueRef tile = LLVMBuildArrayAlloca(e->eb, e->f32, ci(e, (int64_t)WO_NR * vl), "tile");
+    LLVMSetAlignment(tile, 64);
+    LLVMValueRef acc[WO_ACC];
+    for (int k = 0; k < WO_ACC; k++)
+        acc[k] = var_new(e, e->vt, "acc");
+    int64_t per_block = (int64_t)g->cin * g->kh, block_len = (int64_t)t->nr * vl;
+    int nb = t->full + (t->tail ? 1 : 0);
+    loop lc, lu;
+    LLVMValueRef c0 = loop_step(e, &lc, ci(e, 0), e->n, t->chunk, "chunk");
+    LLVMValueRef c1 = imin(e, iaxc(e, c0, 1, t->chunk), e->n);
+    tshape ts = {g->cout, t->oplane, t->coutp};
+    transpose_chunk(e, &ts, e->p[1], dt, c0, c1);
+    LLVMValueRef u = loop_open(e, &lu, e->lo, e->hi, "unit");
+    LLVMValueRef blk = LLVMBuildSDiv(e->b, u, ci(e, per_block), "");
+    LLVMValueRef rem = LLVMBuildSRem(e->b, u, ci(e, per_block), "");
+    LLVMValueRef i = LLVMBuildSDiv(e->b, rem, ci(e, g->kh), "");
+    LLVMValueRef kyv = LLVMBuildSRem(e->b, rem, ci(e, g->kh), "");
+    LLVMValueRef o0 = imul(e, blk, ci(e, block_len));
+    for (int part = 0; part < 2; part++) {
+        int nr = part ? t->tail : t->nr;
+        if (!nr)
+            continue;
+        int valid = part ? (int)(g->cout - (int64_t)t->full * block_len) : (int)block_len;
+        LLVMValueRef is_tail = LLVMBuildICmp(e->b, LLVMIntEQ, blk, ci(e, t->full), "");
+        LLVMBasicBlockRef after = if_open(e, part ? is_tail : LLVMBuildNot(e->b, is_tail, ""));
+        wo_unit(e, g, t, dt, c0, c1, o0, nr, valid, i, kyv, acc, tile);
+        if_close(e, after);
+    }
+    loop_close(e, &lu);
+    loop_close(e, &lc);
+    if (g->bias) { /* by the unit (block, 0, 0) */
+        loop lb;
+        LLVMValueRef ub = loop_open(e, &lb, e->lo, e->hi, "unit");
+        LLVMValueRef first = LLVMBuildICmp(e->b, LLVMIntEQ, LLVMBuildSRem(e->b, ub, ci(e, per_block), ""),
+                                           ci(e, 0), "");
+        LLVMValueRef bb = LLVMBuildSDiv(e->b, ub, ci(e, per_block), "");
+        LLVMBasicBlockRef after = if_open(e, first);
+        for (int part = 0; part < 2; part++) {
+            int count = part ? (int)(g->cout - (int64_t)t->full * block_len) : (int)block_len;
+            if (part ? !t->tail : !t->full)
+                continue;
+            LLVMValueRef is_tail = LLVMBuildICmp(e->b, LLVMIntEQ, bb, ci(e, t->full), "");
+            LLVMBasicBlockRef a2 = if_open(e, part ? is_tail : LLVMBuildNot(e->b, is_tail, ""));
+            wgrad_bias(e, g, imul(e, bb, ci(e, block_len)), count, acc[0]);
+            if_close(e, a2);
+        }
+        if_close(e, after);
+        loop_close(e, &lb);
+    }
+    *blocks = nb * per_block;
 }
 
 /* ---- conv2d: the weight gradient of a 1x1 convolution (and of patch convs) ----------------
@@ -1593,6 +1787,7 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
     }
     bool fast = conv_fast(v);
     wt_plan wt;
+    wo_plan wo;
     if (kind == LIPC_K_FORWARD) {
         if (fast)
             emit_conv_fast(e, &g, e->p[0], e->p[2], e->p[3], e->p[4]);
@@ -1614,6 +1809,8 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
         emit_conv_wgrad_t(e, &g, &wt, &info->blocks);
     } else if (fast && g.kh * g.kw <= 49) {
         emit_conv_wgrad_fast(e, &g, &info->blocks);
+    } else if (g.cin < e->vl && wo_plan_for(e, &g, &wo)) {
+        emit_conv_wgrad_o(e, &g, &wo, &info->blocks);
     } else {
         emit_conv_general(e, &g, kind);
         info->blocks = g.cout;
