@@ -951,17 +951,28 @@ typedef struct wt_plan {
     int row;        /* floats per output channel in a slab of sums (WT_NR vectors) */
 } wt_plan;
 
-static bool wt_plan_for(const em *e, const conv_geo *g, wt_plan *t)
+/* The stack scratch for examples of `plane` positions x `channels`
+ * transposed: its row length (the channels rounded up to vl) and the
+ * examples per chunk; false when one example does not fit. */
+static bool scratch_chunk(const em *e, int64_t plane, int64_t channels, int64_t *rowlen,
+                          int *chunk)
 {
-    if (g->oh != g->h || g->ow != g->w || (e->vl & (e->vl - 1)))
+    if (e->vl & (e->vl - 1))
         return false;
-    t->plane = (int64_t)g->h * g->w;
-    t->cinp = (g->cin + e->vl - 1) / e->vl * e->vl;
-    int64_t per_example = t->plane * t->cinp * e->esize;
+    *rowlen = (channels + e->vl - 1) / e->vl * e->vl;
+    int64_t per_example = plane * *rowlen * e->esize;
     if (per_example > WT_EXAMPLE_BYTES)
         return false;
     int64_t fit = WT_SCRATCH_BYTES / per_example;
-    t->chunk = fit < 1 ? 1 : fit < WT_CHUNK ? (int)fit : WT_CHUNK;
+    *chunk = fit < 1 ? 1 : fit < WT_CHUNK ? (int)fit : WT_CHUNK;
+    return true;
+}
+
+static bool wt_plan_for(const em *e, const conv_geo *g, wt_plan *t)
+{
+    t->plane = (int64_t)g->h * g->w;
+    if (g->oh != g->h || g->ow != g->w || !scratch_chunk(e, t->plane, g->cin, &t->cinp, &t->chunk))
+        return false;
     t->mr = g->cout % WT_MR == 0 ? WT_MR : g->cout % 2 == 0 ? 2 : 1;
     t->row = WT_NR * e->vl;
     return true;
@@ -1286,15 +1297,10 @@ typedef struct wo_plan {
 
 static bool wo_plan_for(const em *e, const conv_geo *g, wo_plan *t)
 {
-    if ((e->vl & (e->vl - 1)) || g->ow > WO_COLS || g->kw > WO_ACC)
-        return false;
     t->oplane = (int64_t)g->oh * g->ow;
-    t->coutp = (g->cout + e->vl - 1) / e->vl * e->vl;
-    int64_t per_example = t->oplane * t->coutp * e->esize;
-    if (per_example > WT_EXAMPLE_BYTES)
+    if (g->ow > WO_COLS || g->kw > WO_ACC ||
+        !scratch_chunk(e, t->oplane, g->cout, &t->coutp, &t->chunk))
         return false;
-    int64_t fit = WT_SCRATCH_BYTES / per_example;
-    t->chunk = fit < 1 ? 1 : fit < WT_CHUNK ? (int)fit : WT_CHUNK;
     t->nr = WO_NR < WO_ACC / g->kw ? WO_NR : WO_ACC / g->kw;
     int block = t->nr * e->vl;
     t->full = g->cout / block;
