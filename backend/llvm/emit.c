@@ -2003,47 +2003,78 @@ static void dense_bwd_examples(const em *e, const lipc_node *v, LLVMValueRef o0,
     loop_close(e, &lt);
 }
 
-/* wgrad: rows [o, o + ob) of dW, along i in vectors, summed over the batch */
+/* wgrad: rows [o, o + ob) of dW at columns [c, c + nc vl) (lanes m of the
+ * last vector), summed over the batch: ob x nc vector accumulators, so each
+ * vector of the input feeds ob FMAs. */
+static void dense_wgrad_tile(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
+                             LLVMValueRef c, int nc, lanes m, LLVMValueRef *acc)
+{
+    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
+    lanes all = lane_range(0, e->vl, e->vl);
+    for (int q = 0; q < ob; q++)
+        for (int k = 0; k < nc; k++)
+            var_set(e, acc[q * MM + k], vzero(e));
+    loop lb;
+    LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+    LLVMValueRef xv[MM];
+    for (int k = 0; k < nc; k++)
+        xv[k] = vload(e, e->p[0], iadd(e, iaxc(e, b, in_f, (int64_t)k * e->vl), c),
+                      k == nc - 1 ? m : all);
+    for (int q = 0; q < ob; q++) {
+        LLVMValueRef s = splat(e, load(e, e->p[1], iadd(e, iaxc(e, b, out_f, q), o)));
+        for (int k = 0; k < nc; k++)
+            var_set(e, acc[q * MM + k], vfma(e, s, xv[k], var_get(e, e->vt, acc[q * MM + k])));
+    }
+    loop_close(e, &lb);
+    for (int q = 0; q < ob; q++)
+        for (int k = 0; k < nc; k++) {
+            lanes mk = k == nc - 1 ? m : all;
+            LLVMValueRef idx = iadd(e, iaxc(e, o, in_f, q * in_f + (int64_t)k * e->vl), c);
+            LLVMValueRef g = vfma(e, splat(e, e->scale), var_get(e, e->vt, acc[q * MM + k]),
+                                  vload(e, e->p[2], idx, mk));
+            vstore(e, g, e->p[2], idx, mk);
+        }
+}
+
+/* dbias[o] += sum_b dout[b, o] for the outputs [o, o + ob) */
+static void dense_bias_rows(const em *e, const lipc_node *v, LLVMValueRef o, int ob)
+{
+    int64_t out_f = v->shape.d[0];
+    for (int q = 0; q < ob; q++) {
+        LLVMValueRef sv = var_new(e, e->f32, "db");
+        var_set(e, sv, cf(e, 0.0));
+        loop lb;
+        LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
+        var_set(e, sv, fadd(e, var_get(e, e->f32, sv),
+                            load(e, e->p[1], iadd(e, iaxc(e, b, out_f, q), o)), false));
+        loop_close(e, &lb);
+        accum(e, var_get(e, e->f32, sv), e->p[3], iaxc(e, o, 1, q));
+    }
+}
+
+/* wgrad: rows [o, o + ob) of dW, along i in vectors, summed over the batch:
+ * MM vectors of columns at a time (each input vector feeds ob FMAs), then
+ * one by one, then the masked tail. (Column groups as the outer loop, the
+ * outputs inner, measured slower: the rows of dW are then visited 256 bytes
+ * at a time, one page apart.) */
 static void dense_wgrad_rows(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
                              LLVMValueRef *acc)
 {
-    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
-    for (int pass = 0; pass < 2; pass++) {
-        chunk_pass cp;
-        if (!chunk_open(e, in_f, pass, &cp))
-            break;
-        LLVMValueRef c = cp.c;
-        lanes m = cp.m;
-        loop lb;
-        for (int q = 0; q < ob; q++)
-            var_set(e, acc[q], vzero(e));
-        LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-        LLVMValueRef xv = vload(e, e->p[0], iadd(e, iaxc(e, b, in_f, 0), c), m);
-        for (int q = 0; q < ob; q++) {
-            LLVMValueRef s = splat(e, load(e, e->p[1], iadd(e, iaxc(e, b, out_f, q), o)));
-            var_set(e, acc[q], vfma(e, s, xv, var_get(e, e->vt, acc[q])));
-        }
-        loop_close(e, &lb);
-        for (int q = 0; q < ob; q++) {
-            LLVMValueRef idx = iadd(e, iaxc(e, o, in_f, q * in_f), c);
-            LLVMValueRef g = vfma(e, splat(e, e->scale), var_get(e, e->vt, acc[q]),
-                                  vload(e, e->p[2], idx, m));
-            vstore(e, g, e->p[2], idx, m);
-        }
-        chunk_close(e, &cp);
-    }
-    if (v->a.bias) {
-        for (int q = 0; q < ob; q++) {
-            LLVMValueRef sv = var_new(e, e->f32, "db");
-            var_set(e, sv, cf(e, 0.0));
-            loop lb;
-            LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
-            var_set(e, sv, fadd(e, var_get(e, e->f32, sv),
-                                load(e, e->p[1], iadd(e, iaxc(e, b, out_f, q), o)), false));
-            loop_close(e, &lb);
-            accum(e, var_get(e, e->f32, sv), e->p[3], iaxc(e, o, 1, q));
-        }
-    }
+    int64_t in_f = v->in[0]->shape.d[0];
+    chunks ch = chunks_of(e, in_f);
+    int64_t groups = ch.full / MM * MM;
+    lanes all = lane_range(0, e->vl, e->vl);
+    loop lg, l1;
+    LLVMValueRef c = loop_step(e, &lg, ci(e, 0), ci(e, groups * e->vl), (int64_t)MM * e->vl, "c");
+    dense_wgrad_tile(e, v, o, ob, c, MM, all, acc);
+    loop_close(e, &lg);
+    LLVMValueRef c1 = loop_step(e, &l1, ci(e, groups * e->vl), ci(e, ch.full * e->vl), e->vl, "c");
+    dense_wgrad_tile(e, v, o, ob, c1, 1, all, acc);
+    loop_close(e, &l1);
+    if (ch.tail)
+        dense_wgrad_tile(e, v, o, ob, ci(e, ch.full * e->vl), 1, lane_range(0, ch.tail, e->vl), acc);
+    if (v->a.bias)
+        dense_bias_rows(e, v, o, ob);
 }
 
 static void dense_fwd_rows(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
