@@ -103,7 +103,7 @@ Test(llvm, one_by_one_maps) { check_text("tiny", bc_tiny); }
 Test(llvm, wide_maps_partial_vectors) { check_text("wide", bc_wide); }
 Test(llvm, dense_only) { check_text("mlp", bc_mlp); }
 
-/* Wide channel blocks, and a batch over one chunk of the weight gradient's
+/* Wide channel blocks, and a batch larger than one chunk of the weight gradient's
  * transposed examples (11 > 8). */
 Test(llvm, many_channels)
 {

@@ -33,7 +33,10 @@
  *             and one summation order: results do not depend on the thread
  *             count.
  *
- * Other convolutions (the strided stem and neck) use plain loop nests that
+ * Strided convolutions have their own forward (emit_conv_s2) and, with few
+ * input channels (the stem), a weight gradient with the vectors across
+ * output channels (emit_conv_wgrad_o); patch convolutions (the neck) run as
+ * 1x1 convolutions on their patches. The rest use plain loop nests that
  * LLVM vectorises. Dense layers are matrix products blocked 4 x 4 with
  * vectors along the inner dimension. Element-wise ops are one loop each.
  *
@@ -607,6 +610,20 @@ static void tap_range(int k, int pad, int s, int len, int out, int *lo, int *hi)
         *lo = *hi;
 }
 
+/* tap_range for a runtime k: [*lo, *hi) is empty when *hi <= *lo. */
+static void tap_range_rt(const em *e, LLVMValueRef k, int pad, int s, int len, int out,
+                         LLVMValueRef *lo, LLVMValueRef *hi)
+{
+    LLVMValueRef first = iaxc(e, LLVMBuildNeg(e->b, k, ""), 1, pad); /* need p s >= first */
+    LLVMValueRef last = iaxc(e, first, 1, len - 1);                  /* need p s <= last */
+    /* ceil(first / s) where first > 0, and floor(last / s) + 1 where last >= 0 */
+    *lo = imax(e, LLVMBuildSDiv(e->b, iaxc(e, first, 1, s - 1), ci(e, s), ""), ci(e, 0));
+    LLVMValueRef past = iaxc(e, LLVMBuildSDiv(e->b, last, ci(e, s), ""), 1, 1);
+    *hi = imin(e, LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, last, ci(e, 0), ""),
+                                  ci(e, 0), past, ""),
+               ci(e, out));
+}
+
 /* ---- conv2d: the fast stride-1 forward (and adjoint) ----------------------------------------
  *
  * One output row y (a runtime value), taps ky in [ky_lo, ky_hi) (the rows of
@@ -928,13 +945,15 @@ static void emit_conv_wgrad_fast(const em *e, const conv_geo *g, int64_t *blocks
  *     mr x WT_NR FMAs, no shuffles and no reductions;
  *   - the positions go in bands of WT_ROWS rows whose xT block (WT_ROWS x w x
  *     WT_NR vectors) stays in L1 while every output block of the range reads
- *     it; the tiles' sums wait in a buffer sum[o][i] between bands and are
- *     added to dW (i stride kh kw: a scatter) once per chunk.
+ *     it; the tiles' sums wait in slabs sum[o][i] between bands and are added
+ *     to dW (i stride kh kw: a scatter) once per call when the slabs of every
+ *     tap fit WT_SUMS_BYTES, else once per chunk (wt_slabs).
  *
- * The range is blocks of mr output channels; each thread transposes the
- * chunk for itself. Every dW element is summed in one order (chunks, then
- * examples, bands, rows, columns), whatever the thread count. Used when one
- * example's xT fits the scratch (wt_plan). */
+ * The taps are a runtime loop, so the code exists once. The range is blocks
+ * of mr output channels; each thread transposes the chunk for itself. Every
+ * dW element is summed in one order (chunks, then examples, bands, rows,
+ * columns), whatever the thread count. Used when one transposed example
+ * fits WT_EXAMPLE_BYTES (wt_plan_for). */
 #define WT_MR 4
 #define WT_NR 4
 #define WT_CHUNK 8
@@ -1171,20 +1190,10 @@ static LLVMValueRef wt_slab(const em *e, const wt_slabs *s, LLVMValueRef tap, LL
     return at(e, s->sum, imul(e, iadd(e, imul(e, tap, ci(e, s->n_blocks)), ib), ci(e, s->len)));
 }
 
-/* Calls fn for each tap with a valid position and block of input channels:
- * the full blocks in a loop, then the partial one. */
+/* What wt_for_blocks does for one tap and block of input channels [i0, i0 +
+ * nr vl), the first `valid` of them real (ib: the block's index). */
 typedef void (*wt_visit)(const em *e, const wt_pass *w, const wt_slabs *s, LLVMValueRef ib,
                          LLVMValueRef i0, int nr, int valid);
-
-/* The outputs p in [lo, hi) of a stride-1 axis whose input p + k - pad lies
- * in [0, len) (tap_range, for a runtime k); empty when hi <= lo. */
-static void tap_range_rt(const em *e, LLVMValueRef k, int pad, int len, int out, LLVMValueRef *lo,
-                         LLVMValueRef *hi)
-{
-    LLVMValueRef nk = LLVMBuildNeg(e->b, k, "");
-    *lo = imax(e, iaxc(e, nk, 1, pad), ci(e, 0));
-    *hi = imin(e, iaxc(e, nk, 1, (int64_t)len + pad), ci(e, out));
-}
 
 /* Calls fn for each tap (a runtime loop: one copy of the code) and block of
  * input channels: the full blocks in a loop, then the partial one. */
@@ -1199,8 +1208,8 @@ static void wt_for_blocks(const em *e, const conv_geo *g, wt_pass w, const wt_sl
     LLVMValueRef kx = loop_open(e, &lkx, ci(e, 0), ci(e, g->kw), "kx");
     w.tap = iadd(e, imul(e, ky, ci(e, g->kw)), kx);
     w.dq = iadd(e, imul(e, iaxc(e, ky, 1, -g->top), ci(e, g->w)), iaxc(e, kx, 1, -g->left));
-    tap_range_rt(e, ky, g->top, g->h, g->oh, &w.ylo, &w.yhi);
-    tap_range_rt(e, kx, g->left, g->w, g->ow, &w.xlo, &w.xhi);
+    tap_range_rt(e, ky, g->top, 1, g->h, g->oh, &w.ylo, &w.yhi);
+    tap_range_rt(e, kx, g->left, 1, g->w, g->ow, &w.xlo, &w.xhi);
     LLVMValueRef ib = loop_open(e, &li, ci(e, 0), ci(e, full), "iblock");
     fn(e, &w, s, ib, imul(e, ib, ci(e, block)), WT_NR, (int)block);
     loop_close(e, &li);
@@ -1317,14 +1326,8 @@ static void wo_unit(const em *e, const conv_geo *g, const wo_plan *t, LLVMValueR
 {
     int vl = e->vl;
     int64_t in_plane = (int64_t)g->h * g->w, in_len = g->cin * in_plane;
-    /* the rows y whose input row sh y + ky - top lies in [0, h) (tap_range
-     * for a runtime ky) */
-    LLVMValueRef first = iaxc(e, LLVMBuildNeg(e->b, ky, ""), 1, g->top);
-    LLVMValueRef ylo = imax(e, LLVMBuildSDiv(e->b, iaxc(e, first, 1, g->sh - 1), ci(e, g->sh), ""), ci(e, 0));
-    LLVMValueRef last = iaxc(e, first, 1, g->h - 1);
-    LLVMValueRef yhi = imin(e, LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, last, ci(e, 0), ""),
-                                               ci(e, 0), iaxc(e, LLVMBuildSDiv(e->b, last, ci(e, g->sh), ""), 1, 1), ""),
-                            ci(e, g->oh));
+    LLVMValueRef ylo, yhi; /* the rows whose input row sh y + ky - top lies inside */
+    tap_range_rt(e, ky, g->top, g->sh, g->h, g->oh, &ylo, &yhi);
     lanes all = lane_range(0, vl, vl);
     for (int k = 0; k < g->kw * nr; k++)
         var_set(e, acc[k], vzero(e));
@@ -1333,7 +1336,7 @@ static void wo_unit(const em *e, const conv_geo *g, const wo_plan *t, LLVMValueR
     LLVMValueRef xi = at(e, example(e, e->p[0], in_len, b), imul(e, i, ci(e, in_plane)));
     LLVMValueRef db = at(e, at(e, dt, imul(e, LLVMBuildSub(e->b, b, c0, ""), ci(e, t->oplane * t->coutp))),
                          o0);
-    LLVMValueRef y = loop_open(e, &ly, imax(e, ylo, ci(e, 0)), yhi, "y");
+    LLVMValueRef y = loop_open(e, &ly, ylo, yhi, "y");
     LLVMValueRef xrow = imul(e, iadd(e, imul(e, y, ci(e, g->sh)), iaxc(e, ky, 1, -g->top)), ci(e, g->w));
     LLVMValueRef drow = imul(e, y, ci(e, (int64_t)g->ow * t->coutp));
     for (int x = 0; x < g->ow; x++) { /* unrolled: padding taps drop out */
@@ -1369,6 +1372,22 @@ static void wo_unit(const em *e, const conv_geo *g, const wo_plan *t, LLVMValueR
     }
 }
 
+/* The two kinds of block, part 0 the full ones and part 1 the last, partial
+ * one: its vectors and real channels; false when there is none of that kind.
+ * Opens "if (block blk is of that kind)", closed with if_close. */
+static bool wo_part_open(const em *e, const conv_geo *g, const wo_plan *t, int part,
+                         LLVMValueRef blk, int *nr, int *valid, LLVMBasicBlockRef *after)
+{
+    int64_t block_len = (int64_t)t->nr * e->vl;
+    *nr = part ? t->tail : t->nr;
+    *valid = part ? (int)(g->cout - t->full * block_len) : (int)block_len;
+    if (part ? !t->tail : !t->full)
+        return false;
+    LLVMValueRef is_tail = LLVMBuildICmp(e->b, LLVMIntEQ, blk, ci(e, t->full), "");
+    *after = if_open(e, part ? is_tail : LLVMBuildNot(e->b, is_tail, ""));
+    return true;
+}
+
 /* Unit u -> (block, i, ky): u = (block cin + i) kh + ky. */
 static void emit_conv_wgrad_o(const em *e, const conv_geo *g, const wo_plan *t, int64_t *blocks)
 {
@@ -1394,12 +1413,10 @@ static void emit_conv_wgrad_o(const em *e, const conv_geo *g, const wo_plan *t, 
     LLVMValueRef kyv = LLVMBuildSRem(e->b, rem, ci(e, g->kh), "");
     LLVMValueRef o0 = imul(e, blk, ci(e, block_len));
     for (int part = 0; part < 2; part++) {
-        int nr = part ? t->tail : t->nr;
-        if (!nr)
+        int nr, valid;
+        LLVMBasicBlockRef after;
+        if (!wo_part_open(e, g, t, part, blk, &nr, &valid, &after))
             continue;
-        int valid = part ? (int)(g->cout - (int64_t)t->full * block_len) : (int)block_len;
-        LLVMValueRef is_tail = LLVMBuildICmp(e->b, LLVMIntEQ, blk, ci(e, t->full), "");
-        LLVMBasicBlockRef after = if_open(e, part ? is_tail : LLVMBuildNot(e->b, is_tail, ""));
         wo_unit(e, g, t, dt, c0, c1, o0, nr, valid, i, kyv, acc, tile);
         if_close(e, after);
     }
@@ -1413,12 +1430,11 @@ static void emit_conv_wgrad_o(const em *e, const conv_geo *g, const wo_plan *t, 
         LLVMValueRef bb = LLVMBuildSDiv(e->b, ub, ci(e, per_block), "");
         LLVMBasicBlockRef after = if_open(e, first);
         for (int part = 0; part < 2; part++) {
-            int count = part ? (int)(g->cout - (int64_t)t->full * block_len) : (int)block_len;
-            if (part ? !t->tail : !t->full)
+            int nr, valid;
+            LLVMBasicBlockRef a2;
+            if (!wo_part_open(e, g, t, part, bb, &nr, &valid, &a2))
                 continue;
-            LLVMValueRef is_tail = LLVMBuildICmp(e->b, LLVMIntEQ, bb, ci(e, t->full), "");
-            LLVMBasicBlockRef a2 = if_open(e, part ? is_tail : LLVMBuildNot(e->b, is_tail, ""));
-            wgrad_bias(e, g, imul(e, bb, ci(e, block_len)), count, acc[0]);
+            wgrad_bias(e, g, imul(e, bb, ci(e, block_len)), valid, acc[0]);
             if_close(e, a2);
         }
         if_close(e, after);
