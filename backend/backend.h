@@ -184,8 +184,25 @@ void lipc_head_rows_backward(const lipc_node *head, const double *w64, const flo
 
 /* ---- optimisers (backend/optim.c), shared by the CPU backends ---- */
 
+/* sum_i x[i]^2 in double, in a fixed order of eight running sums */
+double lipc_sumsq(const float *x, size_t n);
+/* The gradient's squared norm is summed over blocks of LIPC_NORM_BLOCK
+ * elements, and the blocks' sums in order, so that threads can share it. */
+#define LIPC_NORM_BLOCK ((size_t)1 << 16)
+size_t lipc_norm_blocks(size_t n);
+/* The squared norm of block b of a gradient of n elements: floats gf, or
+ * doubles gd when gf is NULL. */
+double lipc_sumsq_block(const float *gf, const double *gd, size_t n, size_t b);
+/* From the blocks' sums: the norm (*norm) and the factor that clips the
+ * gradient to it (clip > 0), 1 when none is needed. */
+double lipc_clip_scale(const double *partial, size_t n_blocks, double clip, double *norm);
 /* Scales g [n] to global norm <= clip (clip > 0); returns the norm before. */
 double lipc_grad_clip(double *g, size_t n, double clip);
+/* The optimiser's update of elements [lo, hi) of st's parameters and moments
+ * with the gradient gf[i] * scale (floats) or gd[i] * scale (doubles, gf
+ * NULL); st->step is the count of updates before this one and is left alone. */
+void lipc_optim_update(const lipc_hyper *h, lipc_train_state *st, size_t lo, size_t hi,
+                       const float *gf, const double *gd, double scale);
 /* One AdamW or SGD-Nesterov step on st (parameters, moments, step count)
  * with the gradient grads [np]. */
 void lipc_optim_step(const lipc_hyper *h, lipc_train_state *st, size_t np, const double *grads);

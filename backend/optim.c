@@ -1,15 +1,87 @@
 /* backend/optim.c: gradient clipping and the optimisers, shared by every CPU
  * backend (the reference and the LLVM one): what they do to the parameters
- * is the same function of the gradient, so it is written once. */
+ * is the same function of the gradient, so it is written once.
+ *
+ * Both work on ranges so that a backend with threads can split them: the
+ * gradient's squared norm is a sum of partial sums over fixed blocks of
+ * LIPC_NORM_BLOCK elements, added in block order, so it has the same bits for
+ * any split; the update is element-wise. */
 #include "backend/backend.h"
 
 #include <math.h>
 
+/* The update's loops are cloned for wider vectors where the compiler can
+ * (x86 with GNU C); the host picks a clone when the library loads. IEEE
+ * sqrt and division round the same in every clone, and the file is built
+ * without floating-point contraction, so each clone computes the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+size_t lipc_norm_blocks(size_t n)
+{
+    return (n + LIPC_NORM_BLOCK - 1) / LIPC_NORM_BLOCK;
+}
+
+/* Eight running sums, element i into sum i % 8, added pairwise at the end:
+ * the order is fixed here, not by the compiler, and the sums are
+ * independent so that they need not wait on each other's additions. */
+enum { SUMS = 8 };
+
+static double add_sums(double *acc)
+{
+    for (int w = SUMS / 2; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++)
+            acc[k] += acc[k + w];
+    return acc[0];
+}
+
+double lipc_sumsq(const float *x, size_t n)
+{
+    double acc[SUMS] = {0.0};
+    size_t i = 0;
+    for (; i + SUMS <= n; i += SUMS)
+        for (int k = 0; k < SUMS; k++)
+            acc[k] += (double)x[i + k] * x[i + k];
+    for (int k = 0; i < n; i++, k++)
+        acc[k] += (double)x[i] * x[i];
+    return add_sums(acc);
+}
+
+static double sumsq_double(const double *x, size_t n)
+{
+    double acc[SUMS] = {0.0};
+    size_t i = 0;
+    for (; i + SUMS <= n; i += SUMS)
+        for (int k = 0; k < SUMS; k++)
+            acc[k] += x[i + k] * x[i + k];
+    for (int k = 0; i < n; i++, k++)
+        acc[k] += x[i] * x[i];
+    return add_sums(acc);
+}
+
+double lipc_sumsq_block(const float *gf, const double *gd, size_t n, size_t b)
+{
+    size_t lo = b * LIPC_NORM_BLOCK, hi = lo + LIPC_NORM_BLOCK < n ? lo + LIPC_NORM_BLOCK : n;
+    return gf ? lipc_sumsq(gf + lo, hi - lo) : sumsq_double(gd + lo, hi - lo);
+}
+
+double lipc_clip_scale(const double *partial, size_t n_blocks, double clip, double *norm)
+{
+    double s = 0.0;
+    for (size_t b = 0; b < n_blocks; b++)
+        s += partial[b];
+    *norm = sqrt(s);
+    return clip > 0.0 && *norm > clip ? clip / *norm : 1.0;
+}
+
 double lipc_grad_clip(double *g, size_t n, double clip)
 {
     double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += g[i] * g[i];
+    for (size_t b = 0; b < lipc_norm_blocks(n); b++)
+        s += lipc_sumsq_block(NULL, g, n, b);
     double norm = sqrt(s);
     if (clip > 0.0 && norm > clip) {
         double k = clip / norm;
@@ -23,29 +95,65 @@ double lipc_grad_clip(double *g, size_t n, double clip)
  *   AdamW:  m <- b1 m + (1-b1) g,  v <- b2 v + (1-b2) g^2,
  *           p <- p - lr (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p)
  *   SGD:    g <- g + wd p,  m <- mu m + g,  p <- p - lr (g + mu m)
- * t counts steps from 1. Computed in double, stored in float. */
-void lipc_optim_step(const lipc_hyper *h, lipc_train_state *st, size_t np, const double *grads)
+ * t counts steps from 1. Computed in double, stored in float. The gradient
+ * is g = gf[i] * scale (floats) or gd[i] * scale (doubles). */
+typedef struct adamw_k {
+    double b1, b2, c1, c2, eps, wd, lr;
+} adamw_k;
+
+static inline void adamw_one(const adamw_k *k, double g, float *restrict p, float *restrict m,
+                             float *restrict v)
+{
+    double pi = *p;
+    double mi = k->b1 * *m + (1.0 - k->b1) * g;
+    double vi = k->b2 * *v + (1.0 - k->b2) * g * g;
+    *m = (float)mi;
+    *v = (float)vi;
+    double step = (mi / k->c1) / (sqrt(vi / k->c2) + k->eps) + k->wd * pi;
+    *p = (float)(pi - k->lr * step);
+}
+
+VECTOR_CLONES
+static void adamw_float(const adamw_k *k, size_t n, const float *restrict g, double scale,
+                        float *restrict p, float *restrict m, float *restrict v)
+{
+    for (size_t i = 0; i < n; i++)
+        adamw_one(k, (double)g[i] * scale, p + i, m + i, v + i);
+}
+
+static void adamw_double(const adamw_k *k, size_t n, const double *restrict g, double scale,
+                         float *restrict p, float *restrict m, float *restrict v)
+{
+    for (size_t i = 0; i < n; i++)
+        adamw_one(k, g[i] * scale, p + i, m + i, v + i);
+}
+
+void lipc_optim_update(const lipc_hyper *h, lipc_train_state *st, size_t lo, size_t hi,
+                       const float *gf, const double *gd, double scale)
 {
     double t = (double)(st->step + 1);
+    float *p = st->params + lo, *m = st->opt_m + lo;
+    size_t n = hi - lo;
     if (h->optimizer == LIPC_OPTIM_ADAMW) {
-        double c1 = 1.0 - pow(h->beta1, t), c2 = 1.0 - pow(h->beta2, t);
-        for (size_t i = 0; i < np; i++) {
-            double g = grads[i], p = st->params[i];
-            double m = h->beta1 * st->opt_m[i] + (1.0 - h->beta1) * g;
-            double v = h->beta2 * st->opt_v[i] + (1.0 - h->beta2) * g * g;
-            st->opt_m[i] = (float)m;
-            st->opt_v[i] = (float)v;
-            double step = (m / c1) / (sqrt(v / c2) + h->adam_eps) + h->weight_decay * p;
-            st->params[i] = (float)(p - h->lr * step);
-        }
-    } else {
-        for (size_t i = 0; i < np; i++) {
-            double p = st->params[i];
-            double g = grads[i] + h->weight_decay * p;
-            double m = h->momentum * st->opt_m[i] + g;
-            st->opt_m[i] = (float)m;
-            st->params[i] = (float)(p - h->lr * (g + h->momentum * m));
-        }
+        adamw_k k = {h->beta1, h->beta2, 1.0 - pow(h->beta1, t), 1.0 - pow(h->beta2, t),
+                     h->adam_eps, h->weight_decay, h->lr};
+        if (gf)
+            adamw_float(&k, n, gf + lo, scale, p, m, st->opt_v + lo);
+        else
+            adamw_double(&k, n, gd + lo, scale, p, m, st->opt_v + lo);
+        return;
     }
+    for (size_t i = 0; i < n; i++) {
+        double pi = p[i];
+        double g = (gf ? (double)gf[lo + i] : gd[lo + i]) * scale + h->weight_decay * pi;
+        double mi = h->momentum * m[i] + g;
+        m[i] = (float)mi;
+        p[i] = (float)(pi - h->lr * (g + h->momentum * mi));
+    }
+}
+
+void lipc_optim_step(const lipc_hyper *h, lipc_train_state *st, size_t np, const double *grads)
+{
+    lipc_optim_update(h, st, 0, np, NULL, grads, 1.0);
     st->step++;
 }

@@ -32,7 +32,7 @@ struct lipc_cpu {
     float *arena;               /* grown to the largest batch seen */
     size_t arena_cap;
     float *grads;               /* [np] */
-    double *grads64;            /* [np] for clipping and the optimiser */
+    double *norm_part;          /* [lipc_norm_blocks(np)] the gradient norm's block sums */
     float *flipped;             /* [np]: flipped conv weights at their offsets */
     float *zeros, *sink;        /* [max channels]: no bias; bias grads to drop */
     float *vec;                 /* [n_vec_elems] working power-iteration vectors */
@@ -52,7 +52,7 @@ struct lipc_cpu {
     bool profile;
     double *prof_s[LIPC_K_KINDS];
     long *prof_n[LIPC_K_KINDS];
-    double prof_step_s, prof_pi_s;
+    double prof_step_s, prof_pi_s, prof_update_s;
     /* parallel power iteration: per bound, scratch [pi_max_v] and two patch
      * buffers [patch_len] (single vectors), pi_stride floats apart */
     float *pi_buf;
@@ -69,8 +69,8 @@ static void profile_print(const lipc_cpu *c)
         for (int i = 0; i < c->k.n_ids; i++)
             total += c->prof_s[k][i];
     fprintf(stderr, "lipc profile: %.3f s in kernels on the pool, %.3f s in power iteration "
-            "(layers in parallel), %.3f s in training steps\n", total, c->prof_pi_s,
-            c->prof_step_s);
+            "(layers in parallel), %.3f s in training steps, %.3f s of them clipping and "
+            "updating\n", total, c->prof_pi_s, c->prof_step_s, c->prof_update_s);
     for (const lipc_node *n = c->g->first; n; n = n->next)
         for (int k = 0; k < LIPC_K_KINDS; k++)
             if (c->prof_n[k][n->id])
@@ -102,7 +102,7 @@ void lipc_cpu_free(lipc_cpu *c)
     }
     lipc_kernels_free(&c->k);
     lipc_pool_free(c->pool);
-    void *bufs[] = {c->arena, c->grads, c->grads64, c->flipped, c->zeros, c->sink, c->vec,
+    void *bufs[] = {c->arena, c->grads, c->norm_part, c->flipped, c->zeros, c->sink, c->vec,
                     c->scratch, c->head_r, c->head_dr, c->r64, c->dr64, c->dw64, c->w64, c->logits64,
                     c->dlogits64, c->sigma, c->dk, c->patch_a, c->patch_b,
                     c->x64, c->err, c->tmp, c->p64, c->absw, c->absb, c->zeros64,
@@ -138,7 +138,7 @@ lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
     size_t md = (size_t)h->shape.d[0] * (size_t)h->in[0]->shape.d[0];
     c->pool = lipc_pool_new(o ? o->threads : 0);
     c->grads = lipc_calloc(np + 1, sizeof(float));
-    c->grads64 = lipc_calloc(np + 1, sizeof(double));
+    c->norm_part = lipc_calloc(lipc_norm_blocks(np) + 1, sizeof(double));
     c->flipped = lipc_calloc(np + 1, sizeof(float));
     c->zeros = lipc_calloc(ch, sizeof(float));
     c->sink = lipc_calloc(ch, sizeof(float));
@@ -152,7 +152,7 @@ lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
     c->w64 = lipc_calloc(md, sizeof(double));
     c->sigma = lipc_calloc((size_t)train->n_bounds + 1, sizeof(double));
     c->dk = lipc_calloc((size_t)train->n_bounds + 1, sizeof(double));
-    if (!c->pool || !c->grads || !c->grads64 || !c->flipped || !c->zeros || !c->sink || !c->vec ||
+    if (!c->pool || !c->grads || !c->norm_part || !c->flipped || !c->zeros || !c->sink || !c->vec ||
         !c->scratch || !c->head_r || !c->head_dr || !c->r64 || !c->dr64 || !c->dw64 || !c->w64 ||
         !c->sigma || !c->dk) {
         lipc_cpu_free(c);
@@ -413,10 +413,11 @@ static void run_backward(const run *r, const lipc_step *s)
     const lipc_node *v = s->node;
     float *din[LIPC_MAX_INPUTS] = {NULL, NULL};
     bool any = false;
+    bool written = c->k.info[LIPC_K_BACKWARD][v->id].writes_din;
     for (int i = 0; i < v->n_in; i++)
         if (s->need_din[i]) {
             din[i] = grad(r, v->in[i]);
-            if (s->zero_din[i])
+            if (s->zero_din[i] && !(i == 0 && written))
                 memset(din[i], 0, sizeof(float) * numel(v->in[i]) * (size_t)r->n);
             any = true;
         }
@@ -443,10 +444,7 @@ static void run_backward(const run *r, const lipc_step *s)
 
 static double norm2f(const float *v, size_t len)
 {
-    double s = 0.0;
-    for (size_t i = 0; i < len; i++)
-        s += (double)v[i] * v[i];
-    return sqrt(s);
+    return sqrt(lipc_sumsq(v, len));
 }
 
 /* Power iteration on A^T A, warm-started from the working vectors, as the
@@ -471,7 +469,8 @@ static double power_iter(const run *r, int b, int iters)
     double sigma = 0.0, change = 0.0;
     for (int it = 0; it < iters; it++) {
         forward_into(r, v, 1, vv, NULL, u, c->zeros);
-        memset(r->scratch, 0, sizeof(float) * bd->v_len);
+        if (!c->k.info[LIPC_K_BACKWARD][v->id].writes_din)
+            memset(r->scratch, 0, sizeof(float) * bd->v_len);
         run_adjoint(r, v, 1, u, r->scratch, NULL);
         double s = norm2f(r->scratch, bd->v_len);
         if (s == 0.0)
@@ -525,6 +524,51 @@ static void power_iter_all(const run *r, const int *bounds, int n, int iters)
     r->c->prof_pi_s += lipc_now() - t0;
 }
 
+/* Clipping and the optimiser's update on the pool, in blocks of
+ * LIPC_NORM_BLOCK elements (backend/optim.c: the norm has the same bits for
+ * any thread count, and the update is element-wise). */
+typedef struct update_job {
+    lipc_cpu *c;
+    const lipc_hyper *h;
+    lipc_train_state *st;
+    size_t np;
+    double scale;
+} update_job;
+
+static void sumsq_task(void *ctx, int64_t lo, int64_t hi)
+{
+    const update_job *j = ctx;
+    for (int64_t b = lo; b < hi; b++)
+        j->c->norm_part[b] = lipc_sumsq_block(j->c->grads, NULL, j->np, (size_t)b);
+}
+
+static double clip_norm(lipc_cpu *c, size_t np, double clip, double *norm)
+{
+    update_job j = {.c = c, .np = np};
+    size_t nb = lipc_norm_blocks(np);
+    double t0 = lipc_now();
+    lipc_pool_run(c->pool, sumsq_task, &j, (int64_t)nb);
+    c->prof_update_s += lipc_now() - t0;
+    return lipc_clip_scale(c->norm_part, nb, clip, norm);
+}
+
+static void update_task(void *ctx, int64_t lo, int64_t hi)
+{
+    const update_job *j = ctx;
+    size_t a = (size_t)lo * LIPC_NORM_BLOCK, e = (size_t)hi * LIPC_NORM_BLOCK;
+    lipc_optim_update(j->h, j->st, a, e < j->np ? e : j->np, j->c->grads, NULL, j->scale);
+}
+
+static void update_all(lipc_cpu *c, const lipc_hyper *h, lipc_train_state *st, size_t np,
+                       double scale)
+{
+    update_job j = {c, h, st, np, scale};
+    double t0 = lipc_now();
+    lipc_pool_run(c->pool, update_task, &j, (int64_t)lipc_norm_blocks(np));
+    st->step++;
+    c->prof_update_s += lipc_now() - t0;
+}
+
 /* ---- entry points -------------------------------------------------------------------------- */
 
 lipc_status lipc_cpu_predict(lipc_cpu *c, const float *params, int n, const float *x,
@@ -551,7 +595,7 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
 {
     const lipc_program *p = c->train;
     const lipc_graph *g = c->g;
-    double t_start = c->profile ? lipc_now() : 0.0;
+    double t_start = c->profile ? lipc_now() : 0.0, clip_scale = 1.0;
     lipc_status status = reserve(c, p, n);
     if (status != LIPC_OK)
         return status;
@@ -610,14 +654,12 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
             break;
         }
         case LIPC_STEP_CLIP:
-            for (size_t i = 0; i < np; i++)
-                c->grads64[i] = c->grads[i];
             if (!grads_out)
-                out->grad_norm = lipc_grad_clip(c->grads64, np, h->clip);
+                clip_scale = clip_norm(c, np, h->clip, &out->grad_norm);
             break;
         case LIPC_STEP_UPDATE:
             if (!grads_out)
-                lipc_optim_step(h, st, np, c->grads64);
+                update_all(c, h, st, np, clip_scale);
             break;
         }
     }
@@ -628,7 +670,8 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
     if (c->profile)
         c->prof_step_s += lipc_now() - t_start;
     if (grads_out)
-        memcpy(grads_out, c->grads64, sizeof(double) * np);
+        for (size_t i = 0; i < np; i++)
+            grads_out[i] = c->grads[i];
     else
         memcpy(st->vec, c->vec, sizeof(float) * p->n_vec_elems);
     return LIPC_OK;

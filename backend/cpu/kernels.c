@@ -52,6 +52,7 @@ bool lipc_kernels_from_table(const lipc_program *train, const lipc_kernel_entry 
                     info->blocks = table[t].blocks;
                     info->flipped = table[t].flags & 1;
                     info->patch = (table[t].flags & 2) != 0;
+                    info->writes_din = (table[t].flags & 4) != 0;
                     k->fn[kind][v->id] = table[t].fn;
                     found++;
                     break;

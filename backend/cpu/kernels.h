@@ -55,6 +55,8 @@ typedef struct lipc_kinfo {
                          * writes, patches [n, c kh kw, oh ow] made by the
                          * PATCHES kernel (and returned by UNPATCH); its
                          * flipped weight is the transpose W'[(i,y,x), o] */
+    bool writes_din;    /* BACKWARD: writes every element of din0 without
+                         * reading it, so the caller need not zero it first */
 } lipc_kinfo;
 
 /* a lipc_task_fn: args is a lipc_kargs */
@@ -87,7 +89,7 @@ typedef struct lipc_kernel_entry {
     const char *name;
     lipc_kernel_fn fn;
     int64_t blocks;
-    int32_t flags;              /* 1 flipped, 2 patch */
+    int32_t flags;              /* 1 flipped, 2 patch, 4 writes_din */
 } lipc_kernel_entry;
 
 /* Kernels for a TRAIN program from such a table, by name: false (with an

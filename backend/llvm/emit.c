@@ -71,6 +71,9 @@ typedef struct em {
     LLVMTypeRef f32, i64, i32, i1, ptr, vt, mt;
     int vl, esize;
     bool f64;
+    /* a BACKWARD kernel whose step zeroes din0 first: it may write din0
+     * instead of adding to it (and says so in lipc_kinfo.writes_din) */
+    bool din_zeroed;
     LLVMValueRef p[LIPC_KARGS_PTRS], n, scale, lo, hi;
     const lipc_graph *g;
 } em;
@@ -470,9 +473,11 @@ static void emit_pad(const em *e, const lipc_node *v, lipc_kkind kind)
  * per pixel, with gt = in[ia] > in[ib] (the ref's comparison):
  *   forward:  out[ia] = gt ? in[ia] : in[ib],   out[ib] = gt ? in[ib] : in[ia]
  *   backward: din[ia] += gt ? dout[ia] : dout[ib],  din[ib] += gt ? dout[ib] : dout[ia] */
-static void emit_minmax(const em *e, const lipc_node *v, lipc_kkind kind)
+static void emit_minmax(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kinfo *info)
 {
     int c = v->shape.d[0];
+    /* the pairs cover every channel when c is even: din is then written whole */
+    info->writes_din = kind == LIPC_K_BACKWARD && e->din_zeroed && c % 2 == 0;
     int64_t hw = v->shape.rank == 3 ? (int64_t)v->shape.d[1] * v->shape.d[2] : 1;
     bool halves = v->a.pairing == LIPC_PAIR_HALVES, fwd = kind == LIPC_K_FORWARD;
     loop lb, lk, lp;
@@ -489,7 +494,7 @@ static void emit_minmax(const em *e, const lipc_node *v, lipc_kkind kind)
     LLVMValueRef sa = load(e, src, ja), sb = load(e, src, jb);
     LLVMValueRef ra = LLVMBuildSelect(e->b, gt, sa, sb, "");
     LLVMValueRef rb = LLVMBuildSelect(e->b, gt, sb, sa, "");
-    if (fwd) {
+    if (fwd || info->writes_din) {
         store(e, ra, dst, ja);
         store(e, rb, dst, jb);
     } else {
@@ -1820,7 +1825,10 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
     } else if (kind == LIPC_K_BACKWARD) {
         info->flipped = fast;
         if (fast) {
+            /* the adjoint's output is the whole input map: it can write din */
             conv_geo a = conv_adjoint(&g);
+            a.accumulate = !e->din_zeroed;
+            info->writes_din = e->din_zeroed;
             emit_conv_fast(e, &a, e->p[0], e->p[1], e->p[5], NULL);
         } else {
             emit_conv_general(e, &g, kind);
@@ -2172,7 +2180,7 @@ static bool emit_kernel(em *e, const lipc_node *v, lipc_kkind kind, const bool *
         break;
     case LIPC_OP_MINMAX:
         fn_open(e, name);
-        emit_minmax(e, v, kind);
+        emit_minmax(e, v, kind, info);
         break;
     case LIPC_OP_AVGPOOL:
         fn_open(e, name);
@@ -2278,9 +2286,12 @@ bool lipc_llvm_emit_shard(const lipc_program *p, LLVMContextRef ctx, int vl, uns
             for (int i = 0; i < v->n_in; i++)
                 any |= st->need_din[i];
             bool linear = v->op == LIPC_OP_CONV2D || v->op == LIPC_OP_DENSE;
-            if (any || (linear && factor[v->id]))
+            if (any || (linear && factor[v->id])) {
+                e.din_zeroed = st->need_din[0] && st->zero_din[0];
                 ok = emit_kernel(&e, v, LIPC_K_BACKWARD, linear ? first : st->need_din,
                                  &km->info[LIPC_K_BACKWARD][v->id], d);
+                e.din_zeroed = false;
+            }
             if (ok && has_weight_grad(v))
                 ok = emit_kernel(&e, v, LIPC_K_WGRAD, none, &km->info[LIPC_K_WGRAD][v->id], d);
         }

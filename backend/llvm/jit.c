@@ -453,7 +453,8 @@ lipc_status lipc_llvm_build_object(const lipc_program *train, bool portable, con
                 const_string(mod, ctx, name, ".name"),
                 LLVMGetNamedFunction(mod, name),
                 LLVMConstInt(i64, (unsigned long long)info->blocks, false),
-                LLVMConstInt(i32, (info->flipped ? 1u : 0u) | (info->patch ? 2u : 0u), false),
+                LLVMConstInt(i32, (info->flipped ? 1u : 0u) | (info->patch ? 2u : 0u) |
+                                      (info->writes_din ? 4u : 0u), false),
             };
             rows[n++] = LLVMConstNamedStruct(entry, vals, 4);
         }
