@@ -32,6 +32,7 @@ struct lipc_cpu {
     float *arena;               /* grown to the largest batch seen */
     size_t arena_cap;
     float *grads;               /* [np] */
+    bool grads_zero;            /* grads is all zeros (the update clears it) */
     double *norm_part;          /* [lipc_norm_blocks(np)] the gradient norm's block sums */
     float *flipped;             /* [np]: flipped conv weights at their offsets */
     float *zeros, *sink;        /* [max channels]: no bias; bias grads to drop */
@@ -138,6 +139,7 @@ lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
     size_t md = (size_t)h->shape.d[0] * (size_t)h->in[0]->shape.d[0];
     c->pool = lipc_pool_new(o ? o->threads : 0);
     c->grads = lipc_calloc(np + 1, sizeof(float));
+    c->grads_zero = true;
     c->norm_part = lipc_calloc(lipc_norm_blocks(np) + 1, sizeof(double));
     c->flipped = lipc_calloc(np + 1, sizeof(float));
     c->zeros = lipc_calloc(ch, sizeof(float));
@@ -556,7 +558,11 @@ static void update_task(void *ctx, int64_t lo, int64_t hi)
 {
     const update_job *j = ctx;
     size_t a = (size_t)lo * LIPC_NORM_BLOCK, e = (size_t)hi * LIPC_NORM_BLOCK;
-    lipc_optim_update(j->h, j->st, a, e < j->np ? e : j->np, j->c->grads, NULL, j->scale);
+    if (e > j->np)
+        e = j->np;
+    lipc_optim_update(j->h, j->st, a, e, j->c->grads, NULL, j->scale);
+    /* ready for the next step, while the block is still in cache */
+    memset(j->c->grads + a, 0, sizeof(float) * (e - a));
 }
 
 static void update_all(lipc_cpu *c, const lipc_hyper *h, lipc_train_state *st, size_t np,
@@ -565,6 +571,7 @@ static void update_all(lipc_cpu *c, const lipc_hyper *h, lipc_train_state *st, s
     update_job j = {c, h, st, np, scale};
     double t0 = lipc_now();
     lipc_pool_run(c->pool, update_task, &j, (int64_t)lipc_norm_blocks(np));
+    c->grads_zero = true;
     st->step++;
     c->prof_update_s += lipc_now() - t0;
 }
@@ -601,7 +608,9 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
         return status;
     run r = run_of(c, p, st->params, n);
     size_t np = g->n_param_elems;
-    memset(c->grads, 0, sizeof(float) * np);
+    if (!c->grads_zero)
+        memset(c->grads, 0, sizeof(float) * np);
+    c->grads_zero = false;
     memcpy(c->vec, st->vec, sizeof(float) * p->n_vec_elems);
     prepare_weights(&r);
     memcpy(act(&r, g->input), x, sizeof(float) * numel(g->input) * (size_t)n);

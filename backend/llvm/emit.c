@@ -392,6 +392,45 @@ static LLVMValueRef batch_open(const em *e, loop *l)
     return loop_open(e, l, e->lo, e->hi, "b");
 }
 
+/* Vector chunks along a length: full ones, then a masked tail. */
+typedef struct chunks {
+    int64_t full;       /* full vectors */
+    int tail;           /* floats in the last, partial one (0: none) */
+} chunks;
+
+static chunks chunks_of(const em *e, int64_t len)
+{
+    return (chunks){len / e->vl, (int)(len % e->vl)};
+}
+
+/* The vector chunks along a row of len floats, in two passes: pass 0 opens a
+ * loop over the full chunks, pass 1 is the masked tail (false: there is
+ * none). c is the chunk's first index, m its lanes. */
+typedef struct chunk_pass {
+    loop l;
+    bool tail;
+    LLVMValueRef c;
+    lanes m;
+} chunk_pass;
+
+static bool chunk_open(const em *e, int64_t len, int pass, chunk_pass *cp)
+{
+    chunks ch = chunks_of(e, len);
+    cp->tail = pass == 1;
+    if (cp->tail && !ch.tail)
+        return false;
+    cp->c = cp->tail ? ci(e, ch.full * e->vl)
+                     : loop_step(e, &cp->l, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
+    cp->m = cp->tail ? lane_range(0, ch.tail, e->vl) : lane_range(0, e->vl, e->vl);
+    return true;
+}
+
+static void chunk_close(const em *e, chunk_pass *cp)
+{
+    if (!cp->tail)
+        loop_close(e, &cp->l);
+}
+
 /* ---- element-wise ops ---------------------------------------------------------------- */
 
 /* forward:  shift  out = in + by;  relu  out = max(in, 0) (in > 0 ? in : 0);
@@ -480,28 +519,33 @@ static void emit_minmax(const em *e, const lipc_node *v, lipc_kkind kind, lipc_k
     info->writes_din = kind == LIPC_K_BACKWARD && e->din_zeroed && c % 2 == 0;
     int64_t hw = v->shape.rank == 3 ? (int64_t)v->shape.d[1] * v->shape.d[2] : 1;
     bool halves = v->a.pairing == LIPC_PAIR_HALVES, fwd = kind == LIPC_K_FORWARD;
-    loop lb, lk, lp;
+    loop lb, lk;
     LLVMValueRef b = batch_open(e, &lb);
     LLVMValueRef xb = example(e, fwd ? e->p[0] : e->p[3], numel(v), b);
-    LLVMValueRef src = example(e, fwd ? e->p[0] : e->p[0], numel(v), b); /* in or dout */
+    LLVMValueRef src = example(e, e->p[0], numel(v), b); /* in or dout */
     LLVMValueRef dst = example(e, fwd ? e->p[2] : e->p[1], numel(v), b); /* out or din */
     LLVMValueRef k = loop_open(e, &lk, ci(e, 0), ci(e, c / 2), "k");
     LLVMValueRef ia = iaxc(e, halves ? k : iaxc(e, k, 2, 0), hw, 0);
     LLVMValueRef ib = iaxc(e, halves ? iaxc(e, k, 1, c / 2) : iaxc(e, k, 2, 1), hw, 0);
-    LLVMValueRef p = loop_open(e, &lp, ci(e, 0), ci(e, hw), "p");
-    LLVMValueRef ja = iadd(e, ia, p), jb = iadd(e, ib, p);
-    LLVMValueRef gt = LLVMBuildFCmp(e->b, LLVMRealOGT, load(e, xb, ja), load(e, xb, jb), "");
-    LLVMValueRef sa = load(e, src, ja), sb = load(e, src, jb);
-    LLVMValueRef ra = LLVMBuildSelect(e->b, gt, sa, sb, "");
-    LLVMValueRef rb = LLVMBuildSelect(e->b, gt, sb, sa, "");
-    if (fwd || info->writes_din) {
-        store(e, ra, dst, ja);
-        store(e, rb, dst, jb);
-    } else {
-        accum(e, ra, dst, ja);
-        accum(e, rb, dst, jb);
+    /* each pair's planes in vectors along the positions, a masked tail last */
+    for (int pass = 0; pass < 2; pass++) {
+        chunk_pass cp;
+        if (!chunk_open(e, hw, pass, &cp))
+            break;
+        LLVMValueRef ja = iadd(e, ia, cp.c), jb = iadd(e, ib, cp.c);
+        LLVMValueRef gt = LLVMBuildFCmp(e->b, LLVMRealOGT, vload(e, xb, ja, cp.m),
+                                        vload(e, xb, jb, cp.m), "");
+        LLVMValueRef sa = vload(e, src, ja, cp.m), sb = vload(e, src, jb, cp.m);
+        LLVMValueRef ra = LLVMBuildSelect(e->b, gt, sa, sb, "");
+        LLVMValueRef rb = LLVMBuildSelect(e->b, gt, sb, sa, "");
+        if (!fwd && !info->writes_din) {
+            ra = fadd(e, vload(e, dst, ja, cp.m), ra, false);
+            rb = fadd(e, vload(e, dst, jb, cp.m), rb, false);
+        }
+        vstore(e, ra, dst, ja, cp.m);
+        vstore(e, rb, dst, jb, cp.m);
+        chunk_close(e, &cp);
     }
-    loop_close(e, &lp);
     loop_close(e, &lk);
     loop_close(e, &lb);
 }
@@ -1857,45 +1901,6 @@ static void emit_conv(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kin
  *             range: examples, MM at once; vectors along i
  *   wgrad:    dW[o, i] += scale sum_b dout[b, o] in[b, i];  dbias[o] += sum_b dout[b, o]
  *             range: blocks of MM outputs; vectors along i */
-
-/* Vector chunks along a length: full ones, then a masked tail. */
-typedef struct chunks {
-    int64_t full;       /* full vectors */
-    int tail;           /* floats in the last, partial one (0: none) */
-} chunks;
-
-static chunks chunks_of(const em *e, int64_t len)
-{
-    return (chunks){len / e->vl, (int)(len % e->vl)};
-}
-
-/* The vector chunks along a row of len floats, in two passes: pass 0 opens a
- * loop over the full chunks, pass 1 is the masked tail (false: there is
- * none). c is the chunk's first index, m its lanes. */
-typedef struct chunk_pass {
-    loop l;
-    bool tail;
-    LLVMValueRef c;
-    lanes m;
-} chunk_pass;
-
-static bool chunk_open(const em *e, int64_t len, int pass, chunk_pass *cp)
-{
-    chunks ch = chunks_of(e, len);
-    cp->tail = pass == 1;
-    if (cp->tail && !ch.tail)
-        return false;
-    cp->c = cp->tail ? ci(e, ch.full * e->vl)
-                     : loop_step(e, &cp->l, ci(e, 0), ci(e, ch.full * e->vl), e->vl, "c");
-    cp->m = cp->tail ? lane_range(0, ch.tail, e->vl) : lane_range(0, e->vl, e->vl);
-    return true;
-}
-
-static void chunk_close(const em *e, chunk_pass *cp)
-{
-    if (!cp->tail)
-        loop_close(e, &cp->l);
-}
 
 /* forward body: rows [b, b + rb) x outputs [o, o + ob) */
 static void dense_fwd_block(const em *e, const lipc_node *v, LLVMValueRef b, int rb,
