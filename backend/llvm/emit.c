@@ -1973,32 +1973,80 @@ static int64_t emit_blocks(const em *e, const lipc_node *v, int64_t rows, block_
     return (rows + MM - 1) / MM;
 }
 
+/* backward: din rows [b, b + rb) at columns [c, c + nc vl) (lanes m of the
+ * last vector) += the outputs [o0, o0 + ot)'s share: rb x nc vector
+ * accumulators, so each weight vector feeds rb FMAs and each broadcast nc */
+static void dense_bwd_tile(const em *e, const lipc_node *v, LLVMValueRef b, int rb,
+                           LLVMValueRef c, int nc, lanes m, LLVMValueRef o0, int64_t ot,
+                           LLVMValueRef *acc)
+{
+    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
+    lanes all = lane_range(0, e->vl, e->vl);
+    for (int r = 0; r < rb; r++)
+        for (int k = 0; k < nc; k++)
+            var_set(e, acc[r * MM + k],
+                    vload(e, e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f + (int64_t)k * e->vl), c),
+                          k == nc - 1 ? m : all));
+    loop lo;
+    LLVMValueRef o = loop_open(e, &lo, o0, iaxc(e, o0, 1, ot), "o");
+    LLVMValueRef wv[MM];
+    for (int k = 0; k < nc; k++)
+        wv[k] = vload(e, e->p[5], iadd(e, iaxc(e, o, in_f, (int64_t)k * e->vl), c),
+                      k == nc - 1 ? m : all);
+    for (int r = 0; r < rb; r++) {
+        LLVMValueRef s = splat(e, load(e, e->p[0], iadd(e, iaxc(e, b, out_f, r * out_f), o)));
+        for (int k = 0; k < nc; k++)
+            var_set(e, acc[r * MM + k], vfma(e, s, wv[k], var_get(e, e->vt, acc[r * MM + k])));
+    }
+    loop_close(e, &lo);
+    for (int r = 0; r < rb; r++)
+        for (int k = 0; k < nc; k++)
+            vstore(e, var_get(e, e->vt, acc[r * MM + k]), e->p[1],
+                   iadd(e, iaxc(e, b, in_f, r * in_f + (int64_t)k * e->vl), c),
+                   k == nc - 1 ? m : all);
+}
+
+/* The tiles of a row of len floats: MM vectors at a time, then one by one,
+ * then the masked tail; tile(c, nc, m) for columns [c, c + nc vl), lanes m
+ * of the last vector. */
+typedef void (*col_tile)(const em *e, const void *ctx, LLVMValueRef c, int nc, lanes m);
+
+static void for_col_tiles(const em *e, int64_t len, col_tile tile, const void *ctx)
+{
+    chunks ch = chunks_of(e, len);
+    int64_t groups = ch.full / MM * MM;
+    lanes all = lane_range(0, e->vl, e->vl);
+    loop lg, l1;
+    LLVMValueRef c = loop_step(e, &lg, ci(e, 0), ci(e, groups * e->vl), (int64_t)MM * e->vl, "c");
+    tile(e, ctx, c, MM, all);
+    loop_close(e, &lg);
+    LLVMValueRef c1 = loop_step(e, &l1, ci(e, groups * e->vl), ci(e, ch.full * e->vl), e->vl, "c");
+    tile(e, ctx, c1, 1, all);
+    loop_close(e, &l1);
+    if (ch.tail)
+        tile(e, ctx, ci(e, ch.full * e->vl), 1, lane_range(0, ch.tail, e->vl));
+}
+
+typedef struct dense_tile_ctx {
+    const lipc_node *v;
+    LLVMValueRef b, o, *acc;
+    int rows;
+    int64_t ot;
+} dense_tile_ctx;
+
+static void dense_bwd_tile_cb(const em *e, const void *ctx, LLVMValueRef c, int nc, lanes m)
+{
+    const dense_tile_ctx *t = ctx;
+    dense_bwd_tile(e, t->v, t->b, t->rows, c, nc, m, t->o, t->ot, t->acc);
+}
+
 /* backward: din rows [b, b + rb) += the outputs [o0, o0 + ot)'s share, along i
- * in vectors (the folded identity is added apart, dense_bwd_identity) */
+ * in column tiles (the folded identity is added apart, dense_bwd_identity) */
 static void dense_bwd_rows(const em *e, const lipc_node *v, LLVMValueRef b, int rb,
                            LLVMValueRef o0, int64_t ot, LLVMValueRef *acc)
 {
-    int64_t in_f = v->in[0]->shape.d[0], out_f = v->shape.d[0];
-    for (int pass = 0; pass < 2; pass++) {
-        chunk_pass cp;
-        if (!chunk_open(e, in_f, pass, &cp))
-            break;
-        LLVMValueRef c = cp.c;
-        lanes m = cp.m;
-        loop lo;
-        for (int r = 0; r < rb; r++)
-            var_set(e, acc[r], vload(e, e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f), c), m));
-        LLVMValueRef o = loop_open(e, &lo, o0, iaxc(e, o0, 1, ot), "o");
-        LLVMValueRef wv = vload(e, e->p[5], iadd(e, iaxc(e, o, in_f, 0), c), m);
-        for (int r = 0; r < rb; r++) {
-            LLVMValueRef s = splat(e, load(e, e->p[0], iadd(e, iaxc(e, b, out_f, r * out_f), o)));
-            var_set(e, acc[r], vfma(e, s, wv, var_get(e, e->vt, acc[r])));
-        }
-        loop_close(e, &lo);
-        for (int r = 0; r < rb; r++)
-            vstore(e, var_get(e, e->vt, acc[r]), e->p[1], iadd(e, iaxc(e, b, in_f, r * in_f), c), m);
-        chunk_close(e, &cp);
-    }
+    dense_tile_ctx t = {.v = v, .b = b, .o = o0, .acc = acc, .rows = rb, .ot = ot};
+    for_col_tiles(e, v->in[0]->shape.d[0], dense_bwd_tile_cb, &t);
 }
 
 /* din[b] += dout[b] for a folded dense (in_f == out_f) */
@@ -2081,27 +2129,21 @@ static void dense_bias_rows(const em *e, const lipc_node *v, LLVMValueRef o, int
     }
 }
 
-/* wgrad: rows [o, o + ob) of dW, along i in vectors, summed over the batch:
- * MM vectors of columns at a time (each input vector feeds ob FMAs), then
- * one by one, then the masked tail. (Column groups as the outer loop, the
- * outputs inner, measured slower: the rows of dW are then visited 256 bytes
- * at a time, one page apart.) */
+static void dense_wgrad_tile_cb(const em *e, const void *ctx, LLVMValueRef c, int nc, lanes m)
+{
+    const dense_tile_ctx *t = ctx;
+    dense_wgrad_tile(e, t->v, t->o, t->rows, c, nc, m, t->acc);
+}
+
+/* wgrad: rows [o, o + ob) of dW, along i in column tiles, summed over the
+ * batch (each input vector feeds ob FMAs). (Column groups as the outer loop,
+ * the outputs inner, measured slower: the rows of dW are then visited 256
+ * bytes at a time, one page apart.) */
 static void dense_wgrad_rows(const em *e, const lipc_node *v, LLVMValueRef o, int ob,
                              LLVMValueRef *acc)
 {
-    int64_t in_f = v->in[0]->shape.d[0];
-    chunks ch = chunks_of(e, in_f);
-    int64_t groups = ch.full / MM * MM;
-    lanes all = lane_range(0, e->vl, e->vl);
-    loop lg, l1;
-    LLVMValueRef c = loop_step(e, &lg, ci(e, 0), ci(e, groups * e->vl), (int64_t)MM * e->vl, "c");
-    dense_wgrad_tile(e, v, o, ob, c, MM, all, acc);
-    loop_close(e, &lg);
-    LLVMValueRef c1 = loop_step(e, &l1, ci(e, groups * e->vl), ci(e, ch.full * e->vl), e->vl, "c");
-    dense_wgrad_tile(e, v, o, ob, c1, 1, all, acc);
-    loop_close(e, &l1);
-    if (ch.tail)
-        dense_wgrad_tile(e, v, o, ob, ci(e, ch.full * e->vl), 1, lane_range(0, ch.tail, e->vl), acc);
+    dense_tile_ctx t = {.v = v, .o = o, .acc = acc, .rows = ob};
+    for_col_tiles(e, v->in[0]->shape.d[0], dense_wgrad_tile_cb, &t);
     if (v->a.bias)
         dense_bias_rows(e, v, o, ob);
 }
