@@ -511,7 +511,8 @@ static void emit_pad(const em *e, const lipc_node *v, lipc_kkind kind)
  * Pairs (ia, ib): halves (k, k + c/2), adjacent (2k, 2k + 1), for k < c/2;
  * per pixel, with gt = in[ia] > in[ib] (the ref's comparison):
  *   forward:  out[ia] = gt ? in[ia] : in[ib],   out[ib] = gt ? in[ib] : in[ia]
- *   backward: din[ia] += gt ? dout[ia] : dout[ib],  din[ib] += gt ? dout[ib] : dout[ia] */
+ *   backward: din[ia] += gt ? dout[ia] : dout[ib],  din[ib] += gt ? dout[ib] : dout[ia]
+ *             (= instead of += when the step zeroes din first: writes_din) */
 static void emit_minmax(const em *e, const lipc_node *v, lipc_kkind kind, lipc_kinfo *info)
 {
     int c = v->shape.d[0];
