@@ -68,26 +68,31 @@ double lipc_sumsq_block(const float *gf, const double *gd, size_t n, size_t b)
     return gf ? lipc_sumsq(gf + lo, hi - lo) : sumsq_double(gd + lo, hi - lo);
 }
 
+/* The norm sqrt(sumsq) into *norm, and the factor that scales the gradient
+ * to norm <= clip (clip > 0): 1 when none is needed. */
+static double clip_factor(double sumsq, double clip, double *norm)
+{
+    *norm = sqrt(sumsq);
+    return clip > 0.0 && *norm > clip ? clip / *norm : 1.0;
+}
+
 double lipc_clip_scale(const double *partial, size_t n_blocks, double clip, double *norm)
 {
     double s = 0.0;
     for (size_t b = 0; b < n_blocks; b++)
         s += partial[b];
-    *norm = sqrt(s);
-    return clip > 0.0 && *norm > clip ? clip / *norm : 1.0;
+    return clip_factor(s, clip, norm);
 }
 
 double lipc_grad_clip(double *g, size_t n, double clip)
 {
-    double s = 0.0;
+    double s = 0.0, norm;
     for (size_t b = 0; b < lipc_norm_blocks(n); b++)
         s += lipc_sumsq_block(NULL, g, n, b);
-    double norm = sqrt(s);
-    if (clip > 0.0 && norm > clip) {
-        double k = clip / norm;
+    double k = clip_factor(s, clip, &norm);
+    if (k != 1.0)
         for (size_t i = 0; i < n; i++)
             g[i] *= k;
-    }
     return norm;
 }
 
