@@ -915,22 +915,19 @@ static void wgrad_rows(const em *e, const conv_geo *g, LLVMValueRef xb, LLVMValu
 static void wgrad_bias(const em *e, const conv_geo *g, LLVMValueRef co, int cb, LLVMValueRef a)
 {
     int64_t out_plane = (int64_t)g->oh * g->ow, out_len = (int64_t)g->cout * out_plane;
-    int64_t full_len = out_plane / e->vl * e->vl;
     for (int j = 0; j < cb; j++) {
         var_set(e, a, vzero(e));
-        loop lb, lp;
+        loop lb;
         LLVMValueRef b = loop_open(e, &lb, ci(e, 0), e->n, "b");
         LLVMValueRef plane = at(e, example(e, e->p[1], out_len, b),
                                 iaxc(e, co, out_plane, j * out_plane));
-        LLVMValueRef p = loop_step(e, &lp, ci(e, 0), ci(e, full_len), e->vl, "p");
-        var_set(e, a, fadd(e, var_get(e, e->vt, a), vload(e, plane, p, lane_range(0, e->vl, e->vl)),
-                           false));
-        loop_close(e, &lp);
-        if (out_plane % e->vl)
-            var_set(e, a, fadd(e, var_get(e, e->vt, a),
-                               vload(e, plane, ci(e, full_len),
-                                     lane_range(0, (int)(out_plane % e->vl), e->vl)),
-                               false));
+        for (int pass = 0; pass < 2; pass++) {
+            chunk_pass cp;
+            if (!chunk_open(e, out_plane, pass, &cp))
+                break;
+            var_set(e, a, fadd(e, var_get(e, e->vt, a), vload(e, plane, cp.c, cp.m), false));
+            chunk_close(e, &cp);
+        }
         loop_close(e, &lb);
         accum(e, hsum(e, var_get(e, e->vt, a)), e->p[3], iaxc(e, co, 1, j));
     }
