@@ -206,6 +206,10 @@ void lipc_optim_update(const lipc_hyper *h, lipc_train_state *st, size_t lo, siz
 /* One AdamW or SGD-Nesterov step on st (parameters, moments, step count)
  * with the gradient grads [np]. */
 void lipc_optim_step(const lipc_hyper *h, lipc_train_state *st, size_t np, const double *grads);
+/* The gradient of the scaled kernels' a and U from V's, in place in the
+ * training vector's gradient (float gf or double gd, [st->n_train]); V's is
+ * zeroed (backend/optim.c). Nothing when st has no scaled kernels. */
+void lipc_scaled_grads(const lipc_train_state *st, float *gf, double *gd);
 
 /* ---- compiled models (backend/describe.c) ---- */
 
@@ -217,6 +221,7 @@ typedef struct lipc_compiled {
     lipc_program *train, *forward;
     lipc_model_desc desc;
     lipc_param_desc *params;
+    lipc_scaled *scaled;
     lipc_factor_desc *factors;
     lipc_model_ops ops;
     void *backend;                      /* the target's own state (cpu: lipc_cpu) */

@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "passes/passes.h"
 
+#include <math.h>
 #include <string.h>
 
 void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_desc *out)
@@ -28,6 +29,46 @@ void lipc_describe_param(const lipc_graph *g, const lipc_param *p, lipc_param_de
     out->fan_out = (int)(p->rank >= 2 ? p->numel / (size_t)p->d[1] : p->numel);
     /* liresnet init is scaled by L^-1/2, L = the residual blocks of the model */
     out->init_scale_div = g->n_res;
+}
+
+/* With `train: scaled_residuals`, every liresnet-initialised weight is
+ * trained as V = s (a * U), s = L^-1/2 (lipc_scaled). */
+static bool is_scaled(const lipc_graph *g, const lipc_param *p)
+{
+    return g->train.scaled_residuals && p->init == LIPC_INIT_LIRESNET &&
+           p->role != LIPC_PARAM_BIAS && p->rank >= 2;
+}
+
+/* The scaled kernels' table, and the descriptions of their a and U after
+ * the model's parameters (params [n_params + 2 n_scaled]), laid out from
+ * *n_train (the end of the parameter block) on, which it advances. */
+static lipc_status describe_scaled(lipc_graph *g, lipc_param_desc *params, lipc_scaled *out,
+                                   size_t *n_train)
+{
+    int n = 0, at = g->n_params;
+    for (int i = 0; i < g->n_params; i++) {
+        const lipc_param_desc *v = &params[i];
+        if (!is_scaled(g, &g->params[i]))
+            continue;
+        lipc_scaled *k = &out[n++];
+        k->offset = v->offset;
+        k->numel = v->numel;
+        k->rows = v->d[0];
+        k->s = 1.0 / sqrt((double)(v->init_scale_div > 1 ? v->init_scale_div : 1));
+        k->gain = *n_train;
+        k->base = k->gain + (size_t)k->rows;
+        *n_train = k->base + k->numel;
+        lipc_param_desc *a = &params[at++], *u = &params[at++];
+        *a = (lipc_param_desc){.name = lipc_arena_printf(&g->arena, "scaled.%s.a", v->name),
+                               .rank = 1, .d = {k->rows}, .offset = k->gain,
+                               .numel = (size_t)k->rows};
+        *u = *v;
+        u->name = lipc_arena_printf(&g->arena, "scaled.%s.u", v->name);
+        u->offset = k->base;
+        if (!a->name || !u->name)
+            return LIPC_ERR_NOMEM;
+    }
+    return LIPC_OK;
 }
 
 static void describe_factor(const lipc_bound *b, lipc_factor_desc *f, const lipc_graph *g)
@@ -148,6 +189,7 @@ void lipc_compiled_free(lipc_compiled *c)
     lipc_program_free(c->train);
     lipc_program_free(c->forward);
     lipc_free(c->params);
+    lipc_free(c->scaled);
     lipc_free(c->factors);
     lipc_free(c);
 }
@@ -169,14 +211,23 @@ lipc_status lipc_compile_tables(lipc_graph *g, lipc_dtype dtype, lipc_diags *d,
     }
     c->train->dtype = c->forward->dtype = dtype;
     const lipc_program *p = c->train;
-    c->params = lipc_calloc((size_t)g->n_params + 1, sizeof *c->params);
+    int n_scaled = 0;
+    for (int i = 0; i < g->n_params; i++)
+        n_scaled += is_scaled(g, &g->params[i]);
+    c->params = lipc_calloc((size_t)(g->n_params + 2 * n_scaled) + 1, sizeof *c->params);
+    c->scaled = lipc_calloc((size_t)n_scaled + 1, sizeof *c->scaled);
     c->factors = lipc_calloc((size_t)p->n_bounds + 1, sizeof *c->factors);
-    if (!c->params || !c->factors) {
+    if (!c->params || !c->scaled || !c->factors) {
         lipc_compiled_free(c);
         return LIPC_ERR_NOMEM;
     }
     for (int i = 0; i < g->n_params; i++)
         lipc_describe_param(g, &g->params[i], &c->params[i]);
+    size_t n_train = g->n_param_elems;
+    if (describe_scaled(g, c->params, c->scaled, &n_train) != LIPC_OK) {
+        lipc_compiled_free(c);
+        return LIPC_ERR_NOMEM;
+    }
     for (int b = 0; b < p->n_bounds; b++)
         describe_factor(&p->bounds[b], &c->factors[b], g);
 
@@ -191,6 +242,10 @@ lipc_status lipc_compile_tables(lipc_graph *g, lipc_dtype dtype, lipc_diags *d,
     m->n_param_elems = g->n_param_elems;
     m->n_params = g->n_params;
     m->params = c->params;
+    m->n_state_params = g->n_params + 2 * n_scaled;
+    m->n_train_elems = n_train;
+    m->n_scaled = n_scaled;
+    m->scaled = c->scaled;
     m->n_vec_elems = p->n_vec_elems;
     m->n_factors = p->n_bounds;
     m->factors = c->factors;

@@ -96,6 +96,41 @@ double lipc_grad_clip(double *g, size_t n, double clip)
     return norm;
 }
 
+/* The gradient of the scaled kernels' a and U (lipc_scaled) from V's, for
+ * V = s a U row by row:  dU = s a dV,  da = s sum_row U dV,  in double,
+ * written at their places past the parameter block of g (float gf or double
+ * gd, [st->n_train]). V's own entry is zeroed: the optimiser does not move
+ * V, each step recomputes it (lipc_scaled_apply), and the clipping norm
+ * is that of the gradient of what is trained, a and U. */
+void lipc_scaled_grads(const lipc_train_state *st, float *gf, double *gd)
+{
+    const float *p = st->params;
+    for (int i = 0; i < st->n_scaled; i++) {
+        const lipc_scaled *k = &st->scaled[i];
+        size_t per_row = k->numel / (size_t)k->rows;
+        for (int o = 0; o < k->rows; o++) {
+            size_t row = (size_t)o * per_row;
+            double a = p[k->gain + (size_t)o], da = 0.0;
+            for (size_t j = row; j < row + per_row; j++) {
+                double dv = gf ? (double)gf[k->offset + j] : gd[k->offset + j];
+                double du = k->s * a * dv;
+                da += (double)p[k->base + j] * dv;
+                if (gf) {
+                    gf[k->base + j] = (float)du;
+                    gf[k->offset + j] = 0.0f;
+                } else {
+                    gd[k->base + j] = du;
+                    gd[k->offset + j] = 0.0;
+                }
+            }
+            if (gf)
+                gf[k->gain + (size_t)o] = (float)(k->s * da);
+            else
+                gd[k->gain + (size_t)o] = k->s * da;
+        }
+    }
+}
+
 /* AdamW (decoupled weight decay) or SGD with Nesterov momentum:
  *   AdamW:  m <- b1 m + (1-b1) g,  v <- b2 v + (1-b2) g^2,
  *           p <- p - lr (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p)

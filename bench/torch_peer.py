@@ -133,7 +133,7 @@ TRAIN_DEFAULTS = {
     "eps_end": 1.5, "eps_ramp": 0.5, "optimizer": "adamw", "lr": 0.001,
     "weight_decay": 0.0001, "momentum": 0.9, "warmup_epochs": 1.0, "clip": 3.0,
     "power_iters": 10, "crop": False, "crop_pad": 4, "flip": False, "trades_lambda": 1.0,
-    "seed": 1,
+    "scaled_residuals": False, "seed": 1,
 }
 
 
@@ -172,6 +172,9 @@ def train_recipe(model):
                          "read here (not expressions)")
             rec[key] = val
             given.add(key)
+    if rec["scaled_residuals"]:
+        sys.exit(f"torch_peer: {model}: train.scaled_residuals (kernels trained as "
+                 "V = s (a * U)) is not implemented in the peer")
     rec["given"] = given
     return rec
 

@@ -464,6 +464,14 @@ int cli_train(int argc, char **argv)
     o.metrics = r.metrics ? r.metrics : metrics_buf;
     o.val = r.val > 0 ? &val : NULL;
 
+    if (c->desc.n_scaled > 0 && strncmp(c->ops.backend, "cuda", 4) == 0) {
+        lipc_diag_msg *m = lipc_diag_error(&d, LIPC_NO_LOC, "the %s target does not train "
+                                           "scaled kernels (train: scaled_residuals) yet",
+                                           c->ops.backend);
+        lipc_diag_hint(m, "train with --target cpu, or turn scaled_residuals off");
+        s = LIPC_ERR_UNSUPPORTED;
+        goto done;
+    }
     if ((s = lipc_train_state_alloc(&c->desc, &st)) != LIPC_OK)
         goto done;
     if (r.resume)

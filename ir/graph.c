@@ -315,6 +315,8 @@ const lipc_field lipc_train_fields[] = {
     TF("flip", LIPC_FIELD_BOOL, augment_flip, 0, NULL, "random horizontal flip"),
     TF("trades_lambda", LIPC_FIELD_FLOAT, trades_lambda, 0, NULL,
        "weight of the TRADES-GloRo robustness term"),
+    TF("scaled_residuals", LIPC_FIELD_BOOL, scaled_residuals, 0, NULL,
+       "train each liresnet-initialised kernel as V = s (a * U), a per output channel"),
     TF("seed", LIPC_FIELD_INT, seed, 0, NULL, "random seed"),
     {0},
 };

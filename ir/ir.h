@@ -251,6 +251,7 @@ typedef struct lipc_train_spec {
     int crop_pad;
     bool augment_flip;
     double trades_lambda;
+    bool scaled_residuals;  /* train liresnet kernels as V = s (a * U) */
     int seed;
     bool present;           /* a train: section was given */
     uint64_t given;         /* bit k: lipc_train_fields[k] was written in the YAML */

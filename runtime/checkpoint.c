@@ -5,6 +5,8 @@
  *   optimizer.m.<param name>          AdamW first moment / SGD momentum
  *   optimizer.v.<param name>          AdamW second moment
  *   power_iteration.<layer>.v, .u     the warm-started power-iteration vectors
+ *   scaled.<param name>.a, .u         a and U of a kernel trained as V = s (a * U)
+ *                                     (lipc_scaled), with their moments as above
  * and metadata "format" = "lipc-checkpoint-1", "model", "step" (optimiser
  * steps taken), plus whatever the caller adds. The file is written to a
  * temporary name and renamed (lipc_st_write), so the last good checkpoint
@@ -32,6 +34,13 @@ static const char *keep(names *ns, char *s)
     return s;
 }
 
+/* The tensors of a run: the model's parameters, then the scaled kernels'
+ * a and U (a hand-made description may leave n_state_params 0). */
+static int state_params(const lipc_model_desc *m)
+{
+    return m->n_state_params > m->n_params ? m->n_state_params : m->n_params;
+}
+
 static char *joined(const char *a, const char *b, const char *c)
 {
     size_t len = strlen(a) + strlen(b) + strlen(c) + 1;
@@ -48,7 +57,8 @@ lipc_status lipc_checkpoint_save(const char *path, const lipc_model_desc *m,
     int n_vec = 0;
     for (int f = 0; f < m->n_factors; f++)
         n_vec += m->factors[f].v_len > 0 ? 2 : 0;
-    int max_t = 3 * m->n_params + n_vec;
+    int n_state = state_params(m);
+    int max_t = 3 * n_state + n_vec;
     lipc_st_tensor *t = lipc_calloc((size_t)max_t + 1, sizeof *t);
     names ns = {lipc_calloc((size_t)max_t + 1, sizeof(char *)), 0};
     lipc_st_meta *meta = lipc_calloc((size_t)n_extra + 3, sizeof *meta);
@@ -58,7 +68,7 @@ lipc_status lipc_checkpoint_save(const char *path, const lipc_model_desc *m,
         goto done;
     }
     int n = 0;
-    for (int i = 0; i < m->n_params; i++) {
+    for (int i = 0; i < n_state; i++) {
         const lipc_param_desc *p = &m->params[i];
         const float *src[3] = {st->params, st->opt_m, st->opt_v};
         const char *prefix[3] = {"", "optimizer.m.", "optimizer.v."};
@@ -152,12 +162,16 @@ lipc_status lipc_checkpoint_load(const char *path, const lipc_model_desc *m,
                           "checkpoint format '%s', expected '%s'; reading it anyway", format,
                           FORMAT);
     int errors = d->n_errors;
-    bool found, all_opt = true, all_vec = true;
-    for (int i = 0; i < m->n_params && status == LIPC_OK; i++) {
+    bool found, all_opt = true, all_vec = true, all_scaled = true;
+    /* the scaled kernels' a and U only for training, and optional */
+    int n_state = train_state ? state_params(m) : m->n_params;
+    for (int i = 0; i < n_state && status == LIPC_OK; i++) {
         const lipc_param_desc *p = &m->params[i];
-        status = load_one(&f, p->name, p->rank, p->d, st->params + p->offset, true, &found, d);
+        bool model = i < m->n_params;
+        status = load_one(&f, p->name, p->rank, p->d, st->params + p->offset, model, &found, d);
         if (status == LIPC_ERR_INPUT && d->n_errors - errors < 10)
             status = LIPC_OK; /* report every missing tensor, up to 10 */
+        all_scaled &= model || found;
         if (!train_state || status != LIPC_OK)
             continue;
         for (int k = 0; k < 2 && status == LIPC_OK; k++) {
@@ -207,6 +221,13 @@ lipc_status lipc_checkpoint_load(const char *path, const lipc_model_desc *m,
             lipc_diag_warning(d, lipc_rt_loc(d, path),
                               "the checkpoint has no %s; they start from zero",
                               !all_opt ? "optimizer state" : "power-iteration vectors");
+        if (train_state && !all_scaled) {
+            /* a run without scaled_residuals, continued with it */
+            lipc_scaled_from_params(m, st->params);
+            lipc_diag_warning(d, lipc_rt_loc(d, path),
+                              "the checkpoint has no a and U of the scaled kernels; they "
+                              "start from its weights (a = 1, U = V / s)");
+        }
     }
     lipc_st_free(&f);
     return status;

@@ -125,5 +125,34 @@ lipc_status lipc_init_params(const lipc_model_desc *m, uint64_t seed, float *par
             params[p->offset + j] = (float)tmp[j];
     }
     lipc_free(tmp);
+    lipc_scaled_from_params(m, params);
     return LIPC_OK;
+}
+
+/* V = fl(s a U) for every scaled kernel: what each step does after the
+ * optimiser has moved a and U. In double, rounded once. */
+void lipc_scaled_apply(const lipc_scaled *k, int n, float *params)
+{
+    for (int i = 0; i < n; i++, k++) {
+        size_t per_row = k->numel / (size_t)k->rows;
+        const float *a = params + k->gain, *u = params + k->base;
+        float *v = params + k->offset;
+        for (size_t j = 0; j < k->numel; j++)
+            v[j] = (float)(k->s * (double)a[j / per_row] * (double)u[j]);
+    }
+}
+
+/* The liresnet rule draws V = s U with U ~ N(0, 1) / fan_in, so U = V / s
+ * and a = 1 give METHOD.md's start; V is then recomputed from them, as
+ * every step does, so that V = fl(s a U) holds from the first step on. */
+void lipc_scaled_from_params(const lipc_model_desc *m, float *params)
+{
+    for (int i = 0; i < m->n_scaled; i++) {
+        const lipc_scaled *k = &m->scaled[i];
+        for (int o = 0; o < k->rows; o++)
+            params[k->gain + (size_t)o] = 1.0f;
+        for (size_t j = 0; j < k->numel; j++)
+            params[k->base + j] = (float)((double)params[k->offset + j] / k->s);
+    }
+    lipc_scaled_apply(m->scaled, m->n_scaled, params);
 }

@@ -304,6 +304,19 @@ typedef struct lipc_param_desc {
     int init_scale_div;     /* liresnet: the number of residual blocks L (scale L^-1/2) */
 } lipc_param_desc;
 
+/* A kernel trained as V = s (a * U) (METHOD.md section 2; the model's
+ * `train: scaled_residuals`): s = L^-1/2, a one gain per output channel
+ * (row), U the kernel's direction. The parameter block holds V, which every
+ * kernel, bound and checkpoint reader uses; the optimiser moves a and U,
+ * kept after the parameter block (at gain and base, in the same arrays as
+ * the parameters and their moments), and V is recomputed after each step. */
+typedef struct lipc_scaled {
+    size_t offset, numel;   /* V in the parameter block */
+    int rows;               /* output channels: the length of a */
+    double s;               /* L^-1/2 */
+    size_t gain, base;      /* a [rows] and U [numel], past n_param_elems */
+} lipc_scaled;
+
 /* How a factor of K_sub is bounded: the layer geometry a sound bound needs. */
 typedef enum lipc_factor_kind {
     LIPC_FACTOR_CONV,       /* operator norm of a convolution */
@@ -335,7 +348,13 @@ typedef struct lipc_model_desc {
     int classes;
     size_t n_param_elems;
     int n_params;
+    /* [n_state_params]: the model's n_params, then the tensors only training
+     * keeps (a and U of each scaled kernel, named "scaled.<param>.a", ".u") */
     const lipc_param_desc *params;
+    int n_state_params;
+    size_t n_train_elems;   /* n_param_elems + what the scaled kernels add */
+    int n_scaled;
+    const lipc_scaled *scaled;
     size_t n_vec_elems;     /* power-iteration state */
     int n_factors;
     const lipc_factor_desc *factors;
@@ -347,9 +366,15 @@ typedef struct lipc_model_desc {
 } lipc_model_desc;
 
 /* Initial values of one parameter (double, [p->numel]) and of a whole block
- * (float, [n_param_elems]); runtime/init.c states the rules. */
+ * (float, [n_train_elems]: the parameters, then the scaled kernels' a and U);
+ * runtime/init.c states the rules. */
 void lipc_init_param(const lipc_param_desc *p, uint64_t seed, double *v);
 lipc_status lipc_init_params(const lipc_model_desc *m, uint64_t seed, float *params);
+/* a = 1 and U = V / s for every scaled kernel of params [n_train_elems], then
+ * V = s a U: the start of a run, or of one resumed from a checkpoint without them. */
+void lipc_scaled_from_params(const lipc_model_desc *m, float *params);
+/* V = fl(s a U) for the n scaled kernels k of params [n_train_elems]. */
+void lipc_scaled_apply(const lipc_scaled *k, int n, float *params);
 
 /* ---- training state and hyper-parameters ---------------------------------- */
 
@@ -369,8 +394,13 @@ typedef struct lipc_hyper {
 /* What a training run carries from step to step (and checkpoints save):
  * float, as every backend stores it. */
 typedef struct lipc_train_state {
-    float *params;          /* [n_param_elems] */
-    float *opt_m, *opt_v;   /* [n_param_elems] AdamW moments; SGD uses opt_m */
+    /* [n_train]: the parameter block [n_param_elems], then the scaled
+     * kernels' a and U (lipc_scaled) */
+    float *params;
+    float *opt_m, *opt_v;   /* [n_train] AdamW moments; SGD uses opt_m */
+    size_t n_train;
+    int n_scaled;
+    const lipc_scaled *scaled;
     float *vec;             /* [n_vec_elems] power-iteration vectors v, u */
     long step;              /* optimiser steps taken */
     /* the run the schedules were planned for (0: unknown), from a checkpoint */

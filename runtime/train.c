@@ -164,7 +164,7 @@ lipc_status lipc_certify_dataset(const lipc_model_desc *m, const lipc_model_ops 
 lipc_status lipc_train_state_alloc(const lipc_model_desc *m, lipc_train_state *st)
 {
     memset(st, 0, sizeof *st);
-    size_t np = m->n_param_elems + 1;
+    size_t np = (m->n_train_elems > m->n_param_elems ? m->n_train_elems : m->n_param_elems) + 1;
     st->params = lipc_calloc(np, sizeof(float));
     st->opt_m = lipc_calloc(np, sizeof(float));
     st->opt_v = lipc_calloc(np, sizeof(float));
@@ -173,6 +173,9 @@ lipc_status lipc_train_state_alloc(const lipc_model_desc *m, lipc_train_state *s
         lipc_train_state_free(st);
         return LIPC_ERR_NOMEM;
     }
+    st->n_train = np - 1;
+    st->n_scaled = m->n_scaled;
+    st->scaled = m->scaled;
     return LIPC_OK;
 }
 

@@ -124,6 +124,76 @@ Test(llvm, liresnet_fmnist_small)
     lipc_graph_free(g);
 }
 
+/* Kernels trained as V = s (a * U) (train: scaled_residuals): a and U start
+ * at 1 and V / s, and three steps of the cpu target follow the reference's,
+ * with V = fl(s a U) after each on both. */
+Test(llvm, scaled_kernels_train_as_the_reference)
+{
+    const lipc_override sets[] = {{"width", "8"}, {"depth", "2"}, {"dense", "16"}};
+    lipc_graph *g = bc_load("liresnet-fmnist", NULL, LIPC_SOURCE_DIR "/models/liresnet-fmnist.yaml",
+                         sets, 3);
+    g->train.scaled_residuals = true;
+    lipc_compiled *cpu = compile_cpu(g, 2), *ref = bc_compile_ref(g);
+    const lipc_model_desc *m = &cpu->desc;
+    size_t np = g->n_param_elems, nt = m->n_train_elems;
+    cr_assert_eq(m->n_scaled, 2);
+    cr_assert_eq(nt, np + 2 * (8 + 8 * 8 * 9));
+    cr_assert_eq(m->n_state_params, m->n_params + 4);
+    cr_expect_str_eq(m->params[m->n_params].name, "scaled.blocks.0.residual_0.conv2d_0.weight.a");
+    lipc_train_state s_cpu, s_ref;
+    cr_assert_eq(lipc_train_state_alloc(m, &s_cpu), LIPC_OK);
+    cr_assert_eq(lipc_train_state_alloc(&ref->desc, &s_ref), LIPC_OK);
+    cr_assert_eq(s_cpu.n_train, nt);
+    cr_assert_eq(lipc_init_params(m, test_seed(), s_cpu.params), LIPC_OK);
+    for (int i = 0; i < m->n_scaled; i++) {
+        const lipc_scaled *k = &m->scaled[i];
+        cr_expect_eq(k->s, 1.0 / sqrt(2.0));
+        cr_expect_eq(s_cpu.params[k->gain], 1.0f);
+        cr_expect_eq(s_cpu.params[k->offset + 7],
+                     (float)(k->s * (double)s_cpu.params[k->base + 7]));
+    }
+    memcpy(s_ref.params, s_cpu.params, sizeof(float) * nt);
+    int n = 6;
+    float *x = bc_random_inputs(g, test_seed(), n);
+    int32_t y[6] = {0, 1, 2, 3, 4, 5};
+    lipc_hyper h = bc_hyper(LIPC_LOSS_EMMA);
+    h.lr = 1e-2; /* a and U move well past float noise */
+    lipc_bound_report *rep = malloc(sizeof *rep * (size_t)(m->n_factors + 1));
+    cr_assert_eq(lipc_ref_lipschitz(ref->train, s_ref.params, s_ref.vec, 3000, 1e-10, rep),
+                 LIPC_OK);
+    memcpy(s_cpu.vec, s_ref.vec, sizeof(float) * m->n_vec_elems);
+    for (int step = 0; step < 3; step++) {
+        lipc_step_stats a, b;
+        cr_assert_eq(cpu->ops.train_step(cpu->ops.ctx, &s_cpu, n, x, y, &h, &a), LIPC_OK);
+        cr_assert_eq(ref->ops.train_step(ref->ops.ctx, &s_ref, n, x, y, &h, &b), LIPC_OK);
+        cr_expect(fabs(a.grad_norm - b.grad_norm) <= 1e-4 * b.grad_norm,
+                  "step %d: gradient norm %.8g vs %.8g", step, a.grad_norm, b.grad_norm);
+    }
+    double worst = 0.0, moved = 0.0;
+    for (size_t i = 0; i < nt; i++)
+        worst = fmax(worst, fabs((double)s_cpu.params[i] - s_ref.params[i]));
+    cr_expect_leq(worst, 0.05 * h.lr, "the training vectors differ by %g", worst);
+    for (int i = 0; i < m->n_scaled; i++) {
+        const lipc_scaled *k = &m->scaled[i];
+        size_t per_row = k->numel / (size_t)k->rows;
+        for (int o = 0; o < k->rows; o++)
+            moved = fmax(moved, fabs(s_ref.params[k->gain + (size_t)o] - 1.0));
+        for (size_t j = 0; j < k->numel; j++) {
+            float a = s_cpu.params[k->gain + j / per_row];
+            cr_expect_eq(s_cpu.params[k->offset + j],
+                         (float)(k->s * (double)a * (double)s_cpu.params[k->base + j]));
+        }
+    }
+    cr_expect_gt(moved, 0.5 * h.lr, "the gains did not move (%g)", moved);
+    free(rep);
+    free(x);
+    lipc_train_state_free(&s_cpu);
+    lipc_train_state_free(&s_ref);
+    lipc_compiled_free(cpu);
+    lipc_compiled_free(ref);
+    lipc_graph_free(g);
+}
+
 /* Kernels split examples or output channels between threads and sum in a
  * fixed order: a training step gives the same bits on 1 and 3 threads. */
 Test(llvm, same_bits_for_any_thread_count)

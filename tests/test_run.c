@@ -56,8 +56,9 @@ typedef struct model {
     lipc_compiled *c;
 } model;
 
-/* Loads a model file (with KEY=VALUE overrides) for the reference target. */
-static model load_model(const char *path, const char *set)
+/* Loads a model file (with KEY=VALUE overrides) for the reference target;
+ * scaled turns on its train: section's scaled_residuals. */
+static model load_model_as(const char *path, const char *set, bool scaled)
 {
     lipc_override ov[1];
     char buf[64];
@@ -76,13 +77,20 @@ static model load_model(const char *path, const char *set)
         lipc_pipeline_options po = {.verify = true};
         st = lipc_pipeline_run(m.g, &po, &d);
     }
-    if (st == LIPC_OK)
+    if (st == LIPC_OK) {
+        m.g->train.scaled_residuals |= scaled;
         st = lipc_compile(m.g, "ref", &d, &m.c);
+    }
     if (st != LIPC_OK)
         lipc_diags_print(&d, stderr);
     cr_assert_eq(st, LIPC_OK, "%s does not compile", path);
     lipc_diags_free(&d);
     return m;
+}
+
+static model load_model(const char *path, const char *set)
+{
+    return load_model_as(path, set, false);
 }
 
 static void free_model(model *m)
@@ -254,7 +262,8 @@ static void expect_same_checkpoint(const char *a, const char *b)
 static bool same_state(const lipc_model_desc *m, const lipc_train_state *a,
                        const lipc_train_state *b)
 {
-    size_t np = m->n_param_elems * sizeof(float);
+    /* the whole training vector: with scaled kernels, their a and U too */
+    size_t np = (a->n_train > m->n_param_elems ? a->n_train : m->n_param_elems) * sizeof(float);
     return a->step == b->step && memcmp(a->params, b->params, np) == 0 &&
            memcmp(a->opt_m, b->opt_m, np) == 0 && memcmp(a->opt_v, b->opt_v, np) == 0 &&
            memcmp(a->vec, b->vec, m->n_vec_elems * sizeof(float)) == 0;
@@ -455,9 +464,9 @@ static void straight_run(const model *m, const lipc_dataset *ds, const char *out
 
 /* Stops after k steps (the Ctrl-C flag), then resumes from the checkpoint in
  * a fresh state; the result must be the straight run's, bit for bit. */
-static void stop_and_resume(long k)
+static void stop_and_resume(long k, bool scaled)
 {
-    model m = load_model(SYN_MODEL, NULL);
+    model m = load_model_as(SYN_MODEL, NULL, scaled);
     lipc_dataset ds, unused1, unused2;
     load_synthetic(RESUME_N, 0, &ds, &unused1, &unused2);
     lipc_train_state ref;
@@ -536,12 +545,57 @@ static void stop_and_resume(long k)
 
 Test(run, resume_at_an_epoch_boundary_is_bit_for_bit)
 {
-    stop_and_resume(RESUME_N / 32 * RESUME_EPOCHS / 2); /* half way: after epoch 2 */
+    stop_and_resume(RESUME_N / 32 * RESUME_EPOCHS / 2, false); /* half way: after epoch 2 */
 }
 
 Test(run, resume_in_the_middle_of_an_epoch_is_bit_for_bit)
 {
-    stop_and_resume(RESUME_N / 32 + 5); /* 5 steps into epoch 2 */
+    stop_and_resume(RESUME_N / 32 + 5, false); /* 5 steps into epoch 2 */
+}
+
+/* With scaled kernels the checkpoint also carries their a and U (and
+ * moments), and the resumed run is still the straight one. */
+Test(run, resume_with_scaled_kernels_is_bit_for_bit)
+{
+    stop_and_resume(RESUME_N / 32 + 5, true);
+}
+
+/* A run without scaled kernels, resumed with them: a = 1 and U = V / s from
+ * its weights, with a warning, and the weights are kept as they were (to
+ * the rounding of V = s a U). */
+Test(run, resume_without_scaled_state_starts_it_from_the_weights)
+{
+    model plain = load_model(SYN_MODEL, NULL), scaled = load_model_as(SYN_MODEL, NULL, true);
+    lipc_dataset ds, u1, u2;
+    load_synthetic(RESUME_N, 0, &ds, &u1, &u2);
+    lipc_train_state a, b;
+    straight_run(&plain, &ds, test_tmp_path("plain.safetensors"), NULL, &a);
+    const lipc_model_desc *m = &scaled.c->desc;
+    cr_assert_eq(m->n_scaled, 2);
+    cr_assert_eq(lipc_train_state_alloc(m, &b), LIPC_OK);
+    lipc_diags d;
+    lipc_diags_init(&d);
+    cr_assert_eq(lipc_checkpoint_load(test_tmp_path("plain.safetensors"), m, &b, true, &d),
+                 LIPC_OK);
+    char *text = diag_text(&d);
+    cr_expect(strstr(text, "no a and U of the scaled kernels") != NULL, "%s", text);
+    free(text);
+    lipc_diags_free(&d);
+    for (int i = 0; i < m->n_scaled; i++) {
+        const lipc_scaled *k = &m->scaled[i];
+        for (int o = 0; o < k->rows; o++)
+            cr_expect_eq(b.params[k->gain + (size_t)o], 1.0f);
+        for (size_t j = 0; j < k->numel; j++) {
+            double v = a.params[k->offset + j];
+            cr_expect_leq(fabs(b.params[k->offset + j] - v), 2e-7 * fabs(v));
+            cr_expect_leq(fabs(b.params[k->base + j] * k->s - v), 2e-7 * fabs(v));
+        }
+    }
+    lipc_train_state_free(&a);
+    lipc_train_state_free(&b);
+    lipc_dataset_free(&ds);
+    free_model(&plain);
+    free_model(&scaled);
 }
 
 Test(run, resume_of_a_finished_run_takes_no_step)

@@ -10,6 +10,7 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend/backend.h"
@@ -420,4 +421,91 @@ Test(train_step, float_storage_tracks_double)
     lipc_compiled_free(c32);
     lipc_diags_free(&d);
     lipc_graph_free(g);
+}
+
+/* ---- kernels trained as V = s (a * U) ----------------------------------- */
+
+/* L(V) = sum_j w_j V_j^2 + c_j V_j, so dL/dV = 2 w V + c; V = s a U row by
+ * row, computed in double from the (float) a and U. */
+static double scaled_loss(const lipc_scaled *ks, int n, const double *t, const double *w,
+                          const double *c)
+{
+    double l = 0.0;
+    for (int i = 0; i < n; i++) {
+        const lipc_scaled *k = &ks[i];
+        size_t per_row = k->numel / (size_t)k->rows;
+        for (size_t j = 0; j < k->numel; j++) {
+            double v = k->s * t[k->gain + j / per_row] * t[k->base + j];
+            l += w[k->offset + j] * v * v + c[k->offset + j] * v;
+        }
+    }
+    return l;
+}
+
+/* The gradient of a and U that lipc_scaled_grads makes from V's, against
+ * central differences of L(V(a, U)), in float and in double gradients, for
+ * two kernels of different shapes laid out past a parameter block with
+ * other parameters in it. */
+Test(train_step, scaled_gradient_matches_finite_differences)
+{
+    /* parameters: 5 others, V0 [3 x 4], 2 others, V1 [2 x 6]; then a0, U0, a1, U1 */
+    lipc_scaled ks[2] = {{.offset = 5, .numel = 12, .rows = 3, .s = 1.0 / sqrt(2.0)},
+                         {.offset = 19, .numel = 12, .rows = 2, .s = 0.5}};
+    size_t np = 31, n = np;
+    for (int i = 0; i < 2; i++) {
+        ks[i].gain = n;
+        ks[i].base = n + (size_t)ks[i].rows;
+        n = ks[i].base + ks[i].numel;
+    }
+    float *p = calloc(n, sizeof(float)), *gf = calloc(n, sizeof(float));
+    double *t = calloc(n, sizeof(double)), *w = calloc(n, sizeof(double));
+    double *c = calloc(n, sizeof(double)), *gd = calloc(n, sizeof(double));
+    lipc_rng r;
+    lipc_rng_seed(&r, test_seed());
+    for (size_t j = 0; j < n; j++) {
+        p[j] = (float)(1.0 + 0.5 * lipc_rng_normal(&r));
+        t[j] = p[j];
+        w[j] = lipc_rng_normal(&r);
+        c[j] = lipc_rng_normal(&r);
+    }
+    lipc_scaled_apply(ks, 2, p);
+    for (int i = 0; i < 2; i++)
+        for (size_t j = 0; j < ks[i].numel; j++) {
+            size_t o = ks[i].offset + j;
+            gd[o] = 2.0 * w[o] * p[o] + c[o];
+            gf[o] = (float)gd[o];
+        }
+    gf[0] = 0.25f; /* another parameter's gradient: left alone */
+    gd[0] = 0.25;
+    lipc_train_state st = {.params = p, .n_train = n, .n_scaled = 2, .scaled = ks};
+    lipc_scaled_grads(&st, gf, NULL);
+    lipc_scaled_grads(&st, NULL, gd);
+    cr_expect_eq(gf[0], 0.25f);
+    cr_expect_eq(gd[0], 0.25);
+    for (int i = 0; i < 2; i++) {
+        const lipc_scaled *k = &ks[i];
+        for (size_t j = 0; j < k->numel; j++)
+            cr_expect(gd[k->offset + j] == 0.0 && gf[k->offset + j] == 0.0f,
+                      "V's own gradient is not cleared");
+        for (size_t q = k->gain; q < k->base + k->numel; q++) {
+            double h = 1e-6 * fmax(1.0, fabs(t[q])), keep = t[q];
+            t[q] = keep + h;
+            double up = scaled_loss(ks, 2, t, w, c);
+            t[q] = keep - h;
+            double down = scaled_loss(ks, 2, t, w, c);
+            t[q] = keep;
+            double fd = (up - down) / (2.0 * h);
+            cr_expect_leq(fabs(gd[q] - fd), 1e-6 * (1.0 + fabs(fd)),
+                          "kernel %d, %s %zu: %.12g, finite differences %.12g", i,
+                          q < k->base ? "a" : "U", q < k->base ? q - k->gain : q - k->base,
+                          gd[q], fd);
+            cr_expect_leq(fabs(gf[q] - fd), 1e-5 * (1.0 + fabs(fd)), "float gradient %zu", q);
+        }
+    }
+    free(p);
+    free(gf);
+    free(t);
+    free(w);
+    free(c);
+    free(gd);
 }

@@ -31,9 +31,10 @@ struct lipc_cpu {
     lipc_pool *pool;
     float *arena;               /* grown to the largest batch seen */
     size_t arena_cap;
-    float *grads;               /* [np] */
+    float *grads;               /* [grads_len]: the training vector's (st->n_train) */
+    size_t grads_len;           /* np, or more when a state has scaled kernels */
     bool grads_zero;            /* grads is all zeros (the update clears it) */
-    double *norm_part;          /* [lipc_norm_blocks(np)] the gradient norm's block sums */
+    double *norm_part;          /* [lipc_norm_blocks(grads_len)] the gradient norm's block sums */
     float *flipped;             /* [np]: flipped conv weights at their offsets */
     float *zeros, *sink;        /* [max channels]: no bias; bias grads to drop */
     float *vec;                 /* [n_vec_elems] working power-iteration vectors */
@@ -139,6 +140,7 @@ lipc_status lipc_cpu_new(const lipc_program *train, const lipc_program *forward,
     size_t md = (size_t)h->shape.d[0] * (size_t)h->in[0]->shape.d[0];
     c->pool = lipc_pool_new(o ? o->threads : 0);
     c->grads = lipc_calloc(np + 1, sizeof(float));
+    c->grads_len = np;
     c->grads_zero = true;
     c->norm_part = lipc_calloc(lipc_norm_blocks(np) + 1, sizeof(double));
     c->flipped = lipc_calloc(np + 1, sizeof(float));
@@ -596,6 +598,28 @@ lipc_status lipc_cpu_predict(lipc_cpu *c, const float *params, int n, const floa
     return LIPC_OK;
 }
 
+/* Room for the gradient of a training vector of n_train elements (the
+ * parameters and the scaled kernels' a and U), all zeros. */
+static lipc_status reserve_grads(lipc_cpu *c, size_t n_train)
+{
+    if (n_train <= c->grads_len)
+        return LIPC_OK;
+    float *g = lipc_calloc(n_train + 1, sizeof(float));
+    double *part = lipc_calloc(lipc_norm_blocks(n_train) + 1, sizeof(double));
+    if (!g || !part) {
+        lipc_free(g);
+        lipc_free(part);
+        return LIPC_ERR_NOMEM;
+    }
+    lipc_free(c->grads);
+    lipc_free(c->norm_part);
+    c->grads = g;
+    c->norm_part = part;
+    c->grads_len = n_train;
+    c->grads_zero = true;
+    return LIPC_OK;
+}
+
 static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const float *x,
                               const int32_t *y, const lipc_hyper *h, lipc_step_stats *out,
                               double *grads_out)
@@ -603,11 +627,13 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
     const lipc_program *p = c->train;
     const lipc_graph *g = c->g;
     double t_start = c->profile ? lipc_now() : 0.0, clip_scale = 1.0;
+    size_t np = st->n_train > g->n_param_elems ? st->n_train : g->n_param_elems;
     lipc_status status = reserve(c, p, n);
+    if (status == LIPC_OK)
+        status = reserve_grads(c, np);
     if (status != LIPC_OK)
         return status;
     run r = run_of(c, p, st->params, n);
-    size_t np = g->n_param_elems;
     if (!c->grads_zero)
         memset(c->grads, 0, sizeof(float) * np);
     c->grads_zero = false;
@@ -663,12 +689,16 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
             break;
         }
         case LIPC_STEP_CLIP:
-            if (!grads_out)
+            if (!grads_out) {
+                lipc_scaled_grads(st, c->grads, NULL);
                 clip_scale = clip_norm(c, np, h->clip, &out->grad_norm);
+            }
             break;
         case LIPC_STEP_UPDATE:
-            if (!grads_out)
+            if (!grads_out) {
                 update_all(c, h, st, np, clip_scale);
+                lipc_scaled_apply(st->scaled, st->n_scaled, st->params);
+            }
             break;
         }
     }
@@ -679,7 +709,7 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
     if (c->profile)
         c->prof_step_s += lipc_now() - t_start;
     if (grads_out)
-        for (size_t i = 0; i < np; i++)
+        for (size_t i = 0; i < g->n_param_elems; i++)
             grads_out[i] = c->grads[i];
     else
         memcpy(st->vec, c->vec, sizeof(float) * p->n_vec_elems);

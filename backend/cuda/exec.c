@@ -877,6 +877,8 @@ static lipc_status train_step(lipc_gpu *c, lipc_train_state *st, int n, const fl
 {
     const lipc_program *p = c->train;
     const lipc_graph *g = c->g;
+    if (st->n_scaled > 0)
+        return LIPC_ERR_UNSUPPORTED; /* the device keeps no a and U (cli/run.c says so) */
     lipc_status status = reserve(c, p, n);
     if (status != LIPC_OK)
         return status;

@@ -59,8 +59,10 @@ static void exec_free(exec *e)
     lipc_free(e->dk);
 }
 
+/* n_grads: the length of the gradient (the training vector, st->n_train);
+ * 0 for none. */
 static lipc_status exec_init(exec *e, const lipc_program *p, int n, const float *params,
-                             const float *vec, bool need_grads)
+                             const float *vec, size_t n_grads)
 {
     memset(e, 0, sizeof *e);
     e->p = p;
@@ -69,11 +71,11 @@ static lipc_status exec_init(exec *e, const lipc_program *p, int n, const float 
     size_t np = e->g->n_param_elems;
     e->arena = lipc_malloc(sizeof(double) * (p->arena_per_example * (size_t)n + 1));
     e->params = lipc_malloc(sizeof(double) * (np + 1));
-    e->grads = need_grads ? lipc_calloc(np + 1, sizeof(double)) : NULL;
+    e->grads = n_grads ? lipc_calloc((n_grads > np ? n_grads : np) + 1, sizeof(double)) : NULL;
     e->vec = lipc_calloc(p->n_vec_elems + 1, sizeof(double));
     e->sigma = lipc_calloc((size_t)p->n_bounds + 1, sizeof(double));
     e->dk = lipc_calloc((size_t)p->n_bounds + 1, sizeof(double));
-    if (!e->arena || !e->params || (need_grads && !e->grads) || !e->vec || !e->sigma || !e->dk) {
+    if (!e->arena || !e->params || (n_grads && !e->grads) || !e->vec || !e->sigma || !e->dk) {
         exec_free(e);
         return LIPC_ERR_NOMEM;
     }
@@ -283,7 +285,7 @@ lipc_status lipc_ref_predict(const lipc_program *p, const float *params, int n, 
                              double *logits)
 {
     exec e;
-    lipc_status st = exec_init(&e, p, n, params, NULL, false);
+    lipc_status st = exec_init(&e, p, n, params, NULL, 0);
     if (st != LIPC_OK)
         return st;
     const lipc_graph *g = p->g;
@@ -309,7 +311,7 @@ lipc_status lipc_ref_predict_bounded(const lipc_program *p, const float *params,
                                      const float *x, double *logits, double *logit_err)
 {
     exec e;
-    lipc_status st = exec_init(&e, p, n, params, NULL, false);
+    lipc_status st = exec_init(&e, p, n, params, NULL, 0);
     if (st != LIPC_OK)
         return st;
     double *err = lipc_malloc(sizeof(double) * (p->arena_per_example * (size_t)n + 1));
@@ -363,7 +365,7 @@ lipc_status lipc_ref_lipschitz(const lipc_program *p, const float *params, float
                                int max_iters, double tol, lipc_bound_report *report)
 {
     exec e;
-    lipc_status st = exec_init(&e, p, 1, params, vec, false);
+    lipc_status st = exec_init(&e, p, 1, params, vec, 0);
     if (st != LIPC_OK)
         return st;
     size_t max_v = 1;
@@ -397,7 +399,8 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
 {
     LIPC_ASSERT(p->entry == LIPC_ENTRY_TRAIN && p->head);
     exec e;
-    lipc_status status = exec_init(&e, p, n, st->params, st->vec, true);
+    size_t n_train = st->n_train > p->g->n_param_elems ? st->n_train : p->g->n_param_elems;
+    lipc_status status = exec_init(&e, p, n, st->params, st->vec, n_train);
     if (status != LIPC_OK)
         return status;
     const lipc_graph *g = p->g;
@@ -467,12 +470,16 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
             break;
         }
         case LIPC_STEP_CLIP:
-            if (!grads_out)
-                out->grad_norm = lipc_grad_clip(e.grads, g->n_param_elems, h->clip);
+            if (!grads_out) {
+                lipc_scaled_grads(st, NULL, e.grads);
+                out->grad_norm = lipc_grad_clip(e.grads, n_train, h->clip);
+            }
             break;
         case LIPC_STEP_UPDATE:
-            if (!grads_out)
-                lipc_optim_step(h, st, g->n_param_elems, e.grads);
+            if (!grads_out) {
+                lipc_optim_step(h, st, n_train, e.grads);
+                lipc_scaled_apply(st->scaled, st->n_scaled, st->params);
+            }
             break;
         }
     }
