@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""bench/seed_summary.py: lipc against the PyTorch peer over several seeds.
+
+    bench/seed_summary.py DIR...
+
+Each DIR is the --out of one `bench/train_compare.sh --seed S` run (or holds
+the same files): lipc-train.json, lipc-certify.json (sound K_sub),
+lipc-certify-estimate.json (power-iteration K_sub), peer.json, and, when the
+run was not --no-cross, peer-lipc-certify.json (the peer's weights through
+lipc's sound certifier). Prints, in markdown, the per-seed differences in
+points (lipc minus the peer) for three pairings, then their mean and sample
+standard deviation over the seeds:
+
+  sound vs estimate   lipc's certificate against the peer's estimate (the
+                      comparison of the issue: lipc pays for its soundness)
+  estimate vs estimate
+                      both networks certified the same way (power-iteration
+                      K_sub): what the training alone gives
+  sound vs sound      both through lipc's sound certifier (needs the cross file)
+
+Only the standard library: it runs wherever the JSON files are.
+"""
+import json
+import math
+import os
+import sys
+
+
+def load(d, name):
+    path = os.path.join(d, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def key(e):
+    """certify --json's key: the shortest %g that reads back as the radius."""
+    for prec in range(6, 18):
+        k = "%.*g" % (prec, e)
+        if float(k) == e:
+            return k
+    return repr(e)
+
+
+def metrics(cert, radii):
+    return [cert["clean_acc"]] + [cert["vra"][key(e)] for e in radii]
+
+
+def mean_sd(xs):
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, float("nan")
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def main(dirs):
+    if not dirs:
+        sys.exit(__doc__.split("\n\n")[1])
+    runs = []
+    for d in dirs:
+        files = {n: load(d, n + ".json") for n in
+                 ("lipc-train", "lipc-certify", "lipc-certify-estimate", "peer",
+                  "peer-lipc-certify")}
+        missing = [n for n, v in files.items() if v is None and n != "peer-lipc-certify"]
+        if missing:
+            sys.exit(f"seed_summary: {d} lacks {', '.join(n + '.json' for n in missing)}")
+        runs.append((d, files))
+    radii = sorted(float(e) for e in runs[0][1]["lipc-certify"]["vra"])
+    head = ["seed", "pairing", "clean"] + [f"VRA {e:g}" for e in radii]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    pairings = [("sound vs estimate", "lipc-certify", "peer"),
+                ("estimate vs estimate", "lipc-certify-estimate", "peer"),
+                ("sound vs sound", "lipc-certify", "peer-lipc-certify")]
+    diffs = {name: [] for name, _, _ in pairings}
+    times = []
+    for d, f in runs:
+        seed = f["peer"].get("seed", "?")
+        times.append((f["lipc-train"]["seconds"], f["peer"]["train_s"]))
+        for name, a, b in pairings:
+            if f[b] is None:
+                continue
+            delta = [100 * (x - y) for x, y in zip(metrics(f[a], radii), metrics(f[b], radii))]
+            diffs[name].append(delta)
+            print(f"| {seed} | {name} | " + " | ".join("%+.2f" % x for x in delta) + " |")
+    for name, _, _ in pairings:
+        rows = diffs[name]
+        if not rows:
+            continue
+        cells = []
+        for col in zip(*rows):
+            m, sd = mean_sd(col)
+            cells.append("%+.2f" % m + ("" if math.isnan(sd) else " ± %.2f" % sd))
+        print(f"| mean ± sd ({len(rows)}) | {name} | " + " | ".join(cells) + " |")
+    ratio = [p / l for l, p in times]
+    print()
+    print("Training time, lipc against the peer: " +
+          ", ".join("%.0f s vs %.0f s" % t for t in times) +
+          " (%.2f-%.2fx faster)." % (min(ratio), max(ratio)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
