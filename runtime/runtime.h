@@ -749,6 +749,11 @@ typedef struct lipc_sound_bound {
  * d and LIPC_ERR_INPUT, *out untouched. LIPC_ERR_NOMEM when out of memory. */
 lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *params,
                                     lipc_sound_bound *out, lipc_diags *d);
+/* The largest conv (about n kd^2 operations, n = c_in h w, kd its Gram band's
+ * half-width) bounded through its exact operator ("conv-gram-band",
+ * runtime/bounds.c); larger ones by the circulant bound. Returns the old value
+ * (default 2e11, a few seconds; 0 turns the method off). */
+double lipc_bounds_band_budget(double ops);
 
 /* Every factor of m, and K_sub: the product of the main-path factors (parent
  * -1), a LOOSE factor being 1 + the product of its children, every product

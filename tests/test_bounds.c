@@ -343,6 +343,7 @@ static double check_layer(const lipc_factor_desc *f, const float *w, const char 
 
 Test(bounds, conv_layers_are_bounded_soundly_and_tightly)
 {
+    lipc_bounds_band_budget(0.0); /* the circulant and polyphase bounds themselves */
     uint64_t seed = test_seed();
     lipc_rng r;
     lipc_rng_seed(&r, seed);
@@ -369,6 +370,64 @@ Test(bounds, conv_layers_are_bounded_soundly_and_tightly)
                 worst[0], worst[1], worst[2] - 1.0, worst[3]);
 }
 
+/* Within the band budget (every layer of this table), a conv with padding
+ * or overlapping windows is bounded through its exact operator's Gram band:
+ * above the exact norm, within 1e-7 of it, and never above the circulant or
+ * polyphase bound of the same layer. */
+Test(bounds, small_convs_are_bounded_through_their_exact_operator)
+{
+    uint64_t seed = test_seed();
+    lipc_rng r;
+    lipc_rng_seed(&r, seed);
+    double worst = 1.0;
+    for (size_t k = 0; k < sizeof conv_cases / sizeof conv_cases[0]; k++) {
+        const conv_case *c = &conv_cases[k];
+        if (!strcmp(c->method, "reshaped-kernel"))
+            continue; /* exact already, through the reshaped kernel */
+        lipc_factor_desc f = conv_desc(c->c_in, c->c_out, c->h, c->w, c->kh, c->kw, c->sh,
+                                       c->sw, c->pad_h, c->pad_w, c->fold);
+        for (int rep = 0; rep < 3; rep++) {
+            double scale = c->fold ? 0.1 : 1.0 / sqrt((double)c->c_in * c->kh * c->kw);
+            float *w = random_weights(&f, &r, scale);
+            lipc_bounds_band_budget(2e11);
+            lipc_sound_bound b = bound_ok(&f, w);
+            cr_assert_str_eq(b.method, "conv-gram-band");
+            lipc_bounds_band_budget(0.0);
+            lipc_sound_bound fft = bound_ok(&f, w);
+            op_matrix m = build_matrix(&f, w);
+            double exact = exact_norm(&m);
+            free(m.a);
+            cr_expect(exact <= b.value && b.value <= exact * (1.0 + 1e-7),
+                      "case %zu: exact %.17g, band bound %.17g (seed %llu)", k, exact, b.value,
+                      (unsigned long long)seed);
+            cr_expect(b.value <= fft.value * (1.0 + 1e-9), "case %zu: band %.17g > %s %.17g",
+                      k, b.value, fft.method, fft.value);
+            worst = fmax(worst, b.value / exact);
+            free(w);
+        }
+    }
+    if (getenv("LIPC_TEST_VERBOSE"))
+        fprintf(stderr, "conv-gram-band: bound / exact at most 1 + %.3g\n", worst - 1.0);
+}
+
+/* The budget picks the method by the band's size: a 16-channel block on a
+ * 12 x 12 map (n = 2304, kd = 431) is banded at the default budget and
+ * bounded through the circulant below its operation count. */
+Test(bounds, the_band_budget_picks_the_method)
+{
+    lipc_factor_desc f = conv_desc(16, 16, 12, 12, 3, 3, 1, 1, PAD_SAME, PAD_SAME, true);
+    lipc_rng r;
+    lipc_rng_seed(&r, test_seed());
+    float *w = random_weights(&f, &r, 0.05);
+    cr_expect_str_eq(bound_ok(&f, w).method, "conv-gram-band");
+    double ops = 2304.0 * 432.0 * 432.0;
+    lipc_bounds_band_budget(ops * 0.99);
+    cr_expect_str_eq(bound_ok(&f, w).method, "conv-fft");
+    lipc_bounds_band_budget(ops * 1.01);
+    cr_expect_str_eq(bound_ok(&f, w).method, "conv-gram-band");
+    free(w);
+}
+
 Test(bounds, dense_is_exact)
 {
     uint64_t seed = test_seed();
@@ -389,6 +448,7 @@ Test(bounds, dense_is_exact)
 /* Every torus at least the minimal one gives a bound; a smaller one is refused. */
 Test(bounds, every_valid_torus_gives_a_bound)
 {
+    lipc_bounds_band_budget(0.0); /* lipc_factor_sound_bound's circulant bound below */
     uint64_t seed = test_seed();
     lipc_rng r;
     lipc_rng_seed(&r, seed);
@@ -519,6 +579,7 @@ Test(bounds, smallest_torus)
  * and the stride-1 bound takes over (still sound: the operator is 0 here). */
 Test(bounds, degenerate_polyphase_falls_back_to_the_stride1_bound)
 {
+    lipc_bounds_band_budget(0.0);
     lipc_factor_desc f = conv_desc(2, 2, 1, 3, 1, 3, 2, 2, PAD_VALID, PAD_SAME, false);
     f.pad[0] = 3;
     f.oh = (1 + 3 - 1) / 2 + 1;
