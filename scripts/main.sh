@@ -7,12 +7,12 @@
 # test images with the sound bound and prints the results. Reports (training
 # curves, VRA against eps) are drawn next to the checkpoint in out/.
 #
-#   scripts/main.sh [EPOCHS]        (default 3: about ten minutes on 2 cores)
+#   scripts/main.sh [EPOCHS]        (default 5: about ten minutes on 2 cores)
 #
 # The long recipe is the same command with 15 epochs (docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-epochs=${1:-3}
+epochs=${1:-5}
 model=models/liresnet-fmnist.yaml
 name=liresnet-fmnist
 
