@@ -239,6 +239,18 @@ static bool chol_cert_z(int n, const zdouble *h, zdouble *a, double mu, double *
     return true;
 }
 
+/* After a real Cholesky of fl(mu I - H) ran to completion: mu + rho >=
+ * lambda_max(H) (step (3)), from tr = sum |a_jj| and amax = max |a_jj| of the
+ * matrix factored. */
+static double real_chol_lambda(int n, double tr, double amax, double mu)
+{
+    tr = mul_up(tr, 1.0 + 2.0 * gam(n + 1.0));
+    double g = 2.0 * gam(n + 2.0);
+    double rho = mul_up(up(g / (1.0 - g)), tr);
+    rho = add_up(add_up(rho, mul_up(2.0 * U_ROUND, amax)), TINY);
+    return add_up(mu, rho);
+}
+
 static bool chol_cert_d(int n, const double *h, double *a, double mu, double *lam)
 {
     double tr = 0.0, amax = 0.0;
@@ -254,11 +266,7 @@ static bool chol_cert_d(int n, const double *h, double *a, double mu, double *la
     }
     if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, a, n) != 0 || !pivots_ok_d(n, a))
         return false;
-    tr = mul_up(tr, 1.0 + 2.0 * gam(n + 1.0));
-    double g = 2.0 * gam(n + 2.0);
-    double rho = mul_up(up(g / (1.0 - g)), tr);
-    rho = add_up(add_up(rho, mul_up(2.0 * U_ROUND, amax)), TINY);
-    *lam = add_up(mu, rho);
+    *lam = real_chol_lambda(n, tr, amax, mu);
     return true;
 }
 
@@ -988,11 +996,7 @@ static bool band_chol_cert(const band *b, double mu, double *lam)
         if (!(x > 0.0) || !isfinite(x))
             return false;
     }
-    tr = mul_up(tr, 1.0 + 2.0 * gam(n + 1.0));
-    double g = 2.0 * gam(n + 2.0);
-    double rho = mul_up(up(g / (1.0 - g)), tr);
-    rho = add_up(add_up(rho, mul_up(2.0 * U_ROUND, amax)), TINY);
-    *lam = add_up(mu, rho);
+    *lam = real_chol_lambda(n, tr, amax, mu);
     return true;
 }
 
