@@ -205,10 +205,12 @@ static bool pivots_ok_z(int n, const zdouble *r)
     return true;
 }
 
-static bool pivots_ok_d(int n, const double *r)
+/* diag: R's diagonal, entry j at diag[j step] (n + 1 in a dense factor,
+ * kd + 1 in a band). */
+static bool pivots_ok_d(int n, const double *diag, size_t step)
 {
     for (int j = 0; j < n; j++) {
-        double x = r[(size_t)j * n + j];
+        double x = diag[(size_t)j * step];
         if (!(x > 0.0) || !isfinite(x))
             return false;
     }
@@ -264,7 +266,8 @@ static bool chol_cert_d(int n, const double *h, double *a, double mu, double *la
         tr += fabs(d);
         amax = fmax(amax, fabs(d));
     }
-    if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, a, n) != 0 || !pivots_ok_d(n, a))
+    if (LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, a, n) != 0 ||
+        !pivots_ok_d(n, a, (size_t)n + 1))
         return false;
     *lam = real_chol_lambda(n, tr, amax, mu);
     return true;
@@ -485,6 +488,19 @@ static lipc_status no_cert(const lipc_factor_desc *f, lipc_status s, lipc_diags 
  * which has the same singular values. fold: add the identity at row o, column
  * o * diag_step + diag_off, and the rounding of fl(w + 1) to the bound (step (5)). */
 
+/* The folded identity (step (5)): adds 1 to m[o row + o step + off] for
+ * o < n, and returns the bound on the rounding of fl(w + 1), 2 u max |w + 1|. */
+static double add_identity(double *m, int n, size_t row, size_t step, size_t off)
+{
+    double big = 0.0;
+    for (int o = 0; o < n; o++) {
+        double *x = &m[(size_t)o * row + (size_t)o * step + off];
+        *x += 1.0;
+        big = fmax(big, fabs(*x));
+    }
+    return mul_up(2.0 * U_ROUND, big);
+}
+
 static lipc_status exact_bound(const lipc_factor_desc *f, const float *w, int rows, int cols,
                                int diag_step, int diag_off, double *value, lipc_diags *d)
 {
@@ -494,15 +510,9 @@ static lipc_status exact_bound(const lipc_factor_desc *f, const float *w, int ro
         return LIPC_ERR_NOMEM;
     for (size_t i = 0; i < n_el; i++)
         m[i] = w[i];
-    double fold_err = 0.0;
-    if (f->fold_identity) {
-        for (int o = 0; o < rows; o++) {
-            double *x = &m[(size_t)o * cols + (size_t)o * diag_step + diag_off];
-            *x += 1.0;
-            fold_err = fmax(fold_err, fabs(*x));
-        }
-        fold_err = mul_up(2.0 * U_ROUND, fold_err);
-    }
+    double fold_err = f->fold_identity ? add_identity(m, rows, (size_t)cols, (size_t)diag_step,
+                                                      (size_t)diag_off)
+                                       : 0.0;
     cert_ws ws = {0};
     lipc_status s = cert_ws_alloc(&ws, gram_side(cols, rows), sizeof(double));
     double mu = 0.0, sigma = 0.0;
@@ -625,16 +635,10 @@ static lipc_status circulant_bound(const lipc_factor_desc *f, const float *w, in
         for (int i = 0; i < c_in; i++)
             for (int t = 0; t < T; t++)
                 kt[(size_t)t * nj + o + (size_t)i * c_out] = w[((size_t)o * c_in + i) * T + t];
-    double fold_err = 0.0;
-    if (f->fold_identity) {
-        int centre = (kh / 2) * kw + kw / 2;
-        for (int o = 0; o < c_out; o++) {
-            double *x = &kt[(size_t)centre * nj + o + (size_t)o * c_out];
-            *x += 1.0;
-            fold_err = fmax(fold_err, fabs(*x));
-        }
-        fold_err = mul_up(2.0 * U_ROUND, fold_err);
-    }
+    /* the identity on the centre tap: kt[centre][o + o c_out] */
+    size_t centre = (size_t)((kh / 2) * kw + kw / 2);
+    double fold_err = f->fold_identity ? add_identity(kt, c_out, 1, (size_t)c_out, centre * nj)
+                                       : 0.0;
     /* ||S||_F, S[o, i] = sum_t |K[o, i, t]|: the DFT's error scale (step (1)). */
     double s_fro = 0.0;
     for (size_t j = 0; j < nj; j++) {
@@ -989,13 +993,9 @@ static bool band_chol_cert(const band *b, double mu, double *lam)
         tr += fabs(dj);
         amax = fmax(amax, fabs(dj));
     }
-    if (LAPACKE_dpbtrf_work(LAPACK_COL_MAJOR, 'U', n, kd, b->a, kd + 1) != 0)
+    if (LAPACKE_dpbtrf_work(LAPACK_COL_MAJOR, 'U', n, kd, b->a, kd + 1) != 0 ||
+        !pivots_ok_d(n, b->a + kd, ld))
         return false;
-    for (int j = 0; j < n; j++) {
-        double x = b->a[(size_t)j * ld + kd];
-        if (!(x > 0.0) || !isfinite(x))
-            return false;
-    }
     *lam = real_chol_lambda(n, tr, amax, mu);
     return true;
 }
@@ -1018,16 +1018,10 @@ static lipc_status band_bound(const lipc_factor_desc *f, const float *w, double 
         goto done;
     for (size_t i = 0; i < nk; i++)
         k[i] = w[i];
-    double fold_err = 0.0;
-    if (f->fold_identity) {
-        int centre = (kh / 2) * kw + kw / 2;
-        for (int o = 0; o < c_out; o++) {
-            double *x = &k[((size_t)o * c_in + o) * T + centre];
-            *x += 1.0;
-            fold_err = fmax(fold_err, fabs(*x));
-        }
-        fold_err = mul_up(2.0 * U_ROUND, fold_err);
-    }
+    /* the identity on the centre tap: k[o][o][centre] */
+    double fold_err = f->fold_identity ? add_identity(k, c_out, (size_t)c_in * T, (size_t)T,
+                                                      (size_t)((kh / 2) * kw + kw / 2))
+                                       : 0.0;
     /* G[t1, t2][i, j] = sum_o K[o, i, t1] K[o, j, t2] */
     for (int t1 = 0; t1 < T; t1++)
         for (int t2 = 0; t2 < T; t2++) {
