@@ -665,6 +665,9 @@ typedef struct lipc_train_result {
 } lipc_train_result;
 
 lipc_status lipc_train_state_alloc(const lipc_model_desc *m, lipc_train_state *st);
+/* The length of st's training vector: st->n_train, or n_param_elems for a
+ * state set up by hand (n_train 0). */
+size_t lipc_train_len(const lipc_train_state *st, size_t n_param_elems);
 void lipc_train_state_free(lipc_train_state *st);
 
 /* The learning rate and radius at step t of total (per_epoch steps an epoch). */

@@ -179,6 +179,11 @@ lipc_status lipc_train_state_alloc(const lipc_model_desc *m, lipc_train_state *s
     return LIPC_OK;
 }
 
+size_t lipc_train_len(const lipc_train_state *st, size_t n_param_elems)
+{
+    return st->n_train > n_param_elems ? st->n_train : n_param_elems;
+}
+
 void lipc_train_state_free(lipc_train_state *st)
 {
     lipc_free(st->params);

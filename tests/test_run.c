@@ -263,7 +263,7 @@ static bool same_state(const lipc_model_desc *m, const lipc_train_state *a,
                        const lipc_train_state *b)
 {
     /* the whole training vector: with scaled kernels, their a and U too */
-    size_t np = (a->n_train > m->n_param_elems ? a->n_train : m->n_param_elems) * sizeof(float);
+    size_t np = lipc_train_len(a, m->n_param_elems) * sizeof(float);
     return a->step == b->step && memcmp(a->params, b->params, np) == 0 &&
            memcmp(a->opt_m, b->opt_m, np) == 0 && memcmp(a->opt_v, b->opt_v, np) == 0 &&
            memcmp(a->vec, b->vec, m->n_vec_elems * sizeof(float)) == 0;

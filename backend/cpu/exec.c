@@ -627,7 +627,7 @@ static lipc_status train_step(lipc_cpu *c, lipc_train_state *st, int n, const fl
     const lipc_program *p = c->train;
     const lipc_graph *g = c->g;
     double t_start = c->profile ? lipc_now() : 0.0, clip_scale = 1.0;
-    size_t np = st->n_train > g->n_param_elems ? st->n_train : g->n_param_elems;
+    size_t np = lipc_train_len(st, g->n_param_elems);
     lipc_status status = reserve(c, p, n);
     if (status == LIPC_OK)
         status = reserve_grads(c, np);

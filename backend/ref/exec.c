@@ -399,7 +399,7 @@ static lipc_status train_step(const lipc_program *p, lipc_train_state *st, int n
 {
     LIPC_ASSERT(p->entry == LIPC_ENTRY_TRAIN && p->head);
     exec e;
-    size_t n_train = st->n_train > p->g->n_param_elems ? st->n_train : p->g->n_param_elems;
+    size_t n_train = lipc_train_len(st, p->g->n_param_elems);
     lipc_status status = exec_init(&e, p, n, st->params, st->vec, n_train);
     if (status != LIPC_OK)
         return status;
