@@ -34,17 +34,10 @@ def load(d, name):
         return json.load(f)
 
 
-def key(e):
-    """certify --json's key: the shortest %g that reads back as the radius."""
-    for prec in range(6, 18):
-        k = "%.*g" % (prec, e)
-        if float(k) == e:
-            return k
-    return repr(e)
-
-
-def metrics(cert, radii):
-    return [cert["clean_acc"]] + [cert["vra"][key(e)] for e in radii]
+def metrics(cert, keys):
+    """Clean accuracy, then the VRA at each radius: the keys are certify
+    --json's (the peer's JSON writes them the same way)."""
+    return [cert["clean_acc"]] + [cert["vra"][k] for k in keys]
 
 
 def mean_sd(xs):
@@ -66,8 +59,8 @@ def main(dirs):
         if missing:
             sys.exit(f"seed_summary: {d} lacks {', '.join(n + '.json' for n in missing)}")
         runs.append((d, files))
-    radii = sorted(float(e) for e in runs[0][1]["lipc-certify"]["vra"])
-    head = ["seed", "pairing", "clean"] + [f"VRA {e:g}" for e in radii]
+    radii = sorted(runs[0][1]["lipc-certify"]["vra"], key=float)
+    head = ["seed", "pairing", "clean"] + [f"VRA {e}" for e in radii]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     pairings = [("sound vs estimate", "lipc-certify", "peer"),
