@@ -149,6 +149,10 @@ typedef struct lipc_lip {
      *   "polyphase-fft"      strided conv with padding: the circulant bound of
      *                        its polyphase rewrite (a stride-1 conv on the
      *                        stacked phases of the input); runtime/bounds.c
+     *   "conv-gram-band"     a conv whose operator is small enough
+     *                        (lipc_conv_band_fits, support.h): a certified
+     *                        bound on the
+     *                        exact operator's norm, from the band of A^T A
      * for CONST / LOOSE: a short formula ("1/k", "1 + K(body)"). */
     const char *method;
     bool exact;          /* the method yields the norm itself, not only a bound */

@@ -827,7 +827,7 @@ static lipc_status polyphase_bound(const lipc_factor_desc *f, const float *w, do
  * to try comes from Lanczos on H^ (an estimate only; a bad one costs a retry).
  * A folded identity is added to K first, and its rounding to the bound (5). */
 
-static double band_budget = 2e11;
+static double band_budget = LIPC_CONV_BAND_BUDGET;
 
 double lipc_bounds_band_budget(double ops)
 {
@@ -844,14 +844,13 @@ typedef struct band {
 
 static int band_kd(const lipc_factor_desc *f)
 {
-    return ((f->kh - 1) * f->w + f->kw - 1) * f->c_in + f->c_in - 1;
+    return lipc_conv_band_kd(f->c_in, f->w, f->kh, f->kw);
 }
 
 /* Does the exact operator's band fit the budget (operations and memory)? */
 static bool band_fits(const lipc_factor_desc *f)
 {
-    double n = (double)f->c_in * f->h * f->w, kd1 = (double)band_kd(f) + 1.0;
-    return n * kd1 * kd1 <= band_budget && 2.0 * 8.0 * n * kd1 <= 1.5 * 0x1p30;
+    return lipc_conv_band_fits(f->c_in, f->h, f->w, f->kh, f->kw, band_budget);
 }
 
 /* The taps of output pixel (ry, rx) that read an input pixel: tap[k] and

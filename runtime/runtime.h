@@ -735,6 +735,9 @@ lipc_status lipc_empirical_lower_bound(const lipc_model_desc *m, const lipc_mode
  *   "reshaped-kernel"     conv with kh <= sh, kw <= sw, no padding: exact
  *   "conv-fft"            stride-1 conv: circulant embedding, max over frequencies
  *   "polyphase-fft"       strided conv: the same, on its polyphase rewrite
+ *   "conv-gram-band"      conv small enough (lipc_conv_band_fits with the
+ *                         budget of lipc_bounds_band_budget): the exact
+ *                         operator's Gram band, certified by a Cholesky
  *   "stride-1-fft-upper"  strided conv, cruder: the stride-1 conv's bound (a
  *                         fallback, and lipc_conv_circulant_bound's)
  *   "dense-svd"           dense: exact

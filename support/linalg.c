@@ -1,4 +1,5 @@
-/* support/linalg.c: the row normalisation of the GloRo head.
+/* support/linalg.c: the row normalisation of the GloRo head, and the size
+ * rule of a conv's Gram band (at the end).
  *
  * "Last-layer normalisation" scales each row of the head to unit l2 norm at
  * use: r = w / ||w||. The op (ir/ops/dense.c), the losses and the certifier
@@ -53,3 +54,17 @@ void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_
     }
 }
 
+/* The Gram matrix couples two input pixels when one output pixel's window
+ * reads both: at most kh - 1 rows and kw - 1 columns apart, so, pixels in
+ * row-major order with c channels innermost, at most ((kh-1) w + kw-1) c +
+ * c-1 positions apart. */
+int lipc_conv_band_kd(int c_in, int w, int kh, int kw)
+{
+    return ((kh - 1) * w + kw - 1) * c_in + c_in - 1;
+}
+
+bool lipc_conv_band_fits(int c_in, int h, int w, int kh, int kw, double budget)
+{
+    double n = (double)c_in * h * w, kd1 = (double)lipc_conv_band_kd(c_in, w, kh, kw) + 1.0;
+    return n * kd1 * kd1 <= budget && 2.0 * 8.0 * n * kd1 <= 1.5 * 0x1p30;
+}

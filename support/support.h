@@ -165,6 +165,19 @@ void lipc_rownorm_backward(int rows, int cols, const double *w, const double *d_
                            double *dw);
 double lipc_row_inv_norm(const double *row, int cols, double zero);
 
+/* ---- the size rule of a conv's Gram band (support/linalg.c) ------------ */
+
+/* The exact-operator bound of a conv ("conv-gram-band", runtime/bounds.c)
+ * stores the Gram matrix A^T A of an input of c_in x h x w through a kh x kw
+ * kernel as a band of half-width lipc_conv_band_kd (pixels in row-major order,
+ * channels innermost; any stride). It is used when its banded Cholesky costs at
+ * most `budget` operations, n (kd + 1)^2 with n = c_in h w, and the band fits
+ * 1.5 GiB; LIPC_CONV_BAND_BUDGET is the default (about 20 s on 2 cores). The
+ * IR's classification (`lipc check`) and the runtime's choice share the rule. */
+#define LIPC_CONV_BAND_BUDGET 2e11
+int lipc_conv_band_kd(int c_in, int w, int kh, int kw);
+bool lipc_conv_band_fits(int c_in, int h, int w, int kh, int kw, double budget);
+
 /* ---- random numbers ----------------------------------------------------- */
 
 typedef struct lipc_rng {

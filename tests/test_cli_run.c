@@ -770,6 +770,15 @@ Test(cli_run, bound_json_tree_of_a_liresnet)
     cr_expect(num(j, "k_sub") <= num(j, "k_sub_sound"));
     cr_expect_eq(json_array_size(json_object_get(j, "layers")), 5);
     check_bound_tree(j);
+    /* the method lipc check predicts is the one the bound came from */
+    json_t *layer;
+    size_t i;
+    json_array_foreach(json_object_get(j, "layers"), i, layer) {
+        const char *m = json_string_value(json_object_get(layer, "method"));
+        const char *sm = json_string_value(json_object_get(layer, "sound_method"));
+        cr_expect(m && sm && !strcmp(m, sm), "layer %zu: %s against %s", i, m ? m : "-",
+                  sm ? sm : "-");
+    }
     json_t *head = json_object_get(j, "head");
     cr_expect(num(head, "min_pair") > 0 && num(head, "min_pair") <= num(head, "max_pair"));
     /* unit-norm head rows: ||r_i - r_j|| <= 2 */

@@ -1006,22 +1006,30 @@ Test(lipschitz, classification)
         cr_assert_not_null(l.method);
     }
 
-    /* conv2d: method by stride and padding */
+    /* conv2d: method by size, stride and padding; a small operator gets the
+     * exact operator's Gram band, a large one the circulant bounds */
+    lipc_node *big = mk_input(g, shape3(512, 32, 32));
     struct {
+        lipc_node *in;
         int k, s;
         lipc_pad_mode mode;
         const char *method;
         bool exact;
     } convs[] = {
-        {4, 4, LIPC_PAD_VALID, "reshaped-kernel", true},
-        {4, 4, LIPC_PAD_SAME, "reshaped-kernel", true}, /* 8 = 2*4: no padding */
-        {3, 3, LIPC_PAD_SAME, "polyphase-fft", false}, /* 8 -> pads 1 */
-        {3, 1, LIPC_PAD_SAME, "conv-fft", false},
-        {3, 1, LIPC_PAD_VALID, "conv-fft", false},
-        {5, 2, LIPC_PAD_SAME, "polyphase-fft", false},
+        {x, 4, 4, LIPC_PAD_VALID, "reshaped-kernel", true},
+        {x, 4, 4, LIPC_PAD_SAME, "reshaped-kernel", true}, /* 8 = 2*4: no padding */
+        {big, 4, 4, LIPC_PAD_VALID, "reshaped-kernel", true},
+        {x, 3, 3, LIPC_PAD_SAME, "conv-gram-band", false}, /* 8 -> pads 1 */
+        {x, 3, 1, LIPC_PAD_SAME, "conv-gram-band", false},
+        {x, 5, 2, LIPC_PAD_SAME, "conv-gram-band", false},
+        {big, 3, 3, LIPC_PAD_SAME, "polyphase-fft", false}, /* 32 -> pads 1 */
+        {big, 3, 1, LIPC_PAD_SAME, "conv-fft", false},
+        {big, 3, 1, LIPC_PAD_VALID, "conv-fft", false},
+        {big, 5, 2, LIPC_PAD_SAME, "polyphase-fft", false},
     };
     for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++) {
-        lipc_node *c = mk_conv(g, x, 4, convs[i].k, convs[i].k, convs[i].s, convs[i].s);
+        lipc_node *c = mk_conv(g, convs[i].in, 4, convs[i].k, convs[i].k, convs[i].s,
+                               convs[i].s);
         c->a.padding.mode = convs[i].mode;
         infer_ok(g, c);
         l = classify(g, c);
@@ -1051,6 +1059,21 @@ Test(lipschitz, classification)
     cr_assert_str_eq(l.method, "1 + K(body)");
     cr_assert(!l.exact);
     lipc_graph_free(g);
+}
+
+/* The band's size rule: half-width ((kh-1) w + kw-1) c + c-1, and a budget
+ * that is met exactly is met. */
+Test(lipschitz, conv_band_rule)
+{
+    cr_assert_eq(lipc_conv_band_kd(1, 5, 1, 1), 0);
+    cr_assert_eq(lipc_conv_band_kd(2, 5, 1, 2), 3);
+    cr_assert_eq(lipc_conv_band_kd(64, 16, 3, 3), (2 * 16 + 2) * 64 + 63);
+    double n = 64.0 * 16 * 16, kd1 = (2 * 16 + 2) * 64 + 64;
+    cr_assert(lipc_conv_band_fits(64, 16, 16, 3, 3, n * kd1 * kd1));
+    cr_assert_not(lipc_conv_band_fits(64, 16, 16, 3, 3, n * kd1 * kd1 - 1.0));
+    cr_assert(lipc_conv_band_fits(64, 16, 16, 3, 3, LIPC_CONV_BAND_BUDGET));
+    /* memory: 512 x 32 x 32 inputs through 3x3 would need a 2^36-element band */
+    cr_assert_not(lipc_conv_band_fits(512, 32, 32, 3, 3, INFINITY));
 }
 
 /* ---- the reference interpreter ---------------------------------------------- */
