@@ -18,6 +18,18 @@ standard deviation over the seeds:
                       K_sub): what the training alone gives
   sound vs sound      both through lipc's sound certifier (needs the cross file)
 
+and, where the DIR holds a run of `train_compare.sh --control` (lipc-portable-
+certify.json and lipc-portable-certify-estimate.json: lipc again, same recipe,
+seed, initial weights and batches, compiled with --portable, so only its
+rounding differs), two more, lipc --portable minus lipc:
+
+  control, sound      what a change of rounding alone moves lipc's own result
+  control, estimate   the same with power-iteration K_sub
+
+The training is chaotic: rounding differences of one step grow to ~10 % of the
+gradient within ten steps, so the control rows are the noise floor against
+which the lipc-peer rows are read.
+
 Only the standard library: it runs wherever the JSON files are.
 """
 import json
@@ -54,8 +66,10 @@ def main(dirs):
     for d in dirs:
         files = {n: load(d, n + ".json") for n in
                  ("lipc-train", "lipc-certify", "lipc-certify-estimate", "peer",
-                  "peer-lipc-certify")}
-        missing = [n for n, v in files.items() if v is None and n != "peer-lipc-certify"]
+                  "peer-lipc-certify", "lipc-portable-certify",
+                  "lipc-portable-certify-estimate")}
+        optional = ("peer-lipc-certify", "lipc-portable-certify", "lipc-portable-certify-estimate")
+        missing = [n for n, v in files.items() if v is None and n not in optional]
         if missing:
             sys.exit(f"seed_summary: {d} lacks {', '.join(n + '.json' for n in missing)}")
         runs.append((d, files))
@@ -65,14 +79,16 @@ def main(dirs):
     print("|" + "---|" * len(head))
     pairings = [("sound vs estimate", "lipc-certify", "peer"),
                 ("estimate vs estimate", "lipc-certify-estimate", "peer"),
-                ("sound vs sound", "lipc-certify", "peer-lipc-certify")]
+                ("sound vs sound", "lipc-certify", "peer-lipc-certify"),
+                ("control, sound", "lipc-portable-certify", "lipc-certify"),
+                ("control, estimate", "lipc-portable-certify-estimate", "lipc-certify-estimate")]
     diffs = {name: [] for name, _, _ in pairings}
     times = []
     for d, f in runs:
         seed = f["peer"].get("seed", "?")
         times.append((f["lipc-train"]["seconds"], f["peer"]["train_s"]))
         for name, a, b in pairings:
-            if f[b] is None:
+            if f[a] is None or f[b] is None:
                 continue
             delta = [100 * (x - y) for x, y in zip(metrics(f[a], radii), metrics(f[b], radii))]
             diffs[name].append(delta)

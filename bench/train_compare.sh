@@ -8,7 +8,7 @@
 #
 #   bench/train_compare.sh [--epochs E] [--threads T] [--seed S] [--val N]
 #       [--val-every E] [--limit N] [--test-limit N] [--set K=V]... [--model FILE]
-#       [--data DIR] [--eps LIST] [--channels-last] [--no-cross] [--out DIR]
+#       [--data DIR] [--eps LIST] [--channels-last] [--no-cross] [--control] [--out DIR]
 #
 # Defaults: 3 epochs, 2 threads, seed 1, 5000 held-out training examples
 # validated at the end, all 55000 others, all 10000 test images,
@@ -20,7 +20,11 @@
 # Steps: lipc train; lipc certify with the sound K_sub (lipc's certificate)
 # and with the power-iteration estimate (what the peer certifies with); the
 # peer's training and certification; unless --no-cross, lipc certify (sound)
-# on the peer's checkpoint, so both networks also meet the same certifier.
+# on the peer's checkpoint, so both networks also meet the same certifier;
+# with --control, lipc trained and certified again with --portable (the same
+# recipe, seed, start and batches; other vector widths, so other rounding):
+# what rounding alone moves, the noise floor of the comparison
+# (bench/seed_summary.py reads it).
 #
 # Needs build/lipc (or $LIPC_BUILD/lipc) and Debian's python3-torch and
 # python3-numpy under /usr/bin/python3 (or $PYTHON).
@@ -29,7 +33,7 @@ cd "$(dirname "$0")/.."
 
 epochs=3 threads=2 seed=1 val=5000 val_every="" limit="" test_limit=""
 model=models/liresnet-fmnist.yaml data=/usr/share/datasets/fashion-mnist
-eps=0.1,0.141,0.3,0.5,1.0 layout="" cross=1 out=bench/out
+eps=0.1,0.141,0.3,0.5,1.0 layout="" cross=1 control=0 out=bench/out
 sets=()
 usage() { # usage STATUS: on stdout for --help, else on stderr
   { echo usage:; sed -n '9,11p' "$0" | cut -c3-; } >&$(( $1 ? 2 : 1 ))
@@ -50,6 +54,7 @@ while [ $# -gt 0 ]; do
     --eps) eps=$2; shift 2 ;;
     --channels-last) layout=--channels-last; shift ;;
     --no-cross) cross=0; shift ;;
+    --control) control=1; shift ;;
     --out) out=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "train_compare.sh: unknown option '$1'" >&2; usage 2 ;;
@@ -103,6 +108,15 @@ step lipc-certify "$out/lipc-certify.json" "$lipc" certify "$model" "${common[@]
   "${cert_opts[@]}" --weights "$out/lipc.safetensors" --json
 step lipc-certify-estimate "$out/lipc-certify-estimate.json" "$lipc" certify "$model" \
   "${common[@]}" "${cert_opts[@]}" --weights "$out/lipc.safetensors" --bound estimate --json
+if [ $control = 1 ]; then
+  step lipc-portable-train "$out/lipc-portable-train.json" "$lipc" train "$model" "${common[@]}" \
+    "${train_opts[@]}" --portable --out "$out/lipc-portable.safetensors" --no-report --json
+  step lipc-portable-certify "$out/lipc-portable-certify.json" "$lipc" certify "$model" \
+    "${common[@]}" "${cert_opts[@]}" --weights "$out/lipc-portable.safetensors" --json
+  step lipc-portable-certify-estimate "$out/lipc-portable-certify-estimate.json" "$lipc" \
+    certify "$model" "${common[@]}" "${cert_opts[@]}" --weights "$out/lipc-portable.safetensors" \
+    --bound estimate --json
+fi
 step peer "$out/peer.json" "$python" bench/torch_peer.py --model "$model" --lipc "$lipc" \
   "${common[@]}" "${peer_opts[@]}" --cert-eps "$eps" $layout --out "$out/peer.safetensors" --json
 if [ $cross = 1 ]; then
@@ -110,10 +124,11 @@ if [ $cross = 1 ]; then
     "${cert_opts[@]}" --weights "$out/peer.safetensors" --json
 fi
 
-"$python" - "$out" "$eps" "$cross" <<'EOF' | tee "$out/train_compare.md"
+"$python" - "$out" "$eps" "$cross" "$control" <<'EOF' | tee "$out/train_compare.md"
 import json, os, sys
 
-out, eps, cross = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "1"
+out, eps, cross, control = (sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "1",
+                            sys.argv[4] == "1")
 
 
 def load(name):
@@ -165,6 +180,12 @@ row("PyTorch peer, estimated K_sub", p, "%.4f" % p["k_sub"], "%.4f" % p["loss"],
     "%.1f" % p["train_s"], "%.1f" % p["train_img_s"])
 if cross:
     row("peer's weights, lipc certify (sound)", pc, "%.4f" % pc["k_sub"], "", "", "")
+if control:
+    ct, cc, ce = (load("lipc-portable-train.json"), load("lipc-portable-certify.json"),
+                  load("lipc-portable-certify-estimate.json"))
+    row("control: lipc --portable, sound K_sub", cc, "%.4f" % cc["k_sub"], "%.4f" % ct["loss"],
+        "%.1f" % ct["seconds"], "%.1f" % ct["images_per_s"])
+    row("control: lipc --portable, estimated K_sub", ce, "%.4f" % ce["k_sub"], "", "", "")
 
 print()
 if "val_acc" in lt and "val_acc" in p:
