@@ -144,15 +144,15 @@ typedef struct lipc_lip {
      *   "dense-svd"          exact largest singular value of W
      *   "conv-fft"           stride-1 zero-padded conv: circulant embedding,
      *                        max over frequencies of sigma_max(P(u,v))
-     *   "reshaped-kernel"    kernel == stride, no padding: block diagonal,
+     *   "reshaped-kernel"    kernel <= stride, no padding: block diagonal,
      *                        exact sigma_max of W reshaped c_out x (c_in kh kw)
      *   "polyphase-fft"      strided conv with padding: the circulant bound of
      *                        its polyphase rewrite (a stride-1 conv on the
      *                        stacked phases of the input); runtime/bounds.c
      *   "conv-gram-band"     a conv whose operator is small enough
      *                        (lipc_conv_band_fits, support.h): a certified
-     *                        bound on the
-     *                        exact operator's norm, from the band of A^T A
+     *                        bound on the exact operator's norm, from the
+     *                        band of A^T A; runtime/bounds.c
      * for CONST / LOOSE: a short formula ("1/k", "1 + K(body)"). */
     const char *method;
     bool exact;          /* the method yields the norm itself, not only a bound */

@@ -1019,6 +1019,7 @@ Test(lipschitz, classification)
         {x, 4, 4, LIPC_PAD_VALID, "reshaped-kernel", true},
         {x, 4, 4, LIPC_PAD_SAME, "reshaped-kernel", true}, /* 8 = 2*4: no padding */
         {big, 4, 4, LIPC_PAD_VALID, "reshaped-kernel", true},
+        {x, 2, 3, LIPC_PAD_VALID, "reshaped-kernel", true}, /* gaps between windows */
         {x, 3, 3, LIPC_PAD_SAME, "conv-gram-band", false}, /* 8 -> pads 1 */
         {x, 3, 1, LIPC_PAD_SAME, "conv-gram-band", false},
         {x, 5, 2, LIPC_PAD_SAME, "conv-gram-band", false},

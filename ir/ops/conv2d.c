@@ -127,9 +127,11 @@ static void conv2d_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *
     lipc_shape in = n->in[0]->shape;
     bool no_pad = !a->pad[0] && !a->pad[1] && !a->pad[2] && !a->pad[3];
     *out = (lipc_lip){LIPC_LIP_OPNORM, NULL, false, NAN};
-    if (a->kernel[0] == a->stride[0] && a->kernel[1] == a->stride[1] && no_pad) {
-        /* Disjoint windows that tile the input: the operator is block diagonal,
-         * one copy of W reshaped c_out x (c_in kh kw) per output pixel. */
+    if (a->kernel[0] <= a->stride[0] && a->kernel[1] <= a->stride[1] && no_pad) {
+        /* Disjoint windows (kernel == stride: they tile the input): the
+         * operator is block diagonal, one copy of W reshaped c_out x
+         * (c_in kh kw) per output pixel, and the skipped inputs are a
+         * coordinate projection. The runtime makes the same choice. */
         out->method = "reshaped-kernel";
         out->exact = true;
     } else if (lipc_conv_band_fits(in.d[0], in.d[1], in.d[2], a->kernel[0], a->kernel[1],
