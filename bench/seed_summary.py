@@ -21,10 +21,14 @@ standard deviation over the seeds:
 and, where the DIR holds a run of `train_compare.sh --control` (lipc-portable-
 certify.json and lipc-portable-certify-estimate.json: lipc again, same recipe,
 seed, initial weights and batches, compiled with --portable, so only its
-rounding differs), two more, lipc --portable minus lipc:
+rounding differs), three more:
 
-  control, sound      what a change of rounding alone moves lipc's own result
+  control, sound      lipc --portable minus lipc: what a change of rounding
+                      alone moves lipc's own result
   control, estimate   the same with power-iteration K_sub
+  lipc's two runs (mean), sound vs estimate
+                      the mean of lipc's two runs minus the peer: the first
+                      pairing with lipc's share of the noise halved
 
 The training is chaotic: rounding differences of one step grow to ~10 % of the
 gradient within ten steps, so the control rows are the noise floor against
@@ -81,16 +85,20 @@ def main(dirs):
                 ("estimate vs estimate", "lipc-certify-estimate", "peer"),
                 ("sound vs sound", "lipc-certify", "peer-lipc-certify"),
                 ("control, sound", "lipc-portable-certify", "lipc-certify"),
-                ("control, estimate", "lipc-portable-certify-estimate", "lipc-certify-estimate")]
+                ("control, estimate", "lipc-portable-certify-estimate", "lipc-certify-estimate"),
+                ("lipc's two runs (mean), sound vs estimate",
+                 ("lipc-certify", "lipc-portable-certify"), "peer")]
     diffs = {name: [] for name, _, _ in pairings}
     times = []
     for d, f in runs:
         seed = f["peer"].get("seed", "?")
         times.append((f["lipc-train"]["seconds"], f["peer"]["train_s"]))
         for name, a, b in pairings:
-            if f[a] is None or f[b] is None:
+            a = a if isinstance(a, tuple) else (a,)
+            if any(f[n] is None for n in a + (b,)):
                 continue
-            delta = [100 * (x - y) for x, y in zip(metrics(f[a], radii), metrics(f[b], radii))]
+            ma = [sum(col) / len(a) for col in zip(*(metrics(f[n], radii) for n in a))]
+            delta = [100 * (x - y) for x, y in zip(ma, metrics(f[b], radii))]
             diffs[name].append(delta)
             print(f"| {seed} | {name} | " + " | ".join("%+.2f" % x for x in delta) + " |")
     for name, _, _ in pairings:
