@@ -18,11 +18,12 @@ What to expect: after one step, tensors whose gradient meets no near tie of a
 MinMax differ by float rounding (~1e-6); a tie broken differently by a few
 rounding errors reroutes part of the gradient (~1e-4 for every tensor before
 it), and the gradient clipping turns any difference of the global norm into a
-common scale of the others. From the second step on, the differences grow by
-one or two orders of magnitude per step, on every implementation alike (AdamW's
-first steps move each weight by about lr whatever its gradient's size), which is
-why two runs of the same recipe are compared on their results, over several
-seeds (bench/train_compare.sh, bench/seed_summary.py), and not on their weights.
+common scale of the others. The differences then grow fast, on every
+implementation alike: on the default model about 1e-2 after two steps and 1e-1
+after ten (AdamW's first steps move each weight by about lr whatever its
+gradient's size). That is why two runs of the same recipe are compared on their
+results, over several seeds (bench/train_compare.sh, bench/seed_summary.py),
+and not on their weights.
 
 The reference interpreter takes about 25 s per step of the default model on
 2 cores; --no-ref compares the cpu target and the peer only. Needs build/lipc
