@@ -847,12 +847,6 @@ static int band_kd(const lipc_factor_desc *f)
     return lipc_conv_band_kd(f->c_in, f->w, f->kh, f->kw);
 }
 
-/* Does the exact operator's band fit the budget (operations and memory)? */
-static bool band_fits(const lipc_factor_desc *f)
-{
-    return lipc_conv_band_fits(f->c_in, f->h, f->w, f->kh, f->kw, band_budget);
-}
-
 /* The taps of output pixel (ry, rx) that read an input pixel: tap[k] and
  * the pixel's offset in x (row, column, channel order), k < the count. */
 static int window(const lipc_factor_desc *f, int ry, int rx, int *tap, size_t *at)
@@ -1127,8 +1121,10 @@ lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *para
     case LIPC_FACTOR_CONV: {
         if (!check_geometry(f, d))
             return LIPC_ERR_INPUT;
-        bool no_pad = !f->pad[0] && !f->pad[1] && !f->pad[2] && !f->pad[3];
-        if (no_pad && f->kh <= f->sh && f->kw <= f->sw) {
+        bool padded = f->pad[0] || f->pad[1] || f->pad[2] || f->pad[3];
+        lipc_conv_method m = lipc_conv_method_for(f->c_in, f->h, f->w, f->kh, f->kw, f->sh,
+                                                  f->sw, padded, band_budget);
+        if (m == LIPC_CONV_RESHAPED) {
             if (!check_finite(f, params + f->w_offset, d))
                 return LIPC_ERR_INPUT;
             /* Disjoint windows: W reshaped c_out x (c_in kh kw), exact. A
@@ -1141,7 +1137,7 @@ lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *para
             break;
         }
         /* Small enough: the exact operator's Gram band. */
-        if (band_fits(f)) {
+        if (m == LIPC_CONV_GRAM_BAND) {
             if (!check_finite(f, params + f->w_offset, d))
                 return LIPC_ERR_INPUT;
             s = band_bound(f, params + f->w_offset, &value, d);
@@ -1151,7 +1147,7 @@ lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *para
         /* Strided: the polyphase rewrite, a stride-1 conv with the same norm
          * bound (see polyphase_axis); where its geometry degenerates, the
          * stride-1 conv with the same kernel and padding. */
-        if (f->sh > 1 || f->sw > 1) {
+        if (m == LIPC_CONV_POLYPHASE) {
             if (!check_finite(f, params + f->w_offset, d))
                 return LIPC_ERR_INPUT;
             bool done = false;

@@ -1,5 +1,5 @@
-/* support/linalg.c: the row normalisation of the GloRo head, and the size
- * rule of a conv's Gram band (at the end).
+/* support/linalg.c: the row normalisation of the GloRo head, and the choice
+ * of a conv's bound with the size rule of its Gram band (at the end).
  *
  * "Last-layer normalisation" scales each row of the head to unit l2 norm at
  * use: r = w / ||w||. The op (ir/ops/dense.c), the losses and the certifier
@@ -67,4 +67,14 @@ bool lipc_conv_band_fits(int c_in, int h, int w, int kh, int kw, double budget)
 {
     double n = (double)c_in * h * w, kd1 = (double)lipc_conv_band_kd(c_in, w, kh, kw) + 1.0;
     return n * kd1 * kd1 <= budget && 2.0 * 8.0 * n * kd1 <= 1.5 * 0x1p30;
+}
+
+lipc_conv_method lipc_conv_method_for(int c_in, int h, int w, int kh, int kw, int sh, int sw,
+                                      bool padded, double budget)
+{
+    if (!padded && kh <= sh && kw <= sw)
+        return LIPC_CONV_RESHAPED;
+    if (lipc_conv_band_fits(c_in, h, w, kh, kw, budget))
+        return LIPC_CONV_GRAM_BAND;
+    return sh > 1 || sw > 1 ? LIPC_CONV_POLYPHASE : LIPC_CONV_FFT;
 }

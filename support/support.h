@@ -173,10 +173,27 @@ double lipc_row_inv_norm(const double *row, int cols, double zero);
  * channels innermost; any stride). It is used when its banded Cholesky costs at
  * most `budget` operations, n (kd + 1)^2 with n = c_in h w, and the band fits
  * 1.5 GiB; LIPC_CONV_BAND_BUDGET is the default (about 20 s on 2 cores). The
- * IR's classification (`lipc check`) and the runtime's choice share the rule. */
+ * IR's classification (`lipc check`) and the runtime's choice share the rule,
+ * through lipc_conv_method_for. */
 #define LIPC_CONV_BAND_BUDGET 2e11
 int lipc_conv_band_kd(int c_in, int w, int kh, int kw);
 bool lipc_conv_band_fits(int c_in, int h, int w, int kh, int kw, double budget);
+
+/* How a conv's operator norm is bounded, from its geometry and size (input
+ * c_in x h x w, kernel kh x kw, stride sh x sw, any padding or none), with
+ * `budget` for the band; the first that applies:
+ *   LIPC_CONV_RESHAPED   kernel <= stride, no padding: disjoint windows, exact
+ *   LIPC_CONV_GRAM_BAND  lipc_conv_band_fits: the exact operator's Gram band
+ *   LIPC_CONV_POLYPHASE  strided: the circulant bound of the polyphase rewrite
+ *   LIPC_CONV_FFT        stride 1: the circulant bound */
+typedef enum lipc_conv_method {
+    LIPC_CONV_RESHAPED,
+    LIPC_CONV_GRAM_BAND,
+    LIPC_CONV_POLYPHASE,
+    LIPC_CONV_FFT,
+} lipc_conv_method;
+lipc_conv_method lipc_conv_method_for(int c_in, int h, int w, int kh, int kw, int sh, int sw,
+                                      bool padded, double budget);
 
 /* ---- random numbers ----------------------------------------------------- */
 

@@ -125,29 +125,34 @@ static void conv2d_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *
     (void)g;
     const lipc_attrs *a = &n->a;
     lipc_shape in = n->in[0]->shape;
-    bool no_pad = !a->pad[0] && !a->pad[1] && !a->pad[2] && !a->pad[3];
+    bool padded = a->pad[0] || a->pad[1] || a->pad[2] || a->pad[3];
     *out = (lipc_lip){LIPC_LIP_OPNORM, NULL, false, NAN};
-    if (a->kernel[0] <= a->stride[0] && a->kernel[1] <= a->stride[1] && no_pad) {
+    /* the choice runtime/bounds.c makes at the default band budget */
+    switch (lipc_conv_method_for(in.d[0], in.d[1], in.d[2], a->kernel[0], a->kernel[1],
+                                 a->stride[0], a->stride[1], padded, LIPC_CONV_BAND_BUDGET)) {
+    case LIPC_CONV_RESHAPED:
         /* Disjoint windows (kernel == stride: they tile the input): the
          * operator is block diagonal, one copy of W reshaped c_out x
          * (c_in kh kw) per output pixel, and the skipped inputs are a
-         * coordinate projection. The runtime makes the same choice. */
+         * coordinate projection. */
         out->method = "reshaped-kernel";
         out->exact = true;
-    } else if (lipc_conv_band_fits(in.d[0], in.d[1], in.d[2], a->kernel[0], a->kernel[1],
-                                   LIPC_CONV_BAND_BUDGET)) {
+        break;
+    case LIPC_CONV_GRAM_BAND:
         /* Small enough for the exact operator's Gram band: certified within
          * about 1e-7 of the norm, so not marked exact. */
         out->method = "conv-gram-band";
-    } else if (a->stride[0] == 1 && a->stride[1] == 1) {
+        break;
+    case LIPC_CONV_POLYPHASE:
+        /* Strided: a stride-1 conv on the stack of the input's polyphase
+         * components, so the circulant bound applies to that rewrite. */
+        out->method = "polyphase-fft";
+        break;
+    case LIPC_CONV_FFT:
         /* Zero-padded stride-1 conv = crop o circular conv o embedding: the
          * max over frequencies of sigma_max(P(u, v)) bounds it from above. */
         out->method = "conv-fft";
-    } else {
-        /* Strided with padding: a stride-1 conv on the stack of the input's
-         * polyphase components, so the circulant bound applies to that
-         * rewrite (runtime/bounds.c). */
-        out->method = "polyphase-fft";
+        break;
     }
 }
 
