@@ -9,7 +9,8 @@ lipc-certify-estimate.json (power-iteration K_sub), peer.json, and, when the
 run was not --no-cross, peer-lipc-certify.json (the peer's weights through
 lipc's sound certifier). Prints, in markdown, the per-seed differences in
 points (lipc minus the peer) for three pairings, then their mean and sample
-standard deviation over the seeds:
+standard deviation over the seeds, the 95 % confidence interval of that mean
+(Student's t) and how many seeds are behind, even and ahead:
 
   sound vs estimate   lipc's certificate against the peer's estimate (the
                       comparison of the issue: lipc pays for its soundness)
@@ -63,6 +64,24 @@ def mean_sd(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+# Student's t, two-sided 95 %: the 0.975 quantile for 1-30 degrees of freedom
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def ci95(xs):
+    """The 95 % confidence interval of the mean of xs (independent seeds,
+    differences taken as normal): mean -+ t * sd / sqrt(n)."""
+    m, sd = mean_sd(xs)
+    df = len(xs) - 1
+    if df < 1:
+        return None
+    t = T975[df - 1] if df <= len(T975) else 1.960 + 2.4 / df
+    half = t * sd / math.sqrt(len(xs))
+    return m - half, m + half
+
+
 def main(dirs):
     if not dirs:
         sys.exit(__doc__.split("\n\n")[1])
@@ -110,6 +129,12 @@ def main(dirs):
             m, sd = mean_sd(col)
             cells.append("%+.2f" % m + ("" if math.isnan(sd) else " ± %.2f" % sd))
         print(f"| mean ± sd ({len(rows)}) | {name} | " + " | ".join(cells) + " |")
+        if len(rows) >= 2:
+            cells = ["[%+.2f, %+.2f]" % ci95(col) for col in zip(*rows)]
+            print(f"| 95 % CI of the mean ({len(rows)}) | {name} | " + " | ".join(cells) + " |")
+            cells = ["%d / %d / %d" % (sum(x < 0 for x in col), sum(x == 0 for x in col),
+                                       sum(x > 0 for x in col)) for col in zip(*rows)]
+            print(f"| seeds behind / even / ahead | {name} | " + " | ".join(cells) + " |")
     ratio = [p / l for l, p in times]
     print()
     print("Training time, lipc against the peer: " +
