@@ -48,7 +48,10 @@ def load(d, name):
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            sys.exit(f"seed_summary: {path} is not JSON ({e}): an unfinished run?")
 
 
 def metrics(cert, keys):
