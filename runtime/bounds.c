@@ -1119,14 +1119,11 @@ lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *para
         break;
     }
     case LIPC_FACTOR_CONV: {
-        if (!check_geometry(f, d))
+        if (!check_geometry(f, d) || !check_finite(f, params + f->w_offset, d))
             return LIPC_ERR_INPUT;
-        bool padded = f->pad[0] || f->pad[1] || f->pad[2] || f->pad[3];
         lipc_conv_method m = lipc_conv_method_for(f->c_in, f->h, f->w, f->kh, f->kw, f->sh,
-                                                  f->sw, padded, band_budget);
+                                                  f->sw, f->pad, band_budget);
         if (m == LIPC_CONV_RESHAPED) {
-            if (!check_finite(f, params + f->w_offset, d))
-                return LIPC_ERR_INPUT;
             /* Disjoint windows: W reshaped c_out x (c_in kh kw), exact. A
              * folded identity sits on the centre tap of channel o, column
              * o kh kw + (kh/2) kw + kw/2. */
@@ -1138,8 +1135,6 @@ lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *para
         }
         /* Small enough: the exact operator's Gram band. */
         if (m == LIPC_CONV_GRAM_BAND) {
-            if (!check_finite(f, params + f->w_offset, d))
-                return LIPC_ERR_INPUT;
             s = band_bound(f, params + f->w_offset, &value, d);
             method = "conv-gram-band";
             break;
@@ -1148,8 +1143,6 @@ lipc_status lipc_factor_sound_bound(const lipc_factor_desc *f, const float *para
          * bound (see polyphase_axis); where its geometry degenerates, the
          * stride-1 conv with the same kernel and padding. */
         if (m == LIPC_CONV_POLYPHASE) {
-            if (!check_finite(f, params + f->w_offset, d))
-                return LIPC_ERR_INPUT;
             bool done = false;
             s = polyphase_bound(f, params + f->w_offset, &value, &done, d);
             if (s != LIPC_OK)

@@ -70,8 +70,9 @@ bool lipc_conv_band_fits(int c_in, int h, int w, int kh, int kw, double budget)
 }
 
 lipc_conv_method lipc_conv_method_for(int c_in, int h, int w, int kh, int kw, int sh, int sw,
-                                      bool padded, double budget)
+                                      const int pad[4], double budget)
 {
+    bool padded = pad[0] || pad[1] || pad[2] || pad[3];
     if (!padded && kh <= sh && kw <= sw)
         return LIPC_CONV_RESHAPED;
     if (lipc_conv_band_fits(c_in, h, w, kh, kw, budget))

@@ -180,8 +180,8 @@ int lipc_conv_band_kd(int c_in, int w, int kh, int kw);
 bool lipc_conv_band_fits(int c_in, int h, int w, int kh, int kw, double budget);
 
 /* How a conv's operator norm is bounded, from its geometry and size (input
- * c_in x h x w, kernel kh x kw, stride sh x sw, any padding or none), with
- * `budget` for the band; the first that applies:
+ * c_in x h x w, kernel kh x kw, stride sh x sw, zero padding pad: top, bottom,
+ * left, right), with `budget` for the band; the first that applies:
  *   LIPC_CONV_RESHAPED   kernel <= stride, no padding: disjoint windows, exact
  *   LIPC_CONV_GRAM_BAND  lipc_conv_band_fits: the exact operator's Gram band
  *   LIPC_CONV_POLYPHASE  strided: the circulant bound of the polyphase rewrite
@@ -193,7 +193,7 @@ typedef enum lipc_conv_method {
     LIPC_CONV_FFT,
 } lipc_conv_method;
 lipc_conv_method lipc_conv_method_for(int c_in, int h, int w, int kh, int kw, int sh, int sw,
-                                      bool padded, double budget);
+                                      const int pad[4], double budget);
 
 /* ---- random numbers ----------------------------------------------------- */
 

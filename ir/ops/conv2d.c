@@ -125,11 +125,10 @@ static void conv2d_lipschitz(const lipc_graph *g, const lipc_node *n, lipc_lip *
     (void)g;
     const lipc_attrs *a = &n->a;
     lipc_shape in = n->in[0]->shape;
-    bool padded = a->pad[0] || a->pad[1] || a->pad[2] || a->pad[3];
     *out = (lipc_lip){LIPC_LIP_OPNORM, NULL, false, NAN};
     /* the choice runtime/bounds.c makes at the default band budget */
     switch (lipc_conv_method_for(in.d[0], in.d[1], in.d[2], a->kernel[0], a->kernel[1],
-                                 a->stride[0], a->stride[1], padded, LIPC_CONV_BAND_BUDGET)) {
+                                 a->stride[0], a->stride[1], a->pad, LIPC_CONV_BAND_BUDGET)) {
     case LIPC_CONV_RESHAPED:
         /* Disjoint windows (kernel == stride: they tile the input): the
          * operator is block diagonal, one copy of W reshaped c_out x
